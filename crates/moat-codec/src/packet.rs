@@ -263,7 +263,11 @@ pub struct PubAck {
 impl PubAck {
     /// A successful acknowledgement without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        Self { packet_id, reason_code: ReasonCode::SUCCESS, properties: Properties::default() }
+        Self {
+            packet_id,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }
     }
 }
 

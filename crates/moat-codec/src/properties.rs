@@ -132,19 +132,33 @@ impl PropertyId {
         use PropertyContext::{Packet, Will};
         use PropertyId::*;
         match self {
-            PayloadFormatIndicator | MessageExpiryInterval | ContentType | ResponseTopic
+            PayloadFormatIndicator
+            | MessageExpiryInterval
+            | ContentType
+            | ResponseTopic
             | CorrelationData => matches!(ctx, Packet(T::Publish) | Will),
             SubscriptionIdentifier => matches!(ctx, Packet(T::Publish) | Packet(T::Subscribe)),
             SessionExpiryInterval => {
-                matches!(ctx, Packet(T::Connect) | Packet(T::ConnAck) | Packet(T::Disconnect))
+                matches!(
+                    ctx,
+                    Packet(T::Connect) | Packet(T::ConnAck) | Packet(T::Disconnect)
+                )
             }
-            AssignedClientIdentifier | ServerKeepAlive | ResponseInformation | MaximumQoS
-            | RetainAvailable | WildcardSubscriptionAvailable
-            | SubscriptionIdentifierAvailable | SharedSubscriptionAvailable => {
+            AssignedClientIdentifier
+            | ServerKeepAlive
+            | ResponseInformation
+            | MaximumQoS
+            | RetainAvailable
+            | WildcardSubscriptionAvailable
+            | SubscriptionIdentifierAvailable
+            | SharedSubscriptionAvailable => {
                 matches!(ctx, Packet(T::ConnAck))
             }
             AuthenticationMethod | AuthenticationData => {
-                matches!(ctx, Packet(T::Connect) | Packet(T::ConnAck) | Packet(T::Auth))
+                matches!(
+                    ctx,
+                    Packet(T::Connect) | Packet(T::ConnAck) | Packet(T::Auth)
+                )
             }
             RequestProblemInformation | RequestResponseInformation => {
                 matches!(ctx, Packet(T::Connect))
