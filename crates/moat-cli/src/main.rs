@@ -8,9 +8,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cert;
+mod config;
+mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "moat", version, about = "A secure-by-default MQTT broker with its own certificate toolkit")]
+#[command(
+    name = "moat",
+    version,
+    about = "A secure-by-default MQTT broker with its own certificate toolkit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,8 +24,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
     /// Create, inspect, verify and lint certificates.
     Cert(cert::CertArgs),
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `moat=info`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("moat=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -27,10 +45,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve::run(args)
+        }
         Command::Cert(args) => cert::run(args),
     };
     match result {

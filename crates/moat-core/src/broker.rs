@@ -1,0 +1,1292 @@
+//! The broker state machine.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moat_codec::{
+    ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+use crate::config::BrokerConfig;
+use crate::message::{Delivery, Message, SessionId};
+use crate::session::{Inflight, OutState, PendingWill, Session, SubData};
+use crate::topic::{self, Filter};
+use crate::tree::{Match, RetainedTree, SubscriptionTree};
+
+/// Identifies one network connection, assigned by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the server knows about a connection when it hands CONNECT to the broker.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// The listener's name.
+    pub listener: String,
+    /// The peer's address, if known.
+    pub peer: Option<SocketAddr>,
+    /// The authenticated user name (from CONNECT or a certificate identity), if any.
+    pub username: Option<String>,
+}
+
+/// Decides what a client may publish and subscribe to. The default allows everything.
+pub trait Authorizer: Send {
+    /// May this client publish to `topic`?
+    fn can_publish(&self, client_id: &str, info: &ClientInfo, topic: &str) -> bool {
+        let _ = (client_id, info, topic);
+        true
+    }
+    /// May this client subscribe to `filter` (the raw filter, `$share/...` included)?
+    fn can_subscribe(&self, client_id: &str, info: &ClientInfo, filter: &str) -> bool {
+        let _ = (client_id, info, filter);
+        true
+    }
+}
+
+/// The authorizer that allows everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {}
+
+/// What the broker asks the server to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this packet on this connection.
+    Send(ConnId, Packet),
+    /// Close this connection once what was sent before is flushed.
+    Close(ConnId),
+}
+
+/// The result of [`Broker::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    /// True if the connection was accepted (CONNACK success was queued).
+    pub accepted: bool,
+    /// The client id in use (assigned by the broker if the client sent none).
+    pub client_id: String,
+    /// The keep-alive to enforce, in seconds (0: none).
+    pub keep_alive: u16,
+}
+
+/// Counters, published under `$SYS/broker/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections currently open (after CONNACK).
+    pub clients_connected: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages dropped: session queue full, too large for the client, or expired.
+    pub messages_dropped: u64,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+struct Conn {
+    session: SessionId,
+    protocol: ProtocolVersion,
+    info: ClientInfo,
+    will: Option<LastWill>,
+    /// The client's Receive Maximum.
+    receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    max_packet_size: u32,
+    /// Topic aliases the client set: alias -> topic.
+    aliases_in: HashMap<u16, String>,
+    /// Topic aliases the broker set towards the client: topic -> alias.
+    aliases_out: HashMap<String, u16>,
+    /// The client's Topic Alias Maximum.
+    alias_max_out: u16,
+    /// The client's Request Problem Information.
+    problem_info: bool,
+    /// Session expiry given in CONNECT was 0 (DISCONNECT may then not raise it).
+    connect_expiry_zero: bool,
+}
+
+/// The broker: all sessions, subscriptions and retained messages, driven by the server.
+///
+/// Every method takes the current time; output is collected as [`Action`]s and taken with
+/// [`Broker::take_actions`].
+pub struct Broker {
+    config: BrokerConfig,
+    authorizer: Box<dyn Authorizer>,
+    sessions: HashMap<SessionId, Session>,
+    by_client_id: HashMap<String, SessionId>,
+    conns: HashMap<ConnId, Conn>,
+    subs: SubscriptionTree<SessionId, SubData>,
+    retained: RetainedTree<Arc<Message>>,
+    /// (deadline, session): session expiry and will delay timers, checked against the
+    /// session's state when they fire.
+    timers: BTreeSet<(Instant, SessionId)>,
+    actions: Vec<Action>,
+    stats: Stats,
+    next_session: u64,
+    started: Instant,
+    next_sys: Option<Instant>,
+    hasher: RandomState,
+    /// Reused while routing: (session, qos, retain, subscription id).
+    scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("sessions", &self.sessions.len())
+            .field("connections", &self.conns.len())
+            .field("subscriptions", &self.subs.len())
+            .field("retained", &self.retained.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn props_with_reason(reason: &str) -> Properties {
+    Properties {
+        reason_string: Some(reason.to_owned()),
+        ..Properties::default()
+    }
+}
+
+impl Broker {
+    /// A broker with no sessions, started at `now`.
+    pub fn new(config: BrokerConfig, now: Instant) -> Self {
+        let next_sys = config.sys_interval.map(|_| now);
+        Self {
+            config,
+            authorizer: Box::new(AllowAll),
+            sessions: HashMap::new(),
+            by_client_id: HashMap::new(),
+            conns: HashMap::new(),
+            subs: SubscriptionTree::new(),
+            retained: RetainedTree::new(),
+            timers: BTreeSet::new(),
+            actions: Vec::new(),
+            stats: Stats::default(),
+            next_session: 1,
+            started: now,
+            next_sys,
+            hasher: RandomState::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Replaces the authorizer.
+    pub fn set_authorizer(&mut self, authorizer: Box<dyn Authorizer>) {
+        self.authorizer = authorizer;
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Moves the actions produced so far into `out`.
+    pub fn drain_actions_into(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.actions);
+    }
+
+    /// The next time [`Broker::tick`] has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.first().map(|(t, _)| *t);
+        match (timer, self.next_sys) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        self.actions.push(Action::Send(conn, packet));
+    }
+
+    /// Sends a v5 DISCONNECT (if the client speaks v5) and closes the connection. The will is
+    /// published as for a lost connection.
+    pub fn disconnect_with(
+        &mut self,
+        conn_id: ConnId,
+        reason: ReasonCode,
+        text: &str,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        if conn.protocol.is_v5() {
+            let properties = if conn.problem_info {
+                props_with_reason(text)
+            } else {
+                Properties::default()
+            };
+            self.send(
+                conn_id,
+                Packet::Disconnect(Disconnect {
+                    reason_code: reason,
+                    properties,
+                }),
+            );
+        }
+        self.actions.push(Action::Close(conn_id));
+        self.connection_lost(conn_id, now);
+    }
+
+    // ---------------------------------------------------------------- CONNECT
+
+    /// Handles CONNECT on a new connection (authentication has already been done by the
+    /// server). Queues CONNACK, and on success any queued or in-flight messages.
+    pub fn connect(
+        &mut self,
+        conn_id: ConnId,
+        connect: Connect,
+        info: ClientInfo,
+        now: Instant,
+    ) -> ConnectOutcome {
+        let v5 = connect.protocol.is_v5();
+        let refuse = |this: &mut Self, code: ReasonCode, why: &str| {
+            let properties = if v5 {
+                props_with_reason(why)
+            } else {
+                Properties::default()
+            };
+            this.send(
+                conn_id,
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: code,
+                    properties,
+                }),
+            );
+            this.actions.push(Action::Close(conn_id));
+            ConnectOutcome {
+                accepted: false,
+                client_id: String::new(),
+                keep_alive: 0,
+            }
+        };
+
+        // Client identifier.
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            let allowed = match connect.protocol {
+                ProtocolVersion::V3_1 => false,
+                ProtocolVersion::V3_1_1 => connect.clean_start,
+                ProtocolVersion::V5 => true,
+            };
+            if !allowed {
+                return refuse(
+                    self,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "an empty client id needs clean session [MQTT-3.1.3-8]",
+                );
+            }
+            let id = format!(
+                "moat-{:016x}",
+                self.hasher.hash_one((self.next_session, now))
+            );
+            assigned = Some(id.clone());
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        if client_id.len() > self.config.max_client_id_len {
+            return refuse(
+                self,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "client id too long",
+            );
+        }
+        if let Some(w) = &connect.will {
+            if topic::validate_topic_name(&w.topic).is_err() {
+                return refuse(self, ReasonCode::TOPIC_NAME_INVALID, "invalid will topic");
+            }
+            if w.qos as u8 > self.config.max_qos {
+                return refuse(
+                    self,
+                    ReasonCode::QOS_NOT_SUPPORTED,
+                    "will QoS not supported",
+                );
+            }
+            if !self.authorizer.can_publish(&client_id, &info, &w.topic) {
+                return refuse(
+                    self,
+                    ReasonCode::NOT_AUTHORIZED,
+                    "will topic not authorized",
+                );
+            }
+        }
+
+        // Session expiry.
+        let requested_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(self.config.max_session_expiry);
+
+        // Take over an existing connection with the same client id.
+        let existing = self.by_client_id.get(&client_id).copied();
+        if let Some(sid) = existing {
+            let old_conn = self.sessions.get(&sid).and_then(|s| s.conn);
+            if let Some(old) = old_conn {
+                self.take_over(old, !connect.clean_start, now);
+            }
+        }
+
+        // Clean start ends the old session; otherwise resume it.
+        let mut session_present = false;
+        let sid = match self.by_client_id.get(&client_id).copied() {
+            Some(sid) if !connect.clean_start => {
+                session_present = true;
+                sid
+            }
+            Some(sid) => {
+                self.end_session(sid, now);
+                self.new_session(&client_id)
+            }
+            None => self.new_session(&client_id),
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return refuse(self, ReasonCode::UNSPECIFIED_ERROR, "session lost");
+        };
+        session.conn = Some(conn_id);
+        session.expiry_interval = expiry;
+        session.expires_at = None;
+        // A will waiting for its delay is not sent when the session is resumed [MQTT-3.1.3-9].
+        session.pending_will = None;
+
+        // Keep alive.
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if keep_alive > self.config.max_keep_alive {
+            keep_alive = self.config.max_keep_alive;
+            if v5 {
+                server_keep_alive = Some(keep_alive);
+            } else {
+                keep_alive = connect.keep_alive;
+            }
+        }
+
+        let props = &connect.properties;
+        let conn = Conn {
+            session: sid,
+            protocol: connect.protocol,
+            info,
+            will: connect.will,
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            alias_max_out: props.topic_alias_maximum.unwrap_or(0),
+            problem_info: props.request_problem_information.unwrap_or(1) == 1,
+            connect_expiry_zero: requested_expiry == 0,
+        };
+        let want_response_info = props.request_response_information == Some(1);
+        self.conns.insert(conn_id, conn);
+        self.stats.clients_connected += 1;
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.assigned_client_identifier = assigned;
+            properties.server_keep_alive = server_keep_alive;
+            if expiry != requested_expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            properties.receive_maximum = Some(self.config.receive_maximum);
+            properties.maximum_packet_size = Some(self.config.max_packet_size);
+            properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            if self.config.max_qos < 2 {
+                properties.maximum_qos = Some(self.config.max_qos);
+            }
+            if want_response_info {
+                properties.response_information = Some(format!("moat/response/{client_id}"));
+            }
+        }
+        self.send(
+            conn_id,
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code: ReasonCode::SUCCESS,
+                properties,
+            }),
+        );
+        if session_present {
+            self.resend_inflight(sid, conn_id, now);
+        }
+        self.fill_window(sid, now);
+        ConnectOutcome {
+            accepted: true,
+            client_id,
+            keep_alive,
+        }
+    }
+
+    fn new_session(&mut self, client_id: &str) -> SessionId {
+        let sid = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions
+            .insert(sid, Session::new(client_id.to_owned()));
+        self.by_client_id.insert(client_id.to_owned(), sid);
+        sid
+    }
+
+    /// The old connection of a session loses it to a new CONNECT with the same client id.
+    fn take_over(&mut self, old: ConnId, resumed: bool, now: Instant) {
+        let Some(conn) = self.conns.get(&old) else {
+            return;
+        };
+        if conn.protocol.is_v5() {
+            self.send(
+                old,
+                Packet::Disconnect(Disconnect {
+                    reason_code: ReasonCode::SESSION_TAKEN_OVER,
+                    properties: Properties::default(),
+                }),
+            );
+        }
+        self.actions.push(Action::Close(old));
+        let Some(conn) = self.conns.remove(&old) else {
+            return;
+        };
+        self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
+        if let Some(session) = self.sessions.get_mut(&conn.session) {
+            session.conn = None;
+        }
+        if let Some(will) = conn.will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            // With a delay, the will of a resumed session is never due [MQTT-3.1.3-9].
+            if delay == 0 || !resumed {
+                self.publish_will(conn.session, will, now);
+            }
+        }
+    }
+
+    /// Resends unacknowledged messages after a session is resumed [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self, sid: SessionId, conn_id: ConnId, now: Instant) {
+        let Some(session) = self.sessions.get(&sid) else {
+            return;
+        };
+        let order = session.inflight_in_order();
+        for id in order {
+            let Some(pid) = PacketId::new(id) else {
+                continue;
+            };
+            let Some(session) = self.sessions.get(&sid) else {
+                return;
+            };
+            let Some(f) = session.inflight.get(&id) else {
+                continue;
+            };
+            match f.state {
+                OutState::AwaitPubComp => {
+                    self.send(conn_id, Packet::PubRel(PubAck::new(pid)));
+                }
+                OutState::AwaitPubAck | OutState::AwaitPubRec => {
+                    let delivery = f.delivery.clone();
+                    // A message that cannot be sent any more (expired, too large) is dropped.
+                    if let Some(mut p) = self.build_publish(conn_id, &delivery, Some(pid), now) {
+                        p.dup = true;
+                        self.stats.messages_sent += 1;
+                        self.send(conn_id, Packet::Publish(p));
+                    } else if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.inflight.remove(&id);
+                        self.stats.messages_dropped += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- packets
+
+    /// Handles a packet received on a connected connection.
+    pub fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now: Instant) {
+        if !self.conns.contains_key(&conn_id) {
+            return;
+        }
+        match packet {
+            Packet::Publish(p) => self.handle_publish(conn_id, p, now),
+            Packet::PubAck(a) => self.handle_puback(conn_id, a, now),
+            Packet::PubRec(a) => self.handle_pubrec(conn_id, a, now),
+            Packet::PubRel(a) => self.handle_pubrel(conn_id, a),
+            Packet::PubComp(a) => self.handle_pubcomp(conn_id, a, now),
+            Packet::Subscribe(s) => self.handle_subscribe(conn_id, s, now),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn_id, u),
+            Packet::PingReq => self.send(conn_id, Packet::PingResp),
+            Packet::Disconnect(d) => self.handle_disconnect(conn_id, d, now),
+            Packet::Connect(_) => self.disconnect_with(
+                conn_id,
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT [MQTT-3.1.0-2]",
+                now,
+            ),
+            Packet::Auth(_) => self.disconnect_with(
+                conn_id,
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+                now,
+            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => self
+                .disconnect_with(
+                    conn_id,
+                    ReasonCode::PROTOCOL_ERROR,
+                    "a server-to-client packet was sent by the client",
+                    now,
+                ),
+        }
+    }
+
+    fn handle_publish(&mut self, conn_id: ConnId, mut p: Publish, now: Instant) {
+        self.stats.messages_received += 1;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let v5 = conn.protocol.is_v5();
+        // Topic alias.
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > self.config.topic_alias_maximum {
+                return self.disconnect_with(
+                    conn_id,
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range [MQTT-3.3.2-9]",
+                    now,
+                );
+            }
+            if p.topic.is_empty() {
+                match conn.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return self.disconnect_with(
+                            conn_id,
+                            ReasonCode::PROTOCOL_ERROR,
+                            "unknown topic alias",
+                            now,
+                        )
+                    }
+                }
+            } else {
+                conn.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        if topic::validate_topic_name(&p.topic).is_err() {
+            return self.disconnect_with(
+                conn_id,
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid topic name",
+                now,
+            );
+        }
+        if p.qos as u8 > self.config.max_qos {
+            return self.disconnect_with(
+                conn_id,
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "QoS not supported [MQTT-3.2.2-11]",
+                now,
+            );
+        }
+        let sid = conn.session;
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let client_id = session.client_id.clone();
+
+        // QoS 2 duplicate: acknowledge again, deliver once.
+        if let (QoS::ExactlyOnce, Some(pid)) = (p.qos, p.packet_id) {
+            if session.incoming_qos2.contains(&pid.get()) {
+                self.send(conn_id, Packet::PubRec(PubAck::new(pid)));
+                return;
+            }
+            if session.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                return self.disconnect_with(
+                    conn_id,
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded [MQTT-3.3.4-9]",
+                    now,
+                );
+            }
+        }
+
+        let mut reason = ReasonCode::SUCCESS;
+        let authorized = !p.topic.starts_with("$SYS")
+            && self
+                .conns
+                .get(&conn_id)
+                .is_some_and(|c| self.authorizer.can_publish(&client_id, &c.info, &p.topic));
+        if !authorized {
+            reason = ReasonCode::NOT_AUTHORIZED;
+        } else if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+        }
+        let (qos, pid) = (p.qos, p.packet_id);
+        if reason == ReasonCode::SUCCESS {
+            let retain = p.retain;
+            let message = Arc::new(Message::from_publish(p, Some(sid), now));
+            if retain {
+                self.store_retained(&message);
+            }
+            if !self.route(&message, now) && v5 {
+                reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        let Some(pid) = pid else { return };
+        let ack = PubAck {
+            packet_id: pid,
+            reason_code: reason,
+            properties: Properties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn_id, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.incoming_qos2.insert(pid.get());
+                    }
+                }
+                self.send(conn_id, Packet::PubRec(ack));
+            }
+        }
+    }
+
+    fn store_retained(&mut self, message: &Arc<Message>) {
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+        } else if self.retained.len() < self.config.max_retained_messages
+            || self.retained.get(&message.topic).is_some()
+        {
+            self.retained.insert(&message.topic, Arc::clone(message));
+        } else {
+            tracing::warn!(topic = %message.topic, "retained message not stored: limit reached");
+        }
+    }
+
+    /// Delivers a message to every matching subscription. Returns false if none matched.
+    fn route(&mut self, message: &Arc<Message>, now: Instant) -> bool {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let sessions = &self.sessions;
+        let origin = message.origin;
+        self.subs.for_each_match(&message.topic, |m| match m {
+            Match::Plain(sid, data) => {
+                if data.options.no_local && Some(*sid) == origin {
+                    return;
+                }
+                scratch.push((
+                    *sid,
+                    data.options.qos,
+                    data.options.retain_as_published,
+                    data.id,
+                ));
+            }
+            Match::Shared(group) => {
+                let n = group.members.len();
+                if n == 0 {
+                    return;
+                }
+                // Round robin, preferring connected members.
+                let start = group.next % n;
+                let pick = (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| {
+                        sessions
+                            .get(&group.members[i].0)
+                            .is_some_and(|s| s.conn.is_some())
+                    })
+                    .unwrap_or(start);
+                group.next = pick + 1;
+                let (sid, data) = &group.members[pick];
+                scratch.push((*sid, data.options.qos, false, data.id));
+            }
+        });
+        let matched = !scratch.is_empty();
+        scratch.sort_unstable_by_key(|e| e.0);
+        let mut i = 0;
+        while i < scratch.len() {
+            let sid = scratch[i].0;
+            let mut qos = QoS::AtMostOnce;
+            let mut rap = false;
+            let mut ids = Vec::new();
+            while i < scratch.len() && scratch[i].0 == sid {
+                let (_, q, r, id) = scratch[i];
+                qos = qos.max(q);
+                rap |= r;
+                ids.extend(id);
+                i += 1;
+            }
+            let delivery = Delivery {
+                message: Arc::clone(message),
+                qos: qos.min(message.qos),
+                retain: rap && message.retain,
+                subscription_ids: ids,
+            };
+            self.deliver(sid, delivery, now);
+        }
+        self.scratch = scratch;
+        matched
+    }
+
+    /// Sends a delivery to a session, or queues it.
+    fn deliver(&mut self, sid: SessionId, delivery: Delivery, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let conn_id = session.conn;
+        if delivery.qos == QoS::AtMostOnce {
+            // QoS 0 is not queued for offline sessions.
+            if let Some(c) = conn_id {
+                match self.build_publish(c, &delivery, None, now) {
+                    Some(p) => {
+                        self.stats.messages_sent += 1;
+                        self.send(c, Packet::Publish(p));
+                    }
+                    None => self.stats.messages_dropped += 1,
+                }
+            }
+            return;
+        }
+        if session.queue.len() >= self.config.max_queued_messages {
+            self.stats.messages_dropped += 1;
+            tracing::debug!(client_id = %session.client_id, "session queue full: message dropped");
+            return;
+        }
+        session.queue.push_back(delivery);
+        if conn_id.is_some() {
+            self.fill_window(sid, now);
+        }
+    }
+
+    /// Sends queued messages while the in-flight window has room.
+    fn fill_window(&mut self, sid: SessionId, now: Instant) {
+        loop {
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            let Some(conn_id) = session.conn else { return };
+            let Some(conn) = self.conns.get(&conn_id) else {
+                return;
+            };
+            let window = usize::from(conn.receive_maximum.min(self.config.max_inflight));
+            if session.inflight.len() >= window {
+                return;
+            }
+            let Some(delivery) = session.queue.pop_front() else {
+                return;
+            };
+            let Some(pid) = session.allocate_packet_id() else {
+                session.queue.push_front(delivery);
+                return;
+            };
+            match self.build_publish(conn_id, &delivery, Some(pid), now) {
+                Some(p) => {
+                    let Some(session) = self.sessions.get_mut(&sid) else {
+                        return;
+                    };
+                    let state = if delivery.qos == QoS::ExactlyOnce {
+                        OutState::AwaitPubRec
+                    } else {
+                        OutState::AwaitPubAck
+                    };
+                    let seq = session.next_seq;
+                    session.next_seq += 1;
+                    session.inflight.insert(
+                        pid.get(),
+                        Inflight {
+                            delivery,
+                            state,
+                            seq,
+                        },
+                    );
+                    self.stats.messages_sent += 1;
+                    self.send(conn_id, Packet::Publish(p));
+                }
+                None => self.stats.messages_dropped += 1,
+            }
+        }
+    }
+
+    /// The PUBLISH for one delivery on one connection, or `None` if it must be dropped
+    /// (expired, or larger than the client's maximum packet size [MQTT-3.1.2-25]).
+    fn build_publish(
+        &mut self,
+        conn_id: ConnId,
+        d: &Delivery,
+        packet_id: Option<PacketId>,
+        now: Instant,
+    ) -> Option<Publish> {
+        let m = &d.message;
+        if m.is_expired(now) {
+            return None;
+        }
+        let conn = self.conns.get_mut(&conn_id)?;
+        let v5 = conn.protocol.is_v5();
+        let mut p = Publish {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties: if v5 {
+                m.properties.clone()
+            } else {
+                Properties::default()
+            },
+            payload: m.payload.clone(),
+        };
+        if v5 {
+            p.properties.message_expiry_interval = m.remaining_expiry(now);
+            p.properties
+                .subscription_identifiers
+                .clone_from(&d.subscription_ids);
+            if conn.alias_max_out > 0 {
+                if let Some(&alias) = conn.aliases_out.get(&m.topic) {
+                    p.topic = String::new();
+                    p.properties.topic_alias = Some(alias);
+                } else if conn.aliases_out.len() < usize::from(conn.alias_max_out) {
+                    let alias = u16::try_from(conn.aliases_out.len() + 1).unwrap_or(u16::MAX);
+                    conn.aliases_out.insert(m.topic.clone(), alias);
+                    p.properties.topic_alias = Some(alias);
+                }
+            }
+        }
+        if conn.max_packet_size < u32::MAX {
+            let len = moat_codec::encoded_len(&Packet::Publish(p.clone()), conn.protocol);
+            if len > conn.max_packet_size as usize {
+                // An alias set by this packet would never reach the client.
+                if !p.topic.is_empty() {
+                    if let Some(alias) = p.properties.topic_alias {
+                        if conn.aliases_out.get(&m.topic) == Some(&alias) {
+                            conn.aliases_out.remove(&m.topic);
+                        }
+                    }
+                }
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    fn handle_puback(&mut self, conn_id: ConnId, a: PubAck, now: Instant) {
+        let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let id = a.packet_id.get();
+        if session
+            .inflight
+            .get(&id)
+            .is_some_and(|f| f.state == OutState::AwaitPubAck)
+        {
+            session.inflight.remove(&id);
+            self.fill_window(sid, now);
+        }
+    }
+
+    fn handle_pubrec(&mut self, conn_id: ConnId, a: PubAck, now: Instant) {
+        let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let id = a.packet_id.get();
+        match session.inflight.get_mut(&id) {
+            Some(f) if f.state == OutState::AwaitPubRec || f.state == OutState::AwaitPubComp => {
+                if a.reason_code.is_error() {
+                    session.inflight.remove(&id);
+                    self.fill_window(sid, now);
+                } else {
+                    f.state = OutState::AwaitPubComp;
+                    self.send(conn_id, Packet::PubRel(PubAck::new(a.packet_id)));
+                }
+            }
+            _ => {
+                let mut rel = PubAck::new(a.packet_id);
+                rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                self.send(conn_id, Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn handle_pubrel(&mut self, conn_id: ConnId, a: PubAck) {
+        let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut comp = PubAck::new(a.packet_id);
+        if !session.incoming_qos2.remove(&a.packet_id.get()) {
+            comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+        }
+        self.send(conn_id, Packet::PubComp(comp));
+    }
+
+    fn handle_pubcomp(&mut self, conn_id: ConnId, a: PubAck, now: Instant) {
+        let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let id = a.packet_id.get();
+        if session
+            .inflight
+            .get(&id)
+            .is_some_and(|f| f.state == OutState::AwaitPubComp)
+        {
+            session.inflight.remove(&id);
+            self.fill_window(sid, now);
+        }
+    }
+
+    fn handle_subscribe(&mut self, conn_id: ConnId, s: Subscribe, now: Instant) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let v5 = conn.protocol.is_v5();
+        let sid = conn.session;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let Some(client_id) = self.sessions.get(&sid).map(|s| s.client_id.clone()) else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained_to_send: Vec<(String, QoS, Option<u32>)> = Vec::new();
+        for (raw, mut options) in s.filters {
+            let filter = match Filter::parse(&raw) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(%client_id, filter = %raw, error = %e, "subscription refused");
+                    codes.push(if v5 {
+                        ReasonCode::TOPIC_FILTER_INVALID
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
+                    continue;
+                }
+            };
+            if filter.share_group.is_some() && options.no_local && v5 {
+                return self.disconnect_with(
+                    conn_id,
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                    now,
+                );
+            }
+            let allowed = self
+                .conns
+                .get(&conn_id)
+                .is_some_and(|c| self.authorizer.can_subscribe(&client_id, &c.info, &raw));
+            if !allowed {
+                codes.push(if v5 {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode(0x80)
+                });
+                continue;
+            }
+            if options.qos as u8 > self.config.max_qos {
+                options.qos = QoS::from_u8(self.config.max_qos).unwrap_or(QoS::AtMostOnce);
+            }
+            let data = SubData {
+                options,
+                id: sub_id,
+            };
+            let existed = self.subs.insert(&filter, sid, data.clone()).is_some();
+            let send_retained = filter.share_group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained_to_send.push((filter.filter.clone(), options.qos, sub_id));
+            }
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.subscriptions.insert(raw, (filter, data));
+            }
+            codes.push(ReasonCode(options.qos as u8));
+        }
+        self.send(
+            conn_id,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: Properties::default(),
+                reason_codes: codes,
+            }),
+        );
+        // Retained messages follow the SUBACK [MQTT-3.3.1-9: sent with RETAIN set].
+        for (filter, qos, sub_id) in retained_to_send {
+            let mut found = Vec::new();
+            self.retained.for_each_match(&filter, |_, m| {
+                if !m.is_expired(now) {
+                    found.push(Arc::clone(m));
+                }
+            });
+            for message in found {
+                let delivery = Delivery {
+                    qos: qos.min(message.qos),
+                    message,
+                    retain: true,
+                    subscription_ids: sub_id.into_iter().collect(),
+                };
+                self.deliver(sid, delivery, now);
+            }
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, conn_id: ConnId, u: Unsubscribe) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let v5 = conn.protocol.is_v5();
+        let sid = conn.session;
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in u.filters {
+            let code = match self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.subscriptions.remove(&raw))
+            {
+                Some((filter, _)) => {
+                    self.subs.remove(&filter, &sid);
+                    ReasonCode::SUCCESS
+                }
+                None if Filter::parse(&raw).is_err() => ReasonCode::TOPIC_FILTER_INVALID,
+                None => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            };
+            codes.push(code);
+        }
+        if !v5 {
+            codes.clear();
+        }
+        self.send(
+            conn_id,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                reason_codes: codes,
+            }),
+        );
+    }
+
+    fn handle_disconnect(&mut self, conn_id: ConnId, d: Disconnect, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if conn.connect_expiry_zero && expiry != 0 {
+                return self.disconnect_with(
+                    conn_id,
+                    ReasonCode::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 in CONNECT [MQTT-3.14.2-2]",
+                    now,
+                );
+            }
+            let sid = conn.session;
+            let max = self.config.max_session_expiry;
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.expiry_interval = expiry.min(max);
+            }
+        }
+        // A normal DISCONNECT discards the will [MQTT-3.1.2-10]; 0x04 asks for it.
+        if d.reason_code != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.will = None;
+            }
+        }
+        self.actions.push(Action::Close(conn_id));
+        self.connection_lost(conn_id, now);
+    }
+
+    /// The connection is gone (closed by either side, keep-alive expired, I/O error). Publishes
+    /// the will (after its delay) and starts the session's expiry. Unknown connections are
+    /// ignored, so calling this twice is harmless.
+    pub fn connection_lost(&mut self, conn_id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
+        let sid = conn.session;
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if session.conn != Some(conn_id) {
+            return;
+        }
+        session.conn = None;
+        let expiry = session.expiry_interval;
+        let mut publish_now = None;
+        if let Some(will) = conn.will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || expiry == 0 {
+                publish_now = Some(will);
+            } else {
+                let at = now + Duration::from_secs(u64::from(delay.min(expiry)));
+                session.pending_will = Some(PendingWill { at, will });
+                self.timers.insert((at, sid));
+            }
+        }
+        if expiry == 0 {
+            self.end_session(sid, now);
+        } else if expiry != u32::MAX {
+            let at = now + Duration::from_secs(u64::from(expiry));
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.expires_at = Some(at);
+            }
+            self.timers.insert((at, sid));
+        }
+        if let Some(will) = publish_now {
+            self.publish_will(sid, will, now);
+        }
+    }
+
+    fn publish_will(&mut self, sid: SessionId, will: LastWill, now: Instant) {
+        let retain = will.retain;
+        let message = Arc::new(Message::from_will(will, Some(sid), now));
+        if retain {
+            self.store_retained(&message);
+        }
+        self.route(&message, now);
+    }
+
+    /// Removes a session and its subscriptions; a pending will is published [MQTT-3.1.3-9].
+    fn end_session(&mut self, sid: SessionId, now: Instant) {
+        let Some(session) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if self.by_client_id.get(&session.client_id) == Some(&sid) {
+            self.by_client_id.remove(&session.client_id);
+        }
+        for (filter, _) in session.subscriptions.values() {
+            self.subs.remove(filter, &sid);
+        }
+        if let Some(p) = session.pending_will {
+            self.publish_will(sid, p.will, now);
+        }
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Runs what is due at `now`: delayed wills, session expiry, `$SYS` statistics.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(at, sid)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            if session.conn.is_some() {
+                continue;
+            }
+            if session.pending_will.as_ref().is_some_and(|w| w.at <= now) {
+                if let Some(p) = session.pending_will.take() {
+                    self.publish_will(sid, p.will, now);
+                }
+            }
+            let Some(session) = self.sessions.get(&sid) else {
+                continue;
+            };
+            if session.expires_at.is_some_and(|e| e <= now) {
+                self.end_session(sid, now);
+            }
+        }
+        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval) {
+            if at <= now {
+                self.next_sys = Some(now + interval);
+                self.publish_sys(now);
+            }
+        }
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let items: [(&str, String); 9] = [
+            ("version", format!("moat {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{uptime} seconds")),
+            (
+                "clients/connected",
+                self.stats.clients_connected.to_string(),
+            ),
+            ("clients/total", self.sessions.len().to_string()),
+            (
+                "messages/received",
+                self.stats.messages_received.to_string(),
+            ),
+            ("messages/sent", self.stats.messages_sent.to_string()),
+            ("messages/dropped", self.stats.messages_dropped.to_string()),
+            ("subscriptions/count", self.subs.len().to_string()),
+            ("retained messages/count", self.retained.len().to_string()),
+        ];
+        for (name, value) in items {
+            let message = Arc::new(Message {
+                topic: format!("$SYS/broker/{name}"),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            });
+            self.retained.insert(&message.topic, Arc::clone(&message));
+            self.route(&message, now);
+        }
+    }
+
+    /// Closes every connection for shutdown: v5 clients get DISCONNECT 0x8B. Wills are not
+    /// published (the server is going away, the clients did nothing wrong).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn_id in ids {
+            if let Some(conn) = self.conns.get(&conn_id) {
+                if conn.protocol.is_v5() {
+                    self.send(
+                        conn_id,
+                        Packet::Disconnect(Disconnect {
+                            reason_code: ReasonCode::SERVER_SHUTTING_DOWN,
+                            properties: Properties::default(),
+                        }),
+                    );
+                }
+            }
+            self.actions.push(Action::Close(conn_id));
+        }
+    }
+}

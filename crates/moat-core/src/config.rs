@@ -1,0 +1,76 @@
+//! Limits and protocol settings of the broker core. Every limit is on by default; none of them
+//! uses 0 to mean "unlimited".
+
+use std::time::Duration;
+
+/// Settings of [`crate::Broker`]. `Default` gives the documented defaults, pinned by a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Largest packet accepted from clients, in bytes (announced to v5 clients in CONNACK).
+    pub max_packet_size: u32,
+    /// How many QoS 2 PUBLISH packets a client may have unacknowledged at once (v5 Receive
+    /// Maximum announced in CONNACK; exceeding it closes the connection with 0x93).
+    pub receive_maximum: u16,
+    /// How many QoS 1/2 messages the broker sends to one client before waiting for acks; the
+    /// client's own Receive Maximum lowers this further.
+    pub max_inflight: u16,
+    /// How many QoS 1/2 messages wait per session (offline, or behind a full in-flight window).
+    /// On overflow the new message is dropped for that session and counted in
+    /// `$SYS/broker/messages/dropped`; the publisher's acknowledgement is not affected.
+    pub max_queued_messages: usize,
+    /// The highest topic alias clients may use (v5 Topic Alias Maximum in CONNACK).
+    pub topic_alias_maximum: u16,
+    /// The longest keep-alive the broker accepts; v5 clients asking for more (or for 0 when
+    /// `require_keep_alive` is set) are told to use this via Server Keep Alive.
+    pub max_keep_alive: u16,
+    /// The longest session expiry interval granted, in seconds (`u32::MAX` never expires).
+    pub max_session_expiry: u32,
+    /// Retained messages kept at most; a new retained topic beyond this is not stored.
+    pub max_retained_messages: usize,
+    /// Longest client identifier accepted, in bytes.
+    pub max_client_id_len: usize,
+    /// Highest QoS granted (2 means all).
+    pub max_qos: u8,
+    /// How often `$SYS/broker/...` statistics are published; `None` turns them off.
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            max_inflight: 256,
+            max_queued_messages: 10_000,
+            topic_alias_maximum: 64,
+            max_keep_alive: 65_535,
+            max_session_expiry: u32::MAX,
+            max_retained_messages: 100_000,
+            max_client_id_len: 256,
+            max_qos: 2,
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the documented defaults (README and DESIGN.md repeat them).
+    #[test]
+    fn documented_defaults() {
+        let c = BrokerConfig::default();
+        assert_eq!(c.max_packet_size, 1_048_576);
+        assert_eq!(c.receive_maximum, 1024);
+        assert_eq!(c.max_inflight, 256);
+        assert_eq!(c.max_queued_messages, 10_000);
+        assert_eq!(c.topic_alias_maximum, 64);
+        assert_eq!(c.max_keep_alive, 65_535);
+        assert_eq!(c.max_session_expiry, u32::MAX);
+        assert_eq!(c.max_retained_messages, 100_000);
+        assert_eq!(c.max_client_id_len, 256);
+        assert_eq!(c.max_qos, 2);
+        assert_eq!(c.sys_interval, Some(Duration::from_secs(10)));
+    }
+}

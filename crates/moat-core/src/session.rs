@@ -1,0 +1,103 @@
+//! Session state: what survives a reconnect of a persistent session.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use moat_codec::{LastWill, PacketId, SubscriptionOptions};
+
+use crate::message::Delivery;
+use crate::topic::Filter;
+use crate::ConnId;
+
+/// The data stored with each subscription in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubData {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<u32>,
+}
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub(crate) delivery: Delivery,
+    pub(crate) state: OutState,
+    /// Send order, for resending in order after a reconnect.
+    pub(crate) seq: u64,
+}
+
+/// A will waiting for its delay (or the end of the session) to pass.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingWill {
+    pub(crate) at: Instant,
+    pub(crate) will: LastWill,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: String,
+    pub(crate) conn: Option<ConnId>,
+    /// Raw filter string (as subscribed, `$share/...` included) -> parsed filter and data.
+    pub(crate) subscriptions: HashMap<String, (Filter, SubData)>,
+    /// Session expiry interval in seconds; `u32::MAX` never expires.
+    pub(crate) expiry_interval: u32,
+    /// Set while disconnected: when the session ends.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) pending_will: Option<PendingWill>,
+    /// Outgoing QoS 1/2 messages awaiting acknowledgement, by packet id.
+    pub(crate) inflight: HashMap<u16, Inflight>,
+    /// Outgoing QoS 1/2 messages not yet sent.
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) next_packet_id: PacketId,
+    pub(crate) next_seq: u64,
+    /// Incoming QoS 2 packet ids received (PUBREC sent) and not yet released.
+    pub(crate) incoming_qos2: HashSet<u16>,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: String) -> Self {
+        Self {
+            client_id,
+            conn: None,
+            subscriptions: HashMap::new(),
+            expiry_interval: 0,
+            expires_at: None,
+            pending_will: None,
+            inflight: HashMap::new(),
+            queue: VecDeque::new(),
+            next_packet_id: PacketId::MIN,
+            next_seq: 0,
+            incoming_qos2: HashSet::new(),
+        }
+    }
+
+    /// A packet id not in flight. `None` if all 65,535 are in use.
+    pub(crate) fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        if self.inflight.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = id.next();
+            if !self.inflight.contains_key(&id.get()) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// In-flight packet ids in the order they were first sent.
+    pub(crate) fn inflight_in_order(&self) -> Vec<u16> {
+        let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+}

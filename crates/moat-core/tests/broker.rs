@@ -1,0 +1,823 @@
+//! The broker core driven by scripted clients and a virtual clock: no sockets, no sleeps.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moat_codec::{
+    Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish,
+    QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
+};
+use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+
+const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+struct Harness {
+    broker: Broker,
+    now: Instant,
+    next_conn: u64,
+    pending: Vec<Action>,
+}
+
+fn pid(v: u16) -> PacketId {
+    PacketId::new(v).unwrap()
+}
+
+fn connect_packet(client_id: &str, version: ProtocolVersion, clean: bool) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn publish(topic: &str, payload: &str, qos: QoS, id: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: PacketId::new(id),
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    }
+}
+
+fn sub(filter: &str, qos: QoS) -> (String, SubscriptionOptions) {
+    (
+        filter.into(),
+        SubscriptionOptions {
+            qos,
+            ..Default::default()
+        },
+    )
+}
+
+impl Harness {
+    fn new() -> Self {
+        let config = BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        };
+        Self::with_config(config)
+    }
+
+    fn with_config(config: BrokerConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            broker: Broker::new(config, now),
+            now,
+            next_conn: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.broker.tick(self.now);
+    }
+
+    /// Connects and returns (conn, CONNACK, other packets sent to it).
+    fn connect_with(&mut self, c: Connect) -> (ConnId, moat_codec::ConnAck, Vec<Packet>) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.broker
+            .connect(conn, c, ClientInfo::default(), self.now);
+        let mut out = self.take(conn);
+        assert!(!out.is_empty(), "no CONNACK");
+        let Packet::ConnAck(ack) = out.remove(0) else {
+            panic!("first packet not CONNACK")
+        };
+        (conn, ack, out)
+    }
+
+    fn connect(&mut self, id: &str, version: ProtocolVersion, clean: bool) -> ConnId {
+        let (conn, ack, _) = self.connect_with(connect_packet(id, version, clean));
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, p: Packet) {
+        self.broker.handle_packet(conn, p, self.now);
+    }
+
+    /// Packets queued for `conn`; the other connections' actions stay pending.
+    fn take(&mut self, conn: ConnId) -> Vec<Packet> {
+        let mut actions = std::mem::take(&mut self.pending);
+        actions.extend(self.broker.take_actions());
+        let mut mine = Vec::new();
+        for a in actions {
+            match a {
+                Action::Send(c, p) if c == conn => mine.push(p),
+                other => self.pending.push(other),
+            }
+        }
+        mine
+    }
+
+    fn all_for(&mut self, conn: ConnId) -> Vec<Packet> {
+        self.take(conn)
+    }
+
+    /// Whether the broker asked to close `conn` (packets for it are discarded).
+    fn closed(&mut self, conn: ConnId) -> bool {
+        let mut actions = std::mem::take(&mut self.pending);
+        actions.extend(self.broker.take_actions());
+        let closed = actions.iter().any(|a| *a == Action::Close(conn));
+        self.pending.extend(actions.into_iter().filter(|a| match a {
+            Action::Close(c) | Action::Send(c, _) => *c != conn,
+        }));
+        closed
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        filters: Vec<(String, SubscriptionOptions)>,
+    ) -> Vec<ReasonCode> {
+        self.subscribe_props(conn, filters, Properties::default())
+    }
+
+    fn subscribe_props(
+        &mut self,
+        conn: ConnId,
+        filters: Vec<(String, SubscriptionOptions)>,
+        properties: Properties,
+    ) -> Vec<ReasonCode> {
+        self.send(
+            conn,
+            Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                properties,
+                filters,
+            }),
+        );
+        let out = self.take(conn);
+        match out.first() {
+            Some(Packet::SubAck(a)) => a.reason_codes.clone(),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .filter_map(|p| {
+            if let Packet::Publish(p) = p {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn qos0_pubsub_and_dollar_topics() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V3, true);
+    assert_eq!(
+        h.subscribe(a, vec![sub("#", QoS::AtMostOnce)]),
+        vec![ReasonCode::GRANTED_QOS_0]
+    );
+    let b = h.connect("b", V3, true);
+    h.send(
+        b,
+        Packet::Publish(publish("TopicA/B", "x", QoS::AtMostOnce, 0)),
+    );
+    h.send(
+        b,
+        Packet::Publish(publish("$TopicA/B", "y", QoS::AtMostOnce, 0)),
+    );
+    let got = h.all_for(a);
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1, "{got:?}");
+    assert_eq!(p[0].topic, "TopicA/B");
+    assert_eq!(p[0].payload, "x");
+}
+
+#[test]
+fn qos1_and_qos2_inbound_flows() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V5, true);
+    h.send(a, Packet::Publish(publish("t", "1", QoS::AtLeastOnce, 7)));
+    let out = h.take(a);
+    let Packet::PubAck(ack) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ack.packet_id, pid(7));
+    assert_eq!(ack.reason_code, ReasonCode::NO_MATCHING_SUBSCRIBERS);
+
+    h.subscribe(a, vec![sub("t", QoS::ExactlyOnce)]);
+    h.send(a, Packet::Publish(publish("t", "2", QoS::ExactlyOnce, 8)));
+    let out = h.take(a);
+    assert!(
+        out.iter()
+            .any(|p| matches!(p, Packet::PubRec(r) if r.packet_id == pid(8))),
+        "{out:?}"
+    );
+    assert_eq!(publishes(&out).len(), 1);
+    // The same packet id again before PUBREL: acknowledged, not delivered twice.
+    let mut dup = publish("t", "2", QoS::ExactlyOnce, 8);
+    dup.dup = true;
+    h.send(a, Packet::Publish(dup));
+    let out = h.take(a);
+    assert!(matches!(&out[0], Packet::PubRec(_)));
+    assert_eq!(publishes(&out).len(), 0, "QoS 2 delivered twice: {out:?}");
+    h.send(a, Packet::PubRel(PubAck::new(pid(8))));
+    let out = h.take(a);
+    assert!(matches!(&out[0], Packet::PubComp(c) if c.reason_code == ReasonCode::SUCCESS));
+    // PUBREL for an unknown id: v5 PUBCOMP with 0x92.
+    h.send(a, Packet::PubRel(PubAck::new(pid(9))));
+    let out = h.take(a);
+    assert!(
+        matches!(&out[0], Packet::PubComp(c) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+    );
+}
+
+#[test]
+fn outbound_qos2_flow_and_redelivery_after_reconnect() {
+    let mut h = Harness::new();
+    let s = h.connect("sub", V3, false);
+    h.subscribe(s, vec![sub("t/#", QoS::ExactlyOnce)]);
+    let p = h.connect("pub", V3, true);
+    h.send(
+        p,
+        Packet::Publish(publish("t/1", "q1", QoS::AtLeastOnce, 1)),
+    );
+    h.send(
+        p,
+        Packet::Publish(publish("t/2", "q2", QoS::ExactlyOnce, 2)),
+    );
+    let got = h.all_for(s);
+    let ps = publishes(&got);
+    assert_eq!(ps.len(), 2);
+    assert_eq!(ps[0].qos, QoS::AtLeastOnce);
+    assert_eq!(ps[1].qos, QoS::ExactlyOnce);
+    let (id1, id2) = (ps[0].packet_id.unwrap(), ps[1].packet_id.unwrap());
+    // PUBREC for the QoS 2 message, then the connection drops before PUBCOMP.
+    h.send(s, Packet::PubRec(PubAck::new(id2)));
+    assert!(matches!(&h.all_for(s)[0], Packet::PubRel(r) if r.packet_id == id2));
+    h.broker.connection_lost(s, h.now);
+
+    let (s2, ack, resent) = h.connect_with(connect_packet("sub", V3, false));
+    assert!(ack.session_present);
+    // QoS 1 resent with DUP, then PUBREL for the QoS 2 one [MQTT-4.4.0-1].
+    assert_eq!(resent.len(), 2, "{resent:?}");
+    assert!(matches!(&resent[0], Packet::Publish(p) if p.dup && p.packet_id == Some(id1)));
+    assert!(matches!(&resent[1], Packet::PubRel(r) if r.packet_id == id2));
+    h.send(s2, Packet::PubAck(PubAck::new(id1)));
+    h.send(s2, Packet::PubComp(PubAck::new(id2)));
+    assert!(h.take(s2).is_empty());
+}
+
+#[test]
+fn offline_queue_for_persistent_session_not_for_clean() {
+    let mut h = Harness::new();
+    let s = h.connect("sub", V3, false);
+    h.subscribe(s, vec![sub("q", QoS::AtLeastOnce)]);
+    h.send(s, Packet::Disconnect(Disconnect::default()));
+    assert!(h.closed(s));
+    let p = h.connect("pub", V3, true);
+    h.send(p, Packet::Publish(publish("q", "0", QoS::AtMostOnce, 0)));
+    h.send(p, Packet::Publish(publish("q", "1", QoS::AtLeastOnce, 1)));
+    h.send(p, Packet::Publish(publish("q", "2", QoS::ExactlyOnce, 2)));
+    let (_, ack, queued) = h.connect_with(connect_packet("sub", V3, false));
+    assert!(ack.session_present);
+    let ps = publishes(&queued);
+    assert_eq!(
+        ps.iter().map(|p| &p.payload[..]).collect::<Vec<_>>(),
+        vec![b"1", b"2"]
+    );
+    // QoS 2 message downgraded to the granted QoS 1.
+    assert!(ps.iter().all(|p| p.qos == QoS::AtLeastOnce));
+
+    // Clean session: nothing kept.
+    let (c, ack, _) = h.connect_with(connect_packet("sub", V3, true));
+    assert!(!ack.session_present);
+    h.broker.connection_lost(c, h.now);
+    let (_, ack, _) = h.connect_with(connect_packet("sub", V3, false));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn retained_messages_set_replace_clear() {
+    let mut h = Harness::new();
+    let p = h.connect("pub", V3, true);
+    let mut m = publish("r/a", "one", QoS::AtLeastOnce, 1);
+    m.retain = true;
+    h.send(p, Packet::Publish(m.clone()));
+    m.payload = Bytes::from_static(b"two");
+    h.send(p, Packet::Publish(m.clone()));
+    let mut m2 = publish("r/b", "b", QoS::AtMostOnce, 0);
+    m2.retain = true;
+    h.send(p, Packet::Publish(m2));
+    h.take(p);
+    assert_eq!(h.broker.retained_count(), 2);
+
+    let s = h.connect("s", V3, true);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(3),
+            properties: Properties::default(),
+            filters: vec![sub("r/+", QoS::ExactlyOnce)],
+        }),
+    );
+    let out = h.take(s);
+    assert!(
+        matches!(&out[0], Packet::SubAck(_)),
+        "SUBACK first: {out:?}"
+    );
+    let ps = publishes(&out);
+    assert_eq!(ps.len(), 2);
+    assert!(ps.iter().all(|p| p.retain));
+    let a = ps.iter().find(|p| p.topic == "r/a").unwrap();
+    assert_eq!(a.payload, "two");
+    assert_eq!(a.qos, QoS::AtLeastOnce);
+
+    // A live message to an existing subscription has RETAIN cleared (v3) [MQTT-3.3.1-9].
+    let mut live = publish("r/a", "three", QoS::AtMostOnce, 0);
+    live.retain = true;
+    h.send(p, Packet::Publish(live));
+    let got = h.all_for(s);
+    assert!(!publishes(&got)[0].retain);
+
+    // Empty payload clears.
+    let mut clear = publish("r/a", "", QoS::AtMostOnce, 0);
+    clear.retain = true;
+    h.send(p, Packet::Publish(clear));
+    assert_eq!(h.broker.retained_count(), 1);
+}
+
+#[test]
+fn will_published_on_loss_not_on_disconnect() {
+    let mut h = Harness::new();
+    let s = h.connect("s", V3, true);
+    h.subscribe(s, vec![sub("will/#", QoS::AtLeastOnce)]);
+    let mut c = connect_packet("w", V3, true);
+    c.will = Some(LastWill {
+        topic: "will/w".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    let (w, _, _) = h.connect_with(c.clone());
+    h.send(w, Packet::Disconnect(Disconnect::default()));
+    assert!(publishes(&h.all_for(s)).is_empty());
+
+    let (w, _, _) = h.connect_with(c);
+    h.broker.connection_lost(w, h.now);
+    let got = h.all_for(s);
+    assert_eq!(publishes(&got)[0].payload, "gone");
+}
+
+#[test]
+fn will_delay_and_cancel_on_reconnect() {
+    let mut h = Harness::new();
+    let s = h.connect("s", V5, true);
+    h.subscribe(s, vec![sub("will", QoS::AtMostOnce)]);
+    let mut c = connect_packet("w", V5, false);
+    c.properties.session_expiry_interval = Some(100);
+    c.will = Some(LastWill {
+        topic: "will".into(),
+        payload: Bytes::from_static(b"late"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(10),
+            ..Properties::default()
+        },
+    });
+    let (w, _, _) = h.connect_with(c.clone());
+    h.broker.connection_lost(w, h.now);
+    h.advance(5);
+    assert!(publishes(&h.all_for(s)).is_empty());
+    // Reconnecting within the delay cancels the will.
+    let (w, _, _) = h.connect_with(c.clone());
+    h.advance(20);
+    assert!(publishes(&h.all_for(s)).is_empty());
+    // Lost again: sent after 10 s.
+    h.broker.connection_lost(w, h.now);
+    h.advance(9);
+    assert!(publishes(&h.all_for(s)).is_empty());
+    h.advance(1);
+    assert_eq!(publishes(&h.all_for(s)).len(), 1);
+}
+
+#[test]
+fn session_expiry_v5() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("e", V5, true);
+    c.properties.session_expiry_interval = Some(5);
+    let (conn, _, _) = h.connect_with(c.clone());
+    h.subscribe(conn, vec![sub("x", QoS::AtLeastOnce)]);
+    h.send(conn, Packet::Disconnect(Disconnect::default()));
+    h.advance(2);
+    c.clean_start = false;
+    let (conn, ack, _) = h.connect_with(c.clone());
+    assert!(ack.session_present);
+    h.send(conn, Packet::Disconnect(Disconnect::default()));
+    h.advance(6);
+    let (conn, ack, _) = h.connect_with(c.clone());
+    assert!(!ack.session_present, "session should have expired");
+    // DISCONNECT may change the interval; 0 in CONNECT cannot be raised.
+    h.send(
+        conn,
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties {
+                session_expiry_interval: Some(0),
+                ..Default::default()
+            },
+        }),
+    );
+    let (conn, ack, _) = h.connect_with(c.clone());
+    assert!(!ack.session_present);
+    let mut zero = c.clone();
+    zero.properties.session_expiry_interval = None;
+    h.broker.connection_lost(conn, h.now);
+    let (conn, _, _) = h.connect_with(zero);
+    h.send(
+        conn,
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties {
+                session_expiry_interval: Some(10),
+                ..Default::default()
+            },
+        }),
+    );
+    let out = h.all_for(conn);
+    assert!(
+        matches!(&out[0], Packet::Disconnect(d) if d.reason_code == ReasonCode::PROTOCOL_ERROR),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn takeover_disconnects_old_connection() {
+    let mut h = Harness::new();
+    let old = h.connect("dup", V5, true);
+    let new = h.connect("dup", V5, true);
+    let out = h.all_for(old);
+    assert!(
+        matches!(&out[0], Packet::Disconnect(d) if d.reason_code == ReasonCode::SESSION_TAKEN_OVER)
+    );
+    assert!(h.closed(old));
+    // The new connection works.
+    h.send(new, Packet::PingReq);
+    assert_eq!(h.take(new), vec![Packet::PingResp]);
+}
+
+#[test]
+fn empty_client_id_rules() {
+    let mut h = Harness::new();
+    let (_, ack, _) = h.connect_with(connect_packet("", V3, false));
+    assert_eq!(ack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    let (_, ack, _) = h.connect_with(connect_packet("", V3, true));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let (_, ack, _) = h.connect_with(connect_packet("", V5, false));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_with_max_qos_and_all_ids() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V5, true);
+    h.subscribe_props(
+        a,
+        vec![sub("TopicA/#", QoS::ExactlyOnce)],
+        Properties {
+            subscription_identifiers: vec![1],
+            ..Default::default()
+        },
+    );
+    h.subscribe_props(
+        a,
+        vec![sub("TopicA/+", QoS::AtLeastOnce)],
+        Properties {
+            subscription_identifiers: vec![2],
+            ..Default::default()
+        },
+    );
+    h.send(
+        a,
+        Packet::Publish(publish("TopicA/C", "o", QoS::ExactlyOnce, 5)),
+    );
+    let out = h.take(a);
+    let ps = publishes(&out);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].qos, QoS::ExactlyOnce);
+    let mut ids = ps[0].properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[test]
+fn no_local_retain_as_published_and_retain_handling() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V5, true);
+    let opts = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        ..Default::default()
+    };
+    h.subscribe(a, vec![("nl".into(), opts)]);
+    h.send(a, Packet::Publish(publish("nl", "x", QoS::AtMostOnce, 0)));
+    assert!(publishes(&h.take(a)).is_empty());
+
+    let rap = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        retain_as_published: true,
+        ..Default::default()
+    };
+    h.subscribe(a, vec![("rap".into(), rap)]);
+    let mut m = publish("rap", "r", QoS::AtMostOnce, 0);
+    m.retain = true;
+    h.send(a, Packet::Publish(m));
+    assert!(publishes(&h.take(a))[0].retain);
+
+    // retain handling 1: only for a new subscription; 2: never.
+    let rh1 = SubscriptionOptions {
+        retain_handling: RetainHandling::SendAtSubscribeIfNew,
+        ..Default::default()
+    };
+    h.send(
+        a,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(2),
+            properties: Default::default(),
+            filters: vec![("rap/#".into(), rh1)],
+        }),
+    );
+    assert_eq!(publishes(&h.take(a)).len(), 1);
+    h.send(
+        a,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(3),
+            properties: Default::default(),
+            filters: vec![("rap/#".into(), rh1)],
+        }),
+    );
+    assert_eq!(publishes(&h.take(a)).len(), 0);
+    let rh2 = SubscriptionOptions {
+        retain_handling: RetainHandling::DoNotSend,
+        ..Default::default()
+    };
+    h.send(
+        a,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(4),
+            properties: Default::default(),
+            filters: vec![("r+".into(), rh2), ("rap".into(), rh2)],
+        }),
+    );
+    let out = h.take(a);
+    assert!(
+        matches!(&out[0], Packet::SubAck(s) if s.reason_codes == vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::GRANTED_QOS_0])
+    );
+    assert_eq!(publishes(&out).len(), 0);
+}
+
+#[test]
+fn shared_subscriptions_round_robin() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V5, true);
+    let b = h.connect("b", V5, true);
+    h.subscribe(a, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
+    h.subscribe(b, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
+    let p = h.connect("p", V5, true);
+    for i in 0..10 {
+        h.send(
+            p,
+            Packet::Publish(publish("s/x", &i.to_string(), QoS::AtMostOnce, 0)),
+        );
+    }
+    let na = publishes(&h.all_for(a)).len();
+    let nb = publishes(&h.all_for(b)).len();
+    assert_eq!((na, nb), (5, 5));
+    // No Local on a shared subscription is a protocol error.
+    let bad = SubscriptionOptions {
+        no_local: true,
+        ..Default::default()
+    };
+    h.send(
+        a,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(9),
+            properties: Default::default(),
+            filters: vec![("$share/g/z".into(), bad)],
+        }),
+    );
+    assert!(h.closed(a));
+}
+
+#[test]
+fn topic_aliases_both_ways() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("al", V5, true);
+    c.properties.topic_alias_maximum = Some(2);
+    let (a, ack, _) = h.connect_with(c);
+    assert_eq!(ack.properties.topic_alias_maximum, Some(64));
+    h.subscribe(a, vec![sub("al/#", QoS::AtMostOnce)]);
+    let mut p = publish("al/1", "a", QoS::AtMostOnce, 0);
+    p.properties.topic_alias = Some(1);
+    h.send(a, Packet::Publish(p));
+    let mut p = publish("", "b", QoS::AtMostOnce, 0);
+    p.properties.topic_alias = Some(1);
+    h.send(a, Packet::Publish(p));
+    let out = h.take(a);
+    let ps = publishes(&out);
+    assert_eq!(ps.len(), 2);
+    // First delivery sets the outbound alias, second uses it with an empty topic.
+    assert_eq!(
+        (ps[0].topic.as_str(), ps[0].properties.topic_alias),
+        ("al/1", Some(1))
+    );
+    assert_eq!(
+        (ps[1].topic.as_str(), ps[1].properties.topic_alias),
+        ("", Some(1))
+    );
+    // Alias above the maximum: DISCONNECT 0x94.
+    let mut p = publish("al/2", "c", QoS::AtMostOnce, 0);
+    p.properties.topic_alias = Some(65);
+    h.send(a, Packet::Publish(p));
+    let out = h.all_for(a);
+    assert!(
+        matches!(out.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::TOPIC_ALIAS_INVALID)
+    );
+}
+
+#[test]
+fn receive_maximum_limits_inflight_and_queue_drains() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("rm", V5, true);
+    c.properties.receive_maximum = Some(2);
+    let (s, _, _) = h.connect_with(c);
+    h.subscribe(s, vec![sub("f", QoS::AtLeastOnce)]);
+    let p = h.connect("p", V5, true);
+    for i in 1..=5 {
+        h.send(
+            p,
+            Packet::Publish(publish("f", &i.to_string(), QoS::AtLeastOnce, i)),
+        );
+    }
+    let got = h.all_for(s);
+    let ps: Vec<Publish> = publishes(&got).into_iter().cloned().collect();
+    assert_eq!(ps.len(), 2, "window of 2");
+    h.send(s, Packet::PubAck(PubAck::new(ps[0].packet_id.unwrap())));
+    let more = h.all_for(s);
+    assert_eq!(publishes(&more).len(), 1);
+    assert_eq!(publishes(&more)[0].payload, "3");
+}
+
+#[test]
+fn maximum_packet_size_drops_oversize_deliveries() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("mps", V5, true);
+    c.properties.maximum_packet_size = Some(64);
+    let (s, _, _) = h.connect_with(c);
+    h.subscribe(s, vec![sub("big", QoS::AtLeastOnce)]);
+    let p = h.connect("p", V5, true);
+    h.send(
+        p,
+        Packet::Publish(publish("big", &"x".repeat(100), QoS::AtLeastOnce, 1)),
+    );
+    h.send(
+        p,
+        Packet::Publish(publish("big", "small", QoS::AtLeastOnce, 2)),
+    );
+    let got = h.all_for(s);
+    let ps = publishes(&got);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].payload, "small");
+}
+
+#[test]
+fn message_expiry_counts_down_and_drops() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("exp", V5, false);
+    c.properties.session_expiry_interval = Some(100);
+    let (s, _, _) = h.connect_with(c.clone());
+    h.subscribe(s, vec![sub("e", QoS::AtLeastOnce)]);
+    h.broker.connection_lost(s, h.now);
+    let p = h.connect("p", V5, true);
+    let mut m = publish("e", "short", QoS::AtLeastOnce, 1);
+    m.properties.message_expiry_interval = Some(1);
+    h.send(p, Packet::Publish(m));
+    let mut m = publish("e", "long", QoS::AtLeastOnce, 2);
+    m.properties.message_expiry_interval = Some(6);
+    h.send(p, Packet::Publish(m));
+    h.advance(3);
+    let (_, _, queued) = h.connect_with(c);
+    let ps = publishes(&queued);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].payload, "long");
+    assert_eq!(ps[0].properties.message_expiry_interval, Some(3));
+}
+
+#[test]
+fn unsubscribe_reason_codes() {
+    let mut h = Harness::new();
+    let a = h.connect("u", V5, true);
+    h.subscribe(a, vec![sub("a/b", QoS::AtMostOnce)]);
+    h.send(
+        a,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(2),
+            properties: Default::default(),
+            filters: vec!["a/b".into(), "c".into()],
+        }),
+    );
+    let out = h.take(a);
+    let Packet::UnsubAck(u) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(
+        u.reason_codes,
+        vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+    );
+    h.send(a, Packet::Publish(publish("a/b", "x", QoS::AtMostOnce, 0)));
+    assert!(publishes(&h.take(a)).is_empty());
+}
+
+#[test]
+fn server_keep_alive_and_second_connect() {
+    let config = BrokerConfig {
+        max_keep_alive: 30,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let mut c = connect_packet("k", V5, true);
+    c.keep_alive = 120;
+    let (conn, ack, _) = h.connect_with(c.clone());
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    h.send(conn, Packet::Connect(Box::new(c)));
+    let out = h.all_for(conn);
+    assert!(
+        matches!(&out[0], Packet::Disconnect(d) if d.reason_code == ReasonCode::PROTOCOL_ERROR)
+    );
+}
+
+#[test]
+fn sys_topics_published() {
+    let config = BrokerConfig {
+        sys_interval: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let a = h.connect("sys", V3, true);
+    h.subscribe(a, vec![sub("$SYS/broker/#", QoS::AtMostOnce)]);
+    h.advance(10);
+    let got = h.all_for(a);
+    let topics: Vec<&str> = publishes(&got).iter().map(|p| p.topic.as_str()).collect();
+    assert!(
+        topics.contains(&"$SYS/broker/clients/connected"),
+        "{topics:?}"
+    );
+    // '#' alone does not see $SYS.
+    let b = h.connect("all", V3, true);
+    h.subscribe(b, vec![sub("#", QoS::AtMostOnce)]);
+    h.advance(10);
+    assert!(publishes(&h.all_for(b)).is_empty());
+}
+
+#[test]
+fn queue_limit_drops_and_counts() {
+    let config = BrokerConfig {
+        max_queued_messages: 3,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let s = h.connect("q", V3, false);
+    h.subscribe(s, vec![sub("q", QoS::AtLeastOnce)]);
+    h.broker.connection_lost(s, h.now);
+    let p = h.connect("p", V3, true);
+    for i in 1..=5 {
+        h.send(
+            p,
+            Packet::Publish(publish("q", &i.to_string(), QoS::AtLeastOnce, i)),
+        );
+    }
+    // The publisher is acknowledged every time.
+    let acks = h
+        .all_for(p)
+        .iter()
+        .filter(|p| matches!(p, Packet::PubAck(_)))
+        .count();
+    assert_eq!(acks, 5);
+    assert_eq!(h.broker.stats().messages_dropped, 2);
+    let (_, _, queued) = h.connect_with(connect_packet("q", V3, false));
+    assert_eq!(publishes(&queued).len(), 3);
+}

@@ -1,0 +1,301 @@
+//! One client connection: CONNECT under a timeout, then a loop that reads packets for the
+//! router and writes what the router queued, with keep-alive and write timeouts.
+//!
+//! Everything here runs inside the connection's own task, never in the accept loop.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use moat_codec::{
+    Codec, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion,
+    ReasonCode,
+};
+use moat_core::{ClientInfo, ConnId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{ListenerConfig, ServerConfig};
+use crate::outbox::Outbox;
+use crate::router::ToRouter;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) router: mpsc::Sender<ToRouter>,
+    /// Cancelled when shutdown's grace period is over: connections still open are dropped.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    Closed,
+    ClosedByBroker,
+    Io(std::io::Error),
+    Decode(DecodeError),
+    KeepAlive,
+    ConnectTimeout,
+    WriteTimeout,
+    Refused(ReasonCode),
+    NotConnect,
+    Stopped,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed by the client"),
+            Self::ClosedByBroker => f.write_str("closed by the broker"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Decode(e) => write!(f, "{e}"),
+            Self::KeepAlive => f.write_str("keep-alive expired"),
+            Self::ConnectTimeout => f.write_str("no CONNECT in time"),
+            Self::WriteTimeout => f.write_str("write timed out (client not reading)"),
+            Self::Refused(code) => write!(f, "CONNECT refused: {code}"),
+            Self::NotConnect => f.write_str("first packet was not CONNECT [MQTT-3.1.0-1]"),
+            Self::Stopped => f.write_str("server stopping"),
+        }
+    }
+}
+
+/// Serves one connection until it ends.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    conn: ConnId,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c = Connection {
+        io,
+        rbuf: BytesMut::with_capacity(1024),
+        wbuf: BytesMut::new(),
+        codec: Codec::new(shared.config.broker.max_packet_size),
+        conn,
+        shared: Arc::clone(&shared),
+    };
+    let end = tokio::select! {
+        end = c.run(peer, &listener) => end,
+        () = shared.hard_stop.cancelled() => End::Stopped,
+    };
+    match &end {
+        End::Closed | End::ClosedByBroker | End::Io(_) => debug!(reason = %end, "connection ended"),
+        other => info!(reason = %other, "connection ended"),
+    }
+    let _ = shared.router.send(ToRouter::Closed { conn }).await;
+}
+
+struct Connection<IO> {
+    io: IO,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: Codec,
+    conn: ConnId,
+    shared: Arc<Shared>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+    async fn run(&mut self, peer: SocketAddr, listener: &ListenerConfig) -> End {
+        let config = Arc::clone(&self.shared.config);
+        let connect = match timeout(config.connect_timeout, self.read_connect()).await {
+            Err(_) => return End::ConnectTimeout,
+            Ok(Err(end)) => return end,
+            Ok(Ok(connect)) => connect,
+        };
+        let version = connect.protocol;
+        self.codec.set_version(version);
+
+        // Authentication. Until a credential store exists, a listener either admits anyone
+        // (allow_anonymous) or no one.
+        if !listener.allow_anonymous {
+            let code = if connect.username.is_some() {
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD
+            } else {
+                ReasonCode::NOT_AUTHORIZED
+            };
+            warn!(%peer, client_id = %connect.client_id, reason = %code, "connection refused");
+            self.refuse(version, code).await;
+            return End::Refused(code);
+        }
+
+        let info = ClientInfo {
+            listener: listener.name.clone(),
+            peer: Some(peer),
+            username: connect.username.clone(),
+        };
+        let outbox = Arc::new(Outbox::default());
+        let (reply, outcome) = oneshot::channel();
+        let msg = ToRouter::Connect {
+            conn: self.conn,
+            connect: Box::new(connect),
+            info,
+            outbox: Arc::clone(&outbox),
+            reply,
+        };
+        if self.shared.router.send(msg).await.is_err() {
+            return End::Stopped;
+        }
+        let Ok(outcome) = outcome.await else {
+            return End::Stopped;
+        };
+        if outcome.accepted {
+            tracing::Span::current().record("client_id", outcome.client_id.as_str());
+            debug!(keep_alive = outcome.keep_alive, %version, "connected");
+        }
+        let keep_alive = (outcome.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
+        self.run_connected(&outbox, keep_alive, version).await
+    }
+
+    /// Reads until CONNECT is decoded. Anything else first is a protocol violation.
+    async fn read_connect(&mut self) -> Result<Connect, End> {
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(c))) => return Ok(*c),
+                Ok(Some(_)) => return Err(End::NotConnect),
+                Ok(None) => {}
+                Err(e @ DecodeError::UnsupportedProtocolVersion { level, .. }) => {
+                    // [MQTT-3.1.2-2]: answer with "unsupported protocol version", then close.
+                    let version = if level == 5 {
+                        ProtocolVersion::V5
+                    } else {
+                        ProtocolVersion::V3_1_1
+                    };
+                    if level == 3 || level == 4 || level == 5 {
+                        self.refuse(version, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)
+                            .await;
+                    }
+                    return Err(End::Decode(e));
+                }
+                Err(e) => return Err(End::Decode(e)),
+            }
+            match self.io.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(End::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+    }
+
+    /// Sends a refusing CONNACK and shuts the connection down.
+    async fn refuse(&mut self, version: ProtocolVersion, code: ReasonCode) {
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: Properties::default(),
+        });
+        self.write_now(&ack, version).await;
+        let _ = self.io.shutdown().await;
+    }
+
+    async fn write_now(&mut self, packet: &Packet, version: ProtocolVersion) {
+        self.wbuf.clear();
+        if moat_codec::encode(packet, version, &mut self.wbuf).is_ok() {
+            let write = self.io.write_all(&self.wbuf);
+            let _ = timeout(self.shared.config.write_timeout, write).await;
+        }
+        self.wbuf.clear();
+    }
+
+    async fn run_connected(
+        &mut self,
+        outbox: &Outbox,
+        keep_alive: Option<Duration>,
+        version: ProtocolVersion,
+    ) -> End {
+        let max_outbox = self.shared.config.max_outbox_packets;
+        let write_timeout = self.shared.config.write_timeout;
+        let mut pending = VecDeque::new();
+        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        loop {
+            // A client that does not read what it is sent is not read from either.
+            let paused = outbox.len() >= max_outbox;
+            tokio::select! {
+                biased;
+                () = outbox.ready.notified() => {
+                    let closed = outbox.drain_into(&mut pending);
+                    for packet in pending.drain(..) {
+                        if let Err(e) = moat_codec::encode(&packet, version, &mut self.wbuf) {
+                            warn!(error = %e, "packet not encodable; dropped");
+                        }
+                    }
+                    if !self.wbuf.is_empty() {
+                        match timeout(write_timeout, self.io.write_all(&self.wbuf)).await {
+                            Err(_) => return End::WriteTimeout,
+                            Ok(Err(e)) => return End::Io(e),
+                            Ok(Ok(())) => {}
+                        }
+                        self.wbuf.clear();
+                        if self.wbuf.capacity() > 64 * 1024 {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                    if closed {
+                        let _ = timeout(write_timeout, self.io.shutdown()).await;
+                        return End::ClosedByBroker;
+                    }
+                }
+                read = self.io.read_buf(&mut self.rbuf), if !paused => {
+                    match read {
+                        Ok(0) => return End::Closed,
+                        Ok(_) => {}
+                        Err(e) => return End::Io(e),
+                    }
+                    if let Some(k) = keep_alive {
+                        deadline = Some(Instant::now() + k);
+                    }
+                    loop {
+                        match self.codec.decode(&mut self.rbuf) {
+                            Ok(Some(packet)) => {
+                                let msg = ToRouter::Packet { conn: self.conn, packet };
+                                if self.shared.router.send(msg).await.is_err() {
+                                    return End::Stopped;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                if version.is_v5() {
+                                    let d = Packet::Disconnect(Disconnect {
+                                        reason_code: e.reason_code(),
+                                        properties: Properties::default(),
+                                    });
+                                    self.write_now(&d, version).await;
+                                }
+                                return End::Decode(e);
+                            }
+                        }
+                    }
+                    if self.rbuf.capacity() > 64 * 1024 && self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::with_capacity(1024);
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    if version.is_v5() {
+                        let d = Packet::Disconnect(Disconnect {
+                            reason_code: ReasonCode::KEEP_ALIVE_TIMEOUT,
+                            properties: Properties::default(),
+                        });
+                        self.write_now(&d, version).await;
+                    }
+                    return End::KeepAlive;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,155 @@
+//! The router task: the one owner of the broker core. Connections send it packets over a
+//! bounded channel (so a fast publisher is slowed down when the router is busy) and it pushes
+//! packets into each connection's outbox (never waiting on a slow client).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use moat_codec::{Connect, Packet, QoS};
+use moat_core::{Action, Broker, ClientInfo, ConnId, ConnectOutcome};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+
+/// Messages from connection tasks to the router.
+#[derive(Debug)]
+pub(crate) enum ToRouter {
+    Connect {
+        conn: ConnId,
+        connect: Box<Connect>,
+        info: ClientInfo,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<ConnectOutcome>,
+    },
+    Packet {
+        conn: ConnId,
+        packet: Packet,
+    },
+    Closed {
+        conn: ConnId,
+    },
+}
+
+/// Counters kept by the server (beside the core's).
+#[derive(Debug, Default)]
+pub(crate) struct ServerStats {
+    pub(crate) qos0_dropped_slow: AtomicU64,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+pub(crate) struct Router {
+    pub(crate) broker: Broker,
+    pub(crate) rx: mpsc::Receiver<ToRouter>,
+    pub(crate) outboxes: HashMap<ConnId, Arc<Outbox>>,
+    pub(crate) max_outbox_packets: usize,
+    pub(crate) stats: Arc<ServerStats>,
+    actions: Vec<Action>,
+}
+
+impl Router {
+    pub(crate) fn new(
+        broker: Broker,
+        rx: mpsc::Receiver<ToRouter>,
+        max_outbox_packets: usize,
+        stats: Arc<ServerStats>,
+    ) -> Self {
+        Self {
+            broker,
+            rx,
+            outboxes: HashMap::new(),
+            max_outbox_packets,
+            stats,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (then disconnects everyone) or every sender is gone.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            let deadline = self
+                .broker
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = self.rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for msg in batch.drain(..) {
+                        self.handle(msg);
+                    }
+                }
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.broker.tick(now()),
+            }
+            self.apply_actions();
+        }
+        self.broker.shutdown();
+        self.apply_actions();
+        // Whatever is still queued must not hold connections open.
+        for outbox in self.outboxes.values() {
+            outbox.close();
+        }
+    }
+
+    fn handle(&mut self, msg: ToRouter) {
+        let now = now();
+        match msg {
+            ToRouter::Connect {
+                conn,
+                connect,
+                info,
+                outbox,
+                reply,
+            } => {
+                self.outboxes.insert(conn, outbox);
+                // Apply what is pending first so that a takeover's DISCONNECT goes out in order.
+                let outcome = self.broker.connect(conn, *connect, info, now);
+                let _ = reply.send(outcome);
+            }
+            ToRouter::Packet { conn, packet } => self.broker.handle_packet(conn, packet, now),
+            ToRouter::Closed { conn } => {
+                self.broker.connection_lost(conn, now);
+                self.outboxes.remove(&conn);
+            }
+        }
+    }
+
+    fn apply_actions(&mut self) {
+        self.broker.drain_actions_into(&mut self.actions);
+        for action in self.actions.drain(..) {
+            match action {
+                Action::Send(conn, packet) => {
+                    let Some(outbox) = self.outboxes.get(&conn) else {
+                        continue;
+                    };
+                    if let Packet::Publish(p) = &packet {
+                        if p.qos == QoS::AtMostOnce && outbox.len() >= self.max_outbox_packets {
+                            self.stats.qos0_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    outbox.push(packet);
+                }
+                Action::Close(conn) => {
+                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                        outbox.close();
+                    }
+                }
+            }
+        }
+    }
+}
