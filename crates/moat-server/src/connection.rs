@@ -163,16 +163,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Ok(Some(Packet::Connect(c))) => return Ok(*c),
                 Ok(Some(_)) => return Err(End::NotConnect),
                 Ok(None) => {}
-                Err(e @ DecodeError::UnsupportedProtocolVersion { level, .. }) => {
-                    // [MQTT-3.1.2-2]: answer with "unsupported protocol version", then close.
-                    let version = if level == 5 {
-                        ProtocolVersion::V5
-                    } else {
-                        ProtocolVersion::V3_1_1
-                    };
-                    if level == 3 || level == 4 || level == 5 {
-                        self.refuse(version, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)
-                            .await;
+                Err(e @ DecodeError::UnsupportedProtocolVersion { .. }) => {
+                    // [MQTT-3.1.2-2]: an MQTT client asking for a level we do not speak gets
+                    // "unacceptable protocol version" in the 3.1.1 format every version reads.
+                    if let DecodeError::UnsupportedProtocolVersion { name, .. } = &e {
+                        if name == "MQTT" || name == "MQIsdp" {
+                            let code = ReasonCode::UNSUPPORTED_PROTOCOL_VERSION;
+                            self.refuse(ProtocolVersion::V3_1_1, code).await;
+                        }
                     }
                     return Err(End::Decode(e));
                 }
