@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs Moat's whole test suite on a fresh machine. Installs what the tests need when it is
+# missing (Debian: mosquitto, mosquitto-clients, openssl; a Python venv in .venv with paho-mqtt
+# and pytest; cargo-nextest), then runs the Rust tests and the Python interop tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo_cmd=()
+[ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+missing=()
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian's mosquitto starts a system broker on 1883; the tests use ephemeral ports only.
+export PATH="$PATH:/usr/sbin"
+
+if ! .venv/bin/python -c 'import paho.mqtt, pytest' >/dev/null 2>&1; then
+  echo "test.sh: creating .venv with paho-mqtt and pytest"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check 'paho-mqtt==2.2.0' 'pytest>=8,<9'
+fi
+
+cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+cargo build -p moat-cli
+cargo nextest run --workspace --no-fail-fast
+MOAT_BIN="$PWD/target/debug/moat" .venv/bin/python -m pytest -q tests/interop
