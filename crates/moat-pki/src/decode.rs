@@ -59,7 +59,10 @@ impl Kind {
 
     /// Whether this is a private key of any format.
     pub fn is_private_key(&self) -> bool {
-        matches!(self, Self::Pkcs8Key | Self::Pkcs1Key | Self::Sec1Key | Self::EncryptedPkcs8Key)
+        matches!(
+            self,
+            Self::Pkcs8Key | Self::Pkcs1Key | Self::Sec1Key | Self::EncryptedPkcs8Key
+        )
     }
 
     /// A short human name.
@@ -93,12 +96,16 @@ pub struct Item {
 impl Item {
     /// The value of a PEM header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether this is a key in the legacy OpenSSL PEM encryption (`Proc-Type: 4,ENCRYPTED`).
     pub fn is_legacy_encrypted(&self) -> bool {
-        self.header("Proc-Type").is_some_and(|v| v.contains("ENCRYPTED"))
+        self.header("Proc-Type")
+            .is_some_and(|v| v.contains("ENCRYPTED"))
     }
 }
 
@@ -125,7 +132,11 @@ pub struct Decoded {
 impl Decoded {
     /// The certificates' DER, in file order.
     pub fn certificates(&self) -> Vec<Vec<u8>> {
-        self.items.iter().filter(|i| i.kind == Kind::Certificate).map(|i| i.der.clone()).collect()
+        self.items
+            .iter()
+            .filter(|i| i.kind == Kind::Certificate)
+            .map(|i| i.der.clone())
+            .collect()
     }
 }
 
@@ -162,16 +173,27 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
             .into_iter()
             .map(|b| Item {
                 kind: Kind::from_label(b.tag()),
-                headers: b.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                headers: b
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
                 der: b.into_contents(),
             })
             .collect();
-        return Ok(Decoded { encoding: Encoding::Pem, items });
+        return Ok(Decoded {
+            encoding: Encoding::Pem,
+            items,
+        });
     }
     let kind = sniff_der(data).ok_or(DecodeError::NotPemOrDer)?;
     Ok(Decoded {
         encoding: Encoding::Der,
-        items: vec![Item { kind, der: data.to_vec(), headers: Vec::new() }],
+        items: vec![Item {
+            kind,
+            der: data.to_vec(),
+            headers: Vec::new(),
+        }],
     })
 }
 
@@ -223,7 +245,10 @@ mod tests {
     #[test]
     fn garbage_and_empty() {
         assert_eq!(decode(b"").unwrap_err(), DecodeError::Empty);
-        assert_eq!(decode(b"hello world").unwrap_err(), DecodeError::NotPemOrDer);
+        assert_eq!(
+            decode(b"hello world").unwrap_err(),
+            DecodeError::NotPemOrDer
+        );
         assert!(matches!(
             decode(b"-----BEGIN CERTIFICATE-----\nAAAA").unwrap_err(),
             DecodeError::BadPem(_)

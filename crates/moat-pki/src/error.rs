@@ -45,11 +45,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn content(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Content { path: path.into(), message: message.into() }
+        Self::Content {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

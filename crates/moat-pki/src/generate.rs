@@ -42,8 +42,14 @@ pub enum KeyType {
 
 impl KeyType {
     /// All of them, in flag order.
-    pub const ALL: [Self; 6] =
-        [Self::P256, Self::P384, Self::Ed25519, Self::Rsa2048, Self::Rsa3072, Self::Rsa4096];
+    pub const ALL: [Self; 6] = [
+        Self::P256,
+        Self::P384,
+        Self::Ed25519,
+        Self::Rsa2048,
+        Self::Rsa3072,
+        Self::Rsa4096,
+    ];
 
     /// The flag value, e.g. "p256".
     pub fn as_str(self) -> &'static str {
@@ -76,8 +82,12 @@ impl KeyType {
     /// [`Error::Generate`] if the system's random source fails.
     pub fn generate(self) -> Result<PrivateKey, Error> {
         let der = match self {
-            Self::P256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_der(),
-            Self::P384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?.serialize_der(),
+            Self::P256 => {
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_der()
+            }
+            Self::P384 => {
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?.serialize_der()
+            }
             Self::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?.serialize_der(),
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => {
                 use rsa::pkcs8::EncodePrivateKey;
@@ -187,7 +197,9 @@ impl Ca {
 
     /// Whether this CA is an intermediate (not self-signed).
     pub fn is_intermediate(&self) -> bool {
-        CertInfo::from_der(&self.cert_der).map(|i| !i.self_signed).unwrap_or(false)
+        CertInfo::from_der(&self.cert_der)
+            .map(|i| !i.self_signed)
+            .unwrap_or(false)
     }
 
     /// What a server or client signed by this CA sends after its own certificate:
@@ -208,11 +220,18 @@ impl Ca {
 
     fn sign(&self, params: &CertificateParams, key: &PrivateKey) -> Result<Vec<u8>, Error> {
         self.check()?;
-        let issuer_key =
-            self.key.to_rcgen().map_err(|source| Error::Key { path: "CA key".into(), source })?;
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der.as_slice()), issuer_key)?;
-        let subject_key = key.to_rcgen().map_err(|source| Error::Key { path: "new key".into(), source })?;
+        let issuer_key = self.key.to_rcgen().map_err(|source| Error::Key {
+            path: "CA key".into(),
+            source,
+        })?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &CertificateDer::from(self.cert_der.as_slice()),
+            issuer_key,
+        )?;
+        let subject_key = key.to_rcgen().map_err(|source| Error::Key {
+            path: "new key".into(),
+            source,
+        })?;
         Ok(params.signed_by(&subject_key, &issuer)?.der().to_vec())
     }
 }
@@ -257,9 +276,15 @@ pub struct ClientOptions {
 pub fn root_ca(opts: &CaOptions) -> Result<Certified, Error> {
     let params = ca_params(opts, BasicConstraints::Unconstrained)?;
     let key = opts.key_type.generate()?;
-    let kp = key.to_rcgen().map_err(|source| Error::Key { path: "new key".into(), source })?;
+    let kp = key.to_rcgen().map_err(|source| Error::Key {
+        path: "new key".into(),
+        source,
+    })?;
     let cert = params.self_signed(&kp)?;
-    Ok(Certified { cert_der: cert.der().to_vec(), key })
+    Ok(Certified {
+        cert_der: cert.der().to_vec(),
+        key,
+    })
 }
 
 /// Makes an intermediate CA signed by `issuer` (which may itself be an intermediate).
@@ -279,7 +304,10 @@ pub fn intermediate_ca(opts: &CaOptions, issuer: &Ca) -> Result<Certified, Error
 /// # Errors
 /// [`Error::Invalid`] when there is no host or a host is neither a DNS name nor an IP address.
 pub fn server(opts: &ServerOptions, issuer: &Ca) -> Result<Certified, Error> {
-    let first = opts.hosts.first().ok_or_else(|| Error::Invalid("at least one --host is needed".into()))?;
+    let first = opts
+        .hosts
+        .first()
+        .ok_or_else(|| Error::Invalid("at least one --host is needed".into()))?;
     let mut params = leaf_params(&opts.validity)?;
     let mut sans = Vec::new();
     for host in &opts.hosts {
@@ -289,7 +317,9 @@ pub fn server(opts: &ServerOptions, issuer: &Ca) -> Result<Certified, Error> {
         }
     }
     params.subject_alt_names = sans;
-    params.distinguished_name.push(DnType::CommonName, clean_host(first));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, clean_host(first));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = opts.key_type.generate()?;
     set_leaf_key_usage(&mut params, &key);
@@ -304,7 +334,9 @@ pub fn server(opts: &ServerOptions, issuer: &Ca) -> Result<Certified, Error> {
 pub fn client(opts: &ClientOptions, issuer: &Ca) -> Result<Certified, Error> {
     check_cn(&opts.common_name)?;
     let mut params = leaf_params(&opts.validity)?;
-    params.distinguished_name.push(DnType::CommonName, opts.common_name.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, opts.common_name.as_str());
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let key = opts.key_type.generate()?;
     set_leaf_key_usage(&mut params, &key);
@@ -315,7 +347,9 @@ pub fn client(opts: &ClientOptions, issuer: &Ca) -> Result<Certified, Error> {
 fn ca_params(opts: &CaOptions, constraint: BasicConstraints) -> Result<CertificateParams, Error> {
     check_cn(&opts.common_name)?;
     let mut params = base_params(&opts.validity)?;
-    params.distinguished_name.push(DnType::CommonName, opts.common_name.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, opts.common_name.as_str());
     params.is_ca = IsCa::Ca(constraint);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -365,13 +399,18 @@ fn check_cn(cn: &str) -> Result<(), Error> {
         return Err(Error::Invalid("the common name is empty".into()));
     }
     if cn.len() > 64 {
-        return Err(Error::Invalid(format!("the common name {cn:?} is longer than 64 characters")));
+        return Err(Error::Invalid(format!(
+            "the common name {cn:?} is longer than 64 characters"
+        )));
     }
     Ok(())
 }
 
 fn clean_host(host: &str) -> String {
-    host.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+    host.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// A `--host` value as a subjectAltName: an IP address, or a DNS name (a leading `*.` wildcard
@@ -392,12 +431,19 @@ pub fn parse_host(host: &str) -> Result<SanType, Error> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !valid {
-        return Err(Error::Invalid(format!("{host:?} is neither a DNS name nor an IP address")));
+        return Err(Error::Invalid(format!(
+            "{host:?} is neither a DNS name nor an IP address"
+        )));
     }
-    let name = h.clone().try_into().map_err(|_| Error::Invalid(format!("{host:?} is not a valid DNS name")))?;
+    let name = h
+        .clone()
+        .try_into()
+        .map_err(|_| Error::Invalid(format!("{host:?} is not a valid DNS name")))?;
     Ok(SanType::DnsName(name))
 }
 
@@ -407,10 +453,22 @@ mod tests {
 
     #[test]
     fn hosts_parse() {
-        assert!(matches!(parse_host("127.0.0.1").unwrap(), SanType::IpAddress(_)));
-        assert!(matches!(parse_host("[::1]").unwrap(), SanType::IpAddress(_)));
-        assert!(matches!(parse_host("Broker.Local").unwrap(), SanType::DnsName(_)));
-        assert!(matches!(parse_host("*.example.com").unwrap(), SanType::DnsName(_)));
+        assert!(matches!(
+            parse_host("127.0.0.1").unwrap(),
+            SanType::IpAddress(_)
+        ));
+        assert!(matches!(
+            parse_host("[::1]").unwrap(),
+            SanType::IpAddress(_)
+        ));
+        assert!(matches!(
+            parse_host("Broker.Local").unwrap(),
+            SanType::DnsName(_)
+        ));
+        assert!(matches!(
+            parse_host("*.example.com").unwrap(),
+            SanType::DnsName(_)
+        ));
         assert!(parse_host("bad host").is_err());
         assert!(parse_host("").is_err());
     }

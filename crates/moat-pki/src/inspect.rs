@@ -128,10 +128,13 @@ impl CertInfo {
     /// # Errors
     /// The parser's message when the bytes are not an X.509 certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (rest, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
         if !rest.is_empty() {
-            return Err(format!("{} bytes of junk after the certificate", rest.len()));
+            return Err(format!(
+                "{} bytes of junk after the certificate",
+                rest.len()
+            ));
         }
         Ok(Self::from_parsed(&cert, der))
     }
@@ -149,8 +152,11 @@ impl CertInfo {
             .as_ref()
             .and_then(|p| p.as_oid().ok())
             .map(|o| o.to_id_string());
-        let key =
-            KeyAlgorithm::from_spki_parts(&spki.algorithm.algorithm.to_id_string(), curve.as_deref(), rsa_bits);
+        let key = KeyAlgorithm::from_spki_parts(
+            &spki.algorithm.algorithm.to_id_string(),
+            curve.as_deref(),
+            rsa_bits,
+        );
         let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
         let signature_algorithm = oid2sn(&cert.signature_algorithm.algorithm, reg)
             .map(str::to_owned)
@@ -166,12 +172,17 @@ impl CertInfo {
         let mut extensions = Vec::new();
         for ext in cert.extensions() {
             let oid = ext.oid.to_id_string();
-            let name = oid2sn(&ext.oid, reg).map(str::to_owned).unwrap_or_else(|_| oid.clone());
+            let name = oid2sn(&ext.oid, reg)
+                .map(str::to_owned)
+                .unwrap_or_else(|_| oid.clone());
             let value = match ext.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
                     has_san = true;
                     sans = san.general_names.iter().map(general_name).collect();
-                    sans.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    sans.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
                 ParsedExtension::BasicConstraints(bc) => {
                     basic_constraints_ca = Some(bc.ca);
@@ -222,11 +233,18 @@ impl CertInfo {
                     }
                     None => "(no key identifier)".into(),
                 },
-                ParsedExtension::UnsupportedExtension { .. } => format!("{} bytes", ext.value.len()),
+                ParsedExtension::UnsupportedExtension { .. } => {
+                    format!("{} bytes", ext.value.len())
+                }
                 ParsedExtension::ParseError { error } => format!("unparseable: {error}"),
                 other => format!("{other:?}").chars().take(200).collect(),
             };
-            extensions.push(Extension { name, oid, critical: ext.critical, value });
+            extensions.push(Extension {
+                name,
+                oid,
+                critical: ext.critical,
+                value,
+            });
         }
 
         let nb = cert.validity().not_before;
@@ -260,7 +278,9 @@ impl CertInfo {
             subject_key_id,
             authority_key_id,
             extensions,
-            sha256_fingerprint: hex_colon(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+            sha256_fingerprint: hex_colon(
+                ring::digest::digest(&ring::digest::SHA256, der).as_ref(),
+            ),
             self_issued,
             self_signed,
             subject_raw,
@@ -308,9 +328,10 @@ impl CertInfo {
     pub fn weak_signature_hash(&self) -> Option<&'static str> {
         match self.signature_algorithm_oid.as_str() {
             "1.2.840.113549.1.1.4" | "1.2.840.113549.1.1.3" | "1.2.840.113549.1.1.2" => Some("MD5"),
-            "1.2.840.113549.1.1.5" | "1.2.840.10045.4.1" | "1.2.840.10040.4.3" | "1.3.14.3.2.29" => {
-                Some("SHA-1")
-            }
+            "1.2.840.113549.1.1.5"
+            | "1.2.840.10045.4.1"
+            | "1.2.840.10040.4.3"
+            | "1.3.14.3.2.29" => Some("SHA-1"),
             _ => None,
         }
     }
@@ -372,14 +393,21 @@ fn general_name(gn: &GeneralName<'_>) -> San {
 
 /// Hex with colons, upper case (as `openssl x509 -fingerprint` prints).
 pub fn hex_colon(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -455,16 +483,30 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
                 let algorithm = if encrypted {
                     None
                 } else {
-                    crate::key::from_item(item, None).ok().map(|key| key.algorithm().clone())
+                    crate::key::from_item(item, None)
+                        .ok()
+                        .map(|key| key.algorithm().clone())
                 };
-                entries.push(Entry::PrivateKey { index, format: k.clone(), algorithm, encrypted });
+                entries.push(Entry::PrivateKey {
+                    index,
+                    format: k.clone(),
+                    algorithm,
+                    encrypted,
+                });
             }
-            other => entries.push(Entry::Other { index, what: other.describe(), error: None }),
+            other => entries.push(Entry::Other {
+                index,
+                what: other.describe(),
+                error: None,
+            }),
         }
     }
     let infos: Vec<CertInfo> = certs.iter().map(|(_, c)| c.clone()).collect();
     let order = if infos.len() > 1 {
-        crate::split::order(&infos).into_iter().map(|i| certs[i].0).collect()
+        crate::split::order(&infos)
+            .into_iter()
+            .map(|i| certs[i].0)
+            .collect()
     } else {
         Vec::new()
     };
@@ -475,10 +517,21 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
             .find(|(j, other)| *j != i && info.issued_by(other))
             .map(|(j, _)| certs[j].0)
             .or_else(|| info.self_signed.then_some(*index));
-        entries.push(Entry::Certificate { index: *index, info: Box::new(info.clone()), signed_by });
+        entries.push(Entry::Certificate {
+            index: *index,
+            info: Box::new(info.clone()),
+            signed_by,
+        });
     }
     entries.sort_by_key(|e| match e {
-        Entry::Certificate { index, .. } | Entry::PrivateKey { index, .. } | Entry::Other { index, .. } => *index,
+        Entry::Certificate { index, .. }
+        | Entry::PrivateKey { index, .. }
+        | Entry::Other { index, .. } => *index,
     });
-    Ok(FileReport { path: path.display().to_string(), encoding: decoded.encoding, entries, chain_order: order })
+    Ok(FileReport {
+        path: path.display().to_string(),
+        encoding: decoded.encoding,
+        entries,
+        chain_order: order,
+    })
 }

@@ -81,38 +81,158 @@ impl fmt::Display for Finding {
 
 /// Every code: (code, severity under [`LintProfile::Strict`], meaning).
 pub const CODES: &[(&str, Severity, &str)] = &[
-    ("file-not-pem", Severity::Error, "the file is empty, broken PEM, or neither PEM nor DER (garbage)"),
-    ("file-der", Severity::Error, "DER given where PEM was expected"),
-    ("pem-wrong-type", Severity::Error, "a PEM block of the wrong type (a key in the certificate file, a CSR, ...)"),
-    ("cert-unparseable", Severity::Error, "a CERTIFICATE block that is not an X.509 certificate"),
-    ("cert-multiple", Severity::Error, "more than one certificate in the certificate file"),
-    ("cert-v1", Severity::Error, "not an X.509 v3 certificate (openssl x509 -req without -extfile makes v1)"),
-    ("cert-expired", Severity::Error, "the certificate has expired"),
-    ("cert-not-yet-valid", Severity::Error, "the certificate is not valid yet"),
-    ("cert-expires-soon", Severity::Warning, "the certificate expires within the warning window (30 days)"),
-    ("leaf-is-ca", Severity::Error, "the end-entity certificate is a CA certificate (CA:TRUE)"),
-    ("key-rsa-weak", Severity::Error, "an RSA key under 2048 bits"),
-    ("key-unsupported", Severity::Error, "a key type TLS peers do not support (DSA, P-521, secp256k1, Ed448, ...)"),
-    ("key-alg-unlike-ca", Severity::Warning, "the key algorithm differs from the issuing CA's"),
+    (
+        "file-not-pem",
+        Severity::Error,
+        "the file is empty, broken PEM, or neither PEM nor DER (garbage)",
+    ),
+    (
+        "file-der",
+        Severity::Error,
+        "DER given where PEM was expected",
+    ),
+    (
+        "pem-wrong-type",
+        Severity::Error,
+        "a PEM block of the wrong type (a key in the certificate file, a CSR, ...)",
+    ),
+    (
+        "cert-unparseable",
+        Severity::Error,
+        "a CERTIFICATE block that is not an X.509 certificate",
+    ),
+    (
+        "cert-multiple",
+        Severity::Error,
+        "more than one certificate in the certificate file",
+    ),
+    (
+        "cert-v1",
+        Severity::Error,
+        "not an X.509 v3 certificate (openssl x509 -req without -extfile makes v1)",
+    ),
+    (
+        "cert-expired",
+        Severity::Error,
+        "the certificate has expired",
+    ),
+    (
+        "cert-not-yet-valid",
+        Severity::Error,
+        "the certificate is not valid yet",
+    ),
+    (
+        "cert-expires-soon",
+        Severity::Warning,
+        "the certificate expires within the warning window (30 days)",
+    ),
+    (
+        "leaf-is-ca",
+        Severity::Error,
+        "the end-entity certificate is a CA certificate (CA:TRUE)",
+    ),
+    (
+        "key-rsa-weak",
+        Severity::Error,
+        "an RSA key under 2048 bits",
+    ),
+    (
+        "key-unsupported",
+        Severity::Error,
+        "a key type TLS peers do not support (DSA, P-521, secp256k1, Ed448, ...)",
+    ),
+    (
+        "key-alg-unlike-ca",
+        Severity::Warning,
+        "the key algorithm differs from the issuing CA's",
+    ),
     ("sig-sha1", Severity::Error, "signed with SHA-1"),
     ("sig-md5", Severity::Error, "signed with MD5"),
-    ("name-cn-only", Severity::Error, "a server certificate with a CN and no subjectAltName (modern clients ignore the CN)"),
-    ("name-mismatch", Severity::Error, "the server certificate's names do not cover the host clients dial"),
-    ("eku-no-server-auth", Severity::Error, "a server certificate without extendedKeyUsage serverAuth"),
-    ("eku-no-client-auth", Severity::Error, "a client certificate without extendedKeyUsage clientAuth"),
-    ("ca-not-ca", Severity::Error, "a CA certificate without basicConstraints CA:TRUE"),
-    ("ca-no-keycertsign", Severity::Error, "a CA certificate whose keyUsage lacks keyCertSign"),
-    ("chain-leaf-repeated", Severity::Error, "the leaf certificate is repeated in the chain file"),
-    ("chain-order", Severity::Error, "the chain is out of order (each certificate must be followed by its issuer)"),
-    ("chain-incomplete", Severity::Error, "an issuer is missing: the chain does not reach the CA"),
-    ("chain-not-anchored", Severity::Error, "the chain is not anchored in the given CA"),
-    ("chain-unrelated", Severity::Warning, "a certificate in the chain file is not on the leaf's path"),
-    ("chain-has-root", Severity::Info, "the chain file includes the self-signed root (harmless, not needed)"),
-    ("chain-verify-failed", Severity::Error, "rustls-webpki rejects the chain for another reason"),
-    ("key-encrypted", Severity::Error, "the private key is encrypted and no passphrase was given"),
-    ("key-wrong-passphrase", Severity::Error, "the passphrase does not decrypt the private key"),
-    ("key-unparseable", Severity::Error, "the private key cannot be read"),
-    ("key-mismatch", Severity::Error, "the private key does not belong to the certificate"),
+    (
+        "name-cn-only",
+        Severity::Error,
+        "a server certificate with a CN and no subjectAltName (modern clients ignore the CN)",
+    ),
+    (
+        "name-mismatch",
+        Severity::Error,
+        "the server certificate's names do not cover the host clients dial",
+    ),
+    (
+        "eku-no-server-auth",
+        Severity::Error,
+        "a server certificate without extendedKeyUsage serverAuth",
+    ),
+    (
+        "eku-no-client-auth",
+        Severity::Error,
+        "a client certificate without extendedKeyUsage clientAuth",
+    ),
+    (
+        "ca-not-ca",
+        Severity::Error,
+        "a CA certificate without basicConstraints CA:TRUE",
+    ),
+    (
+        "ca-no-keycertsign",
+        Severity::Error,
+        "a CA certificate whose keyUsage lacks keyCertSign",
+    ),
+    (
+        "chain-leaf-repeated",
+        Severity::Error,
+        "the leaf certificate is repeated in the chain file",
+    ),
+    (
+        "chain-order",
+        Severity::Error,
+        "the chain is out of order (each certificate must be followed by its issuer)",
+    ),
+    (
+        "chain-incomplete",
+        Severity::Error,
+        "an issuer is missing: the chain does not reach the CA",
+    ),
+    (
+        "chain-not-anchored",
+        Severity::Error,
+        "the chain is not anchored in the given CA",
+    ),
+    (
+        "chain-unrelated",
+        Severity::Warning,
+        "a certificate in the chain file is not on the leaf's path",
+    ),
+    (
+        "chain-has-root",
+        Severity::Info,
+        "the chain file includes the self-signed root (harmless, not needed)",
+    ),
+    (
+        "chain-verify-failed",
+        Severity::Error,
+        "rustls-webpki rejects the chain for another reason",
+    ),
+    (
+        "key-encrypted",
+        Severity::Error,
+        "the private key is encrypted and no passphrase was given",
+    ),
+    (
+        "key-wrong-passphrase",
+        Severity::Error,
+        "the passphrase does not decrypt the private key",
+    ),
+    (
+        "key-unparseable",
+        Severity::Error,
+        "the private key cannot be read",
+    ),
+    (
+        "key-mismatch",
+        Severity::Error,
+        "the private key does not belong to the certificate",
+    ),
 ];
 
 /// A file to check: its name (for messages) and content.
@@ -126,14 +246,20 @@ pub struct LintFile {
 
 impl fmt::Debug for LintFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LintFile").field("path", &self.path).field("len", &self.data.len()).finish()
+        f.debug_struct("LintFile")
+            .field("path", &self.path)
+            .field("len", &self.data.len())
+            .finish()
     }
 }
 
 impl LintFile {
     /// A file from its name and content.
     pub fn new(path: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
-        Self { path: path.into(), data: data.into() }
+        Self {
+            path: path.into(),
+            data: data.into(),
+        }
     }
 }
 
@@ -171,7 +297,10 @@ impl fmt::Debug for LintInput {
             .field("cert", &self.cert)
             .field("chain", &self.chain)
             .field("key", &self.key)
-            .field("key_passphrase", &self.key_passphrase.as_ref().map(|_| "<redacted>"))
+            .field(
+                "key_passphrase",
+                &self.key_passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .field("ca", &self.ca)
             .field("client_ca", &self.client_ca)
             .field("hosts", &self.hosts)
@@ -221,7 +350,10 @@ struct Linter<'a> {
 
 /// Checks the files against every rule. Never fails: problems are findings.
 pub fn lint(input: &LintInput) -> Vec<Finding> {
-    let mut l = Linter { input, findings: Vec::new() };
+    let mut l = Linter {
+        input,
+        findings: Vec::new(),
+    };
     l.run();
     l.findings.sort_by_key(|f| f.severity);
     l.findings
@@ -229,7 +361,10 @@ pub fn lint(input: &LintInput) -> Vec<Finding> {
 
 impl Linter<'_> {
     fn push(&mut self, code: &'static str, file: &str, message: String, fix: Option<String>) {
-        let severity = CODES.iter().find(|(c, _, _)| *c == code).map_or(Severity::Error, |(_, s, _)| *s);
+        let severity = CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or(Severity::Error, |(_, s, _)| *s);
         self.push_sev(code, severity, file, message, fix);
     }
 
@@ -242,8 +377,21 @@ impl Linter<'_> {
         self.push_sev(code, severity, file, message, fix);
     }
 
-    fn push_sev(&mut self, code: &'static str, severity: Severity, file: &str, message: String, fix: Option<String>) {
-        self.findings.push(Finding { code, severity, file: file.to_owned(), message, fix });
+    fn push_sev(
+        &mut self,
+        code: &'static str,
+        severity: Severity,
+        file: &str,
+        message: String,
+        fix: Option<String>,
+    ) {
+        self.findings.push(Finding {
+            code,
+            severity,
+            file: file.to_owned(),
+            message,
+            fix,
+        });
     }
 
     fn has_error(&self) -> bool {
@@ -306,7 +454,11 @@ impl Linter<'_> {
         let key = input.key.as_ref().and_then(|f| self.read_key(f));
 
         let Some(leaf) = leaf else { return };
-        let cert_path = input.cert.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+        let cert_path = input
+            .cert
+            .as_ref()
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
 
         self.check_cert(&leaf, &cert_path, Role::Leaf);
         self.check_leaf(&leaf, &cert_path);
@@ -319,7 +471,11 @@ impl Linter<'_> {
         }
         if input.ca.is_some() || input.purpose == Purpose::Server {
             for c in &client_cas {
-                let path = input.client_ca.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+                let path = input
+                    .client_ca
+                    .as_ref()
+                    .map(|f| f.path.clone())
+                    .unwrap_or_default();
                 self.check_cert(c, &path, Role::ClientCa);
             }
         }
@@ -355,20 +511,37 @@ impl Linter<'_> {
         }
 
         // Finally what rustls will say, when nothing above explains a failure.
-        if !anchors.is_empty() && !self.has_error() && !self.findings.iter().any(|f| f.code == "cert-v1" || f.code == "name-cn-only" || f.code == "leaf-is-ca") {
+        if !anchors.is_empty()
+            && !self.has_error()
+            && !self
+                .findings
+                .iter()
+                .any(|f| f.code == "cert-v1" || f.code == "name-cn-only" || f.code == "leaf-is-ca")
+        {
             let chain: Vec<Vec<u8>> = candidates.iter().map(|(c, _)| c.der.clone()).collect();
             let anchor_ders: Vec<Vec<u8>> = anchors.iter().map(|a| a.der.clone()).collect();
-            let hosts: Vec<Option<&str>> = if input.purpose == Purpose::Server && !input.hosts.is_empty() {
-                input.hosts.iter().map(|h| Some(h.as_str())).collect()
-            } else {
-                vec![None]
-            };
+            let hosts: Vec<Option<&str>> =
+                if input.purpose == Purpose::Server && !input.hosts.is_empty() {
+                    input.hosts.iter().map(|h| Some(h.as_str())).collect()
+                } else {
+                    vec![None]
+                };
             for host in hosts {
-                if let Err(e) = verify::verify(&leaf.der, &chain, &anchor_ders, host, input.purpose, input.now) {
+                if let Err(e) = verify::verify(
+                    &leaf.der,
+                    &chain,
+                    &anchor_ders,
+                    host,
+                    input.purpose,
+                    input.now,
+                ) {
                     self.push(
                         "chain-verify-failed",
                         &cert_path,
-                        format!("{}: rustls-webpki rejects the chain: {} ({})", cert_path, e.explanation, e.webpki),
+                        format!(
+                            "{}: rustls-webpki rejects the chain: {} ({})",
+                            cert_path, e.explanation, e.webpki
+                        ),
                         None,
                     );
                     break;
@@ -404,10 +577,17 @@ impl Linter<'_> {
                 if hosts.is_empty() {
                     hosts.push("<host>".into());
                 }
-                hosts.iter().map(|h| format!("--host {h}")).collect::<Vec<_>>().join(" ")
+                hosts
+                    .iter()
+                    .map(|h| format!("--host {h}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
             Purpose::Client => {
-                format!("--cn {}", leaf.common_names.first().map_or("<id>", String::as_str))
+                format!(
+                    "--cn {}",
+                    leaf.common_names.first().map_or("<id>", String::as_str)
+                )
             }
         }
     }
@@ -420,7 +600,9 @@ impl Linter<'_> {
                 let what = match e {
                     DecodeError::Empty => format!("{} is empty", f.path),
                     DecodeError::BadPem(m) => format!("{} has broken PEM ({m})", f.path),
-                    DecodeError::NotPemOrDer => format!("{} is neither PEM nor DER: not a certificate file", f.path),
+                    DecodeError::NotPemOrDer => {
+                        format!("{} is neither PEM nor DER: not a certificate file", f.path)
+                    }
                 };
                 self.push("file-not-pem", &f.path, what, Some("give the PEM file that holds the certificate (-----BEGIN CERTIFICATE-----); moat cert inspect FILE shows what a file holds".into()));
                 return Vec::new();
@@ -430,8 +612,18 @@ impl Linter<'_> {
             self.push_soft(
                 "file-der",
                 &f.path,
-                format!("{} is DER (binary), not PEM; it holds {}", f.path, decoded.items.first().map_or_else(|| "nothing".into(), |i| i.kind.describe())),
-                Some(format!("moat cert split {} --out <dir>  (writes it as PEM: leaf.pem)", f.path)),
+                format!(
+                    "{} is DER (binary), not PEM; it holds {}",
+                    f.path,
+                    decoded
+                        .items
+                        .first()
+                        .map_or_else(|| "nothing".into(), |i| i.kind.describe())
+                ),
+                Some(format!(
+                    "moat cert split {} --out <dir>  (writes it as PEM: leaf.pem)",
+                    f.path
+                )),
             );
         }
         let mut certs = Vec::new();
@@ -439,13 +631,31 @@ impl Linter<'_> {
             match &item.kind {
                 Kind::Certificate => match CertInfo::from_der(&item.der) {
                     Ok(c) => certs.push(c),
-                    Err(e) => self.push("cert-unparseable", &f.path, format!("{}: a CERTIFICATE block cannot be read: {e}", f.path), None),
+                    Err(e) => self.push(
+                        "cert-unparseable",
+                        &f.path,
+                        format!("{}: a CERTIFICATE block cannot be read: {e}", f.path),
+                        None,
+                    ),
                 },
                 k => {
-                    let secret = if k.is_private_key() { " (a private key in a certificate file may be shared by mistake)" } else { "" };
-                    let msg = format!("{} holds {} where certificates were expected{secret}", f.path, k.describe());
+                    let secret = if k.is_private_key() {
+                        " (a private key in a certificate file may be shared by mistake)"
+                    } else {
+                        ""
+                    };
+                    let msg = format!(
+                        "{} holds {} where certificates were expected{secret}",
+                        f.path,
+                        k.describe()
+                    );
                     if is_cert_file && k.is_private_key() {
-                        self.push_soft("pem-wrong-type", &f.path, msg, Some("keep the key in its own file, given as the key".into()));
+                        self.push_soft(
+                            "pem-wrong-type",
+                            &f.path,
+                            msg,
+                            Some("keep the key in its own file, given as the key".into()),
+                        );
                     } else {
                         self.push("pem-wrong-type", &f.path, msg, Some("give the file that holds the certificate(s); moat cert inspect FILE shows what a file holds".into()));
                     }
@@ -459,7 +669,12 @@ impl Linter<'_> {
         let decoded = match decode::decode(&f.data) {
             Ok(d) => d,
             Err(e) => {
-                self.push("file-not-pem", &f.path, format!("{} is not a key file: {e}", f.path), Some("give the PEM file that holds the private key".into()));
+                self.push(
+                    "file-not-pem",
+                    &f.path,
+                    format!("{} is not a key file: {e}", f.path),
+                    Some("give the PEM file that holds the private key".into()),
+                );
                 return None;
             }
         };
@@ -468,7 +683,10 @@ impl Linter<'_> {
                 "file-der",
                 &f.path,
                 format!("{} is DER (binary), not PEM", f.path),
-                Some(format!("moat cert decrypt-key {} --out <key.pem>  (writes it as PEM)", f.path)),
+                Some(format!(
+                    "moat cert decrypt-key {} --out <key.pem>  (writes it as PEM)",
+                    f.path
+                )),
             );
         }
         let mut key_item = None;
@@ -478,7 +696,16 @@ impl Linter<'_> {
                     key_item = Some(item);
                 }
             } else if item.kind != Kind::EcParameters {
-                self.push("pem-wrong-type", &f.path, format!("{} holds {} where a private key was expected", f.path, item.kind.describe()), Some("give the file that holds only the private key".into()));
+                self.push(
+                    "pem-wrong-type",
+                    &f.path,
+                    format!(
+                        "{} holds {} where a private key was expected",
+                        f.path,
+                        item.kind.describe()
+                    ),
+                    Some("give the file that holds only the private key".into()),
+                );
             }
         }
         let item = key_item?;
@@ -490,11 +717,21 @@ impl Linter<'_> {
                 None
             }
             Err(KeyError::WrongPassphrase) => {
-                self.push("key-wrong-passphrase", &f.path, format!("the passphrase does not decrypt {}", f.path), Some("check the passphrase file (only its first line is used)".into()));
+                self.push(
+                    "key-wrong-passphrase",
+                    &f.path,
+                    format!("the passphrase does not decrypt {}", f.path),
+                    Some("check the passphrase file (only its first line is used)".into()),
+                );
                 None
             }
             Err(KeyError::UnsupportedAlgorithm(a)) => {
-                self.push("key-unsupported", &f.path, format!("{}: unsupported key: {a}", f.path), Some("make a new key: moat cert server|client ... --key-type p256".into()));
+                self.push(
+                    "key-unsupported",
+                    &f.path,
+                    format!("{}: unsupported key: {a}", f.path),
+                    Some("make a new key: moat cert server|client ... --key-type p256".into()),
+                );
                 None
             }
             Err(e) => {
@@ -506,9 +743,21 @@ impl Linter<'_> {
 
     fn reissue_fix(&self, c: &CertInfo, role: Role) -> String {
         match role {
-            Role::Leaf => format!("moat cert {} --ca <ca-dir> {}", self.leaf_cmd(), self.leaf_name_flags(c)),
-            Role::Chain => format!("moat cert ca --intermediate --ca <root-dir> --out <dir> --cn {:?}", c.common_names.first().map_or("Intermediate CA", String::as_str)),
-            Role::Anchor | Role::ClientCa => format!("moat cert ca --out <dir> --cn {:?}  (and reissue what it signed)", c.common_names.first().map_or("Moat CA", String::as_str)),
+            Role::Leaf => format!(
+                "moat cert {} --ca <ca-dir> {}",
+                self.leaf_cmd(),
+                self.leaf_name_flags(c)
+            ),
+            Role::Chain => format!(
+                "moat cert ca --intermediate --ca <root-dir> --out <dir> --cn {:?}",
+                c.common_names
+                    .first()
+                    .map_or("Intermediate CA", String::as_str)
+            ),
+            Role::Anchor | Role::ClientCa => format!(
+                "moat cert ca --out <dir> --cn {:?}  (and reissue what it signed)",
+                c.common_names.first().map_or("Moat CA", String::as_str)
+            ),
         }
     }
 
@@ -525,37 +774,69 @@ impl Linter<'_> {
         let fix = self.reissue_fix(c, role);
         if c.version != 3 {
             let msg = format!("{path}: {what} {name} is X.509 version {} (not v3): rustls-based clients and brokers refuse it, and it cannot carry subjectAltName or extendedKeyUsage", c.version);
-            let fix = Some(format!("{fix}  (openssl x509 -req without -extfile makes v1 certificates)"));
+            let fix = Some(format!(
+                "{fix}  (openssl x509 -req without -extfile makes v1 certificates)"
+            ));
             match role {
                 Role::Leaf => self.push_soft("cert-v1", path, msg, fix),
                 Role::Chain => self.push("cert-v1", path, msg, fix),
-                Role::Anchor | Role::ClientCa => self.push_sev("cert-v1", Severity::Warning, path, msg, fix),
+                Role::Anchor | Role::ClientCa => {
+                    self.push_sev("cert-v1", Severity::Warning, path, msg, fix)
+                }
             }
         }
         if c.not_after_unix < now {
-            self.push("cert-expired", path, format!("{path}: {what} {name} expired on {}", c.not_after), Some(fix.clone()));
+            self.push(
+                "cert-expired",
+                path,
+                format!("{path}: {what} {name} expired on {}", c.not_after),
+                Some(fix.clone()),
+            );
         } else if c.not_before_unix > now {
             self.push("cert-not-yet-valid", path, format!("{path}: {what} {name} is not valid until {} (check the clock of the machine that made it, and of this one)", c.not_before), Some(fix.clone()));
-        } else if c.not_after_unix - now < i64::try_from(self.input.expiry_warning.as_secs()).unwrap_or(i64::MAX) {
+        } else if c.not_after_unix - now
+            < i64::try_from(self.input.expiry_warning.as_secs()).unwrap_or(i64::MAX)
+        {
             let days = (c.not_after_unix - now) / 86_400;
-            self.push("cert-expires-soon", path, format!("{path}: {what} {name} expires on {} (in {days} days)", c.not_after), Some(fix.clone()));
+            self.push(
+                "cert-expires-soon",
+                path,
+                format!(
+                    "{path}: {what} {name} expires on {} (in {days} days)",
+                    c.not_after
+                ),
+                Some(fix.clone()),
+            );
         }
         match &c.key {
             KeyAlgorithm::Rsa { bits } if *bits < 2048 => {
                 self.push("key-rsa-weak", path, format!("{path}: {what} {name} has an RSA {bits} key; under 2048 bits is no longer safe and rustls refuses it"), Some(format!("{fix} --key-type rsa2048  (or p256)")));
             }
             k if !k.supported_by_rustls() => {
-                let sev = if matches!(k, KeyAlgorithm::Ec { curve } if curve == "P-521") { Severity::Warning } else { Severity::Error };
+                let sev = if matches!(k, KeyAlgorithm::Ec { curve } if curve == "P-521") {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                };
                 self.push_sev("key-unsupported", sev, path, format!("{path}: {what} {name} has a {k} key, which rustls (ring) and many TLS peers do not support"), Some(format!("{fix} --key-type p256")));
             }
             _ => {}
         }
         if let Some(hash) = c.weak_signature_hash() {
             let code = if hash == "MD5" { "sig-md5" } else { "sig-sha1" };
-            let msg = format!("{path}: {what} {name} is signed with {hash} ({}), which clients reject", c.signature_algorithm);
+            let msg = format!(
+                "{path}: {what} {name} is signed with {hash} ({}), which clients reject",
+                c.signature_algorithm
+            );
             // A root's own signature is never checked by peers.
             if matches!(role, Role::Anchor | Role::ClientCa) && c.self_signed {
-                self.push_sev(code, Severity::Warning, path, format!("{msg} (harmless for a trust anchor, but reissue it)"), Some(fix));
+                self.push_sev(
+                    code,
+                    Severity::Warning,
+                    path,
+                    format!("{msg} (harmless for a trust anchor, but reissue it)"),
+                    Some(fix),
+                );
             } else {
                 self.push(code, path, msg, Some(fix));
             }
@@ -566,7 +847,15 @@ impl Linter<'_> {
             }
             if let Some(ku) = &c.key_usage {
                 if !ku.iter().any(|u| u == "keyCertSign") {
-                    self.push("ca-no-keycertsign", path, format!("{path}: {what} {name} has keyUsage {} without keyCertSign", ku.join(", ")), Some(self.reissue_fix(c, role)));
+                    self.push(
+                        "ca-no-keycertsign",
+                        path,
+                        format!(
+                            "{path}: {what} {name} has keyUsage {} without keyCertSign",
+                            ku.join(", ")
+                        ),
+                        Some(self.reissue_fix(c, role)),
+                    );
                 }
             }
         }
@@ -585,7 +874,12 @@ impl Linter<'_> {
         };
         match &c.extended_key_usage {
             Some(eku) => {
-                let ok = eku.any || if needed == "serverAuth" { eku.server_auth } else { eku.client_auth };
+                let ok = eku.any
+                    || if needed == "serverAuth" {
+                        eku.server_auth
+                    } else {
+                        eku.client_auth
+                    };
                 if !ok {
                     self.push(code, path, format!("{path}: {name} has extendedKeyUsage without {needed}, so peers refuse it as a {} certificate", self.leaf_cmd()), Some(fix.clone()));
                 }
@@ -598,14 +892,26 @@ impl Linter<'_> {
         if self.input.purpose != Purpose::Server {
             return;
         }
-        if !c.has_san || c.sans.iter().all(|s| !matches!(s, San::Dns(_) | San::Ip(_))) {
-            let cn = c.common_names.first().map_or("(none)".to_owned(), Clone::clone);
+        if !c.has_san
+            || c.sans
+                .iter()
+                .all(|s| !matches!(s, San::Dns(_) | San::Ip(_)))
+        {
+            let cn = c
+                .common_names
+                .first()
+                .map_or("(none)".to_owned(), Clone::clone);
             self.push_soft("name-cn-only", path, format!("{path}: {name} has no subjectAltName, only the CN {cn:?}; modern clients (rustls, Go, browsers, recent OpenSSL with hostname checks) ignore the CN"), Some(fix.clone()));
         }
         for host in &self.input.hosts {
             if !covers(c, host) {
-                let names: Vec<String> = if c.has_san { c.sans.iter().map(ToString::to_string).collect() } else { c.common_names.iter().map(|n| format!("CN:{n}")).collect() };
-                let covered_by_cn_only = !c.has_san && c.common_names.iter().any(|cn| name_matches(cn, host));
+                let names: Vec<String> = if c.has_san {
+                    c.sans.iter().map(ToString::to_string).collect()
+                } else {
+                    c.common_names.iter().map(|n| format!("CN:{n}")).collect()
+                };
+                let covered_by_cn_only =
+                    !c.has_san && c.common_names.iter().any(|cn| name_matches(cn, host));
                 if covered_by_cn_only {
                     continue; // name-cn-only already says it.
                 }
@@ -633,15 +939,26 @@ impl Linter<'_> {
             if anchors.iter().any(|a| a.der == cur.der) {
                 break;
             }
-            let Some(j) = (0..candidates.len()).find(|&j| !used[j] && cur.issued_by(&candidates[j].0)) else { break };
+            let Some(j) =
+                (0..candidates.len()).find(|&j| !used[j] && cur.issued_by(&candidates[j].0))
+            else {
+                break;
+            };
             used[j] = true;
             path.push(j);
             cur = &candidates[j].0;
         }
         let on_path: Vec<usize> = path[1..].to_vec();
-        let chain_file = self.input.chain.as_ref().map_or_else(|| cert_path.to_owned(), |f| f.path.clone());
+        let chain_file = self
+            .input
+            .chain
+            .as_ref()
+            .map_or_else(|| cert_path.to_owned(), |f| f.path.clone());
         if on_path.windows(2).any(|w| w[0] > w[1]) {
-            let names: Vec<String> = on_path.iter().map(|&j| candidates[j].0.short_name()).collect();
+            let names: Vec<String> = on_path
+                .iter()
+                .map(|&j| candidates[j].0.short_name())
+                .collect();
             self.push_soft(
                 "chain-order",
                 &chain_file,
@@ -651,7 +968,16 @@ impl Linter<'_> {
         }
         for (j, (c, p)) in candidates.iter().enumerate() {
             if !used[j] && !anchors.iter().any(|a| a.der == c.der) {
-                self.push("chain-unrelated", p, format!("{p}: {} is not on the path of {} (it issued none of the chain)", c.short_name(), leaf.short_name()), Some(format!("remove it from {p}")));
+                self.push(
+                    "chain-unrelated",
+                    p,
+                    format!(
+                        "{p}: {} is not on the path of {} (it issued none of the chain)",
+                        c.short_name(),
+                        leaf.short_name()
+                    ),
+                    Some(format!("remove it from {p}")),
+                );
             }
         }
         if let Some(&last) = on_path.last() {
@@ -665,15 +991,35 @@ impl Linter<'_> {
         if anchors.is_empty() {
             return path;
         }
-        let anchored = anchors.iter().any(|a| a.der == top.der || (a.subject_raw == top.subject_raw && a.public_key_bits == top.public_key_bits) || top.issued_by(a));
+        let anchored = anchors.iter().any(|a| {
+            a.der == top.der
+                || (a.subject_raw == top.subject_raw && a.public_key_bits == top.public_key_bits)
+                || top.issued_by(a)
+        });
         if anchored {
             return path;
         }
         let ca_names: Vec<String> = anchors.iter().map(CertInfo::short_name).collect();
         let same_name = anchors.iter().any(|a| a.subject_raw == top.issuer_raw);
-        let not_anchored_fix = Some(format!("give the CA that issued it (issuer {}), or reissue: moat cert {} --ca <dir of {}> {}", top.issuer, self.leaf_cmd(), af.path, self.leaf_name_flags(leaf)));
+        let not_anchored_fix = Some(format!(
+            "give the CA that issued it (issuer {}), or reissue: moat cert {} --ca <dir of {}> {}",
+            top.issuer,
+            self.leaf_cmd(),
+            af.path,
+            self.leaf_name_flags(leaf)
+        ));
         if top.self_signed {
-            self.push("chain-not-anchored", cert_path, format!("{cert_path}: the chain ends at the root {} which is not the CA in {} ({})", top.short_name(), af.path, ca_names.join(", ")), not_anchored_fix);
+            self.push(
+                "chain-not-anchored",
+                cert_path,
+                format!(
+                    "{cert_path}: the chain ends at the root {} which is not the CA in {} ({})",
+                    top.short_name(),
+                    af.path,
+                    ca_names.join(", ")
+                ),
+                not_anchored_fix,
+            );
         } else if same_name {
             self.push("chain-not-anchored", cert_path, format!("{cert_path}: {} names {} as issuer but is not signed by the CA in {} (another CA with the same name, e.g. one made again)", top.short_name(), top.issuer, af.path), not_anchored_fix);
         } else {
@@ -683,7 +1029,18 @@ impl Linter<'_> {
                 format!("{chain_file}: the issuer of {} ({}) is missing: neither the chain nor {} holds it", top.short_name(), top.issuer, af.path),
                 Some(format!("add the intermediate CA certificate {} to the chain file (moat cert split BUNDLE --out <dir> orders a full bundle)", top.issuer)),
             );
-            self.push("chain-not-anchored", cert_path, format!("{cert_path}: {} does not chain to the CA in {} ({}); its issuer is {}", leaf.short_name(), af.path, ca_names.join(", "), top.issuer), not_anchored_fix);
+            self.push(
+                "chain-not-anchored",
+                cert_path,
+                format!(
+                    "{cert_path}: {} does not chain to the CA in {} ({}); its issuer is {}",
+                    leaf.short_name(),
+                    af.path,
+                    ca_names.join(", "),
+                    top.issuer
+                ),
+                not_anchored_fix,
+            );
         }
         path
     }
@@ -714,7 +1071,9 @@ pub fn covers(c: &CertInfo, host: &str) -> bool {
         return c.sans.iter().any(|s| matches!(s, San::Ip(a) if *a == ip));
     }
     if c.has_san {
-        c.sans.iter().any(|s| matches!(s, San::Dns(d) if name_matches(d, h)))
+        c.sans
+            .iter()
+            .any(|s| matches!(s, San::Dns(d) if name_matches(d, h)))
     } else {
         false
     }

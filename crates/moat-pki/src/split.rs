@@ -10,7 +10,10 @@ pub fn order(certs: &[CertInfo]) -> Vec<usize> {
     }
     // The leaf: a certificate that issued none of the others; prefer a non-CA one.
     let issued_nothing = |i: usize| {
-        !certs.iter().enumerate().any(|(j, c)| j != i && !certs[i].self_signed && c.issued_by(&certs[i]))
+        !certs
+            .iter()
+            .enumerate()
+            .any(|(j, c)| j != i && !certs[i].self_signed && c.issued_by(&certs[i]))
             && !(certs[i].self_signed && certs.len() > 1)
     };
     let leaf = (0..certs.len())
@@ -20,7 +23,8 @@ pub fn order(certs: &[CertInfo]) -> Vec<usize> {
     let mut path = vec![leaf];
     let mut current = leaf;
     while !certs[current].self_signed {
-        let next = (0..certs.len()).find(|&j| !path.contains(&j) && certs[current].issued_by(&certs[j]));
+        let next =
+            (0..certs.len()).find(|&j| !path.contains(&j) && certs[current].issued_by(&certs[j]));
         match next {
             Some(j) => {
                 path.push(j);
@@ -79,5 +83,10 @@ pub fn split(certs: &[CertInfo]) -> Result<Split, String> {
             unrelated.push(c.clone());
         }
     }
-    Ok(Split { leaf, chain, root, unrelated })
+    Ok(Split {
+        leaf,
+        chain,
+        root,
+        unrelated,
+    })
 }

@@ -81,10 +81,14 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
 
 fn certs_in(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
     let data = read(path)?;
-    let decoded = decode::decode(&data).map_err(|e| Error::content(path.display().to_string(), e.to_string()))?;
+    let decoded = decode::decode(&data)
+        .map_err(|e| Error::content(path.display().to_string(), e.to_string()))?;
     let certs = decoded.certificates();
     if certs.is_empty() {
-        return Err(Error::content(path.display().to_string(), "no certificate in the file"));
+        return Err(Error::content(
+            path.display().to_string(),
+            "no certificate in the file",
+        ));
     }
     Ok(certs)
 }
@@ -101,23 +105,37 @@ pub fn load_ca(dir: &Path, passphrase: Option<&[u8]>) -> Result<Ca, Error> {
     let mut certs = certs_in(&cert_path)?;
     let cert_der = certs.remove(0);
     let key_data = read(&key_path)?;
-    let key = key::load(&key_data, passphrase)
-        .map_err(|source| Error::Key { path: key_path.display().to_string(), source })?;
+    let key = key::load(&key_data, passphrase).map_err(|source| Error::Key {
+        path: key_path.display().to_string(),
+        source,
+    })?;
     let mut chain = certs;
     let chain_path = dir.join(CHAIN);
     if chain_path.exists() {
         chain.extend(certs_in(&chain_path)?);
     }
     let root_path = dir.join(ROOT);
-    let root = if root_path.exists() { certs_in(&root_path)?.into_iter().next() } else { None };
-    let ca = Ca { cert_der, key, chain, root };
-    ca.check().map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    let root = if root_path.exists() {
+        certs_in(&root_path)?.into_iter().next()
+    } else {
+        None
+    };
+    let ca = Ca {
+        cert_der,
+        key,
+        chain,
+        root,
+    };
+    ca.check()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     Ok(ca)
 }
 
 /// Whether the CA key in `dir` is encrypted (so a passphrase is needed).
 pub fn ca_key_is_encrypted(dir: &Path) -> bool {
-    let Ok(data) = read(&dir.join(CA_KEY)) else { return false };
+    let Ok(data) = read(&dir.join(CA_KEY)) else {
+        return false;
+    };
     matches!(key::load(&data, None), Err(KeyError::Encrypted(_)))
 }
 
@@ -134,7 +152,10 @@ pub fn write_ca(
     ensure_dir(dir)?;
     let mut files = vec![(dir.join(CA_CERT), decode::cert_pem(&ca.cert_der))];
     if !ca.chain.is_empty() {
-        files.push((dir.join(CHAIN), ca.chain.iter().map(|c| decode::cert_pem(c)).collect()));
+        files.push((
+            dir.join(CHAIN),
+            ca.chain.iter().map(|c| decode::cert_pem(c)).collect(),
+        ));
     }
     if let Some(root) = &ca.root {
         files.push((dir.join(ROOT), decode::cert_pem(root)));
@@ -162,9 +183,10 @@ pub fn write_key(
 ) -> Result<(), Error> {
     match passphrase {
         Some(p) => {
-            let text = key
-                .to_encrypted_pkcs8_pem(p)
-                .map_err(|source| Error::Key { path: path.display().to_string(), source })?;
+            let text = key.to_encrypted_pkcs8_pem(p).map_err(|source| Error::Key {
+                path: path.display().to_string(),
+                source,
+            })?;
             write_file(path, text.as_bytes(), true, force)
         }
         None => write_file(path, key.to_pkcs8_pem().as_bytes(), true, force),
@@ -180,7 +202,10 @@ pub fn read_passphrase_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, 
     let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
-        return Err(Error::Invalid(format!("{}: the passphrase file is empty", path.display())));
+        return Err(Error::Invalid(format!(
+            "{}: the passphrase file is empty",
+            path.display()
+        )));
     }
     Ok(zeroize::Zeroizing::new(line.to_vec()))
 }

@@ -57,34 +57,56 @@ pub fn verify(
 ) -> Result<Vec<String>, VerifyError> {
     let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| explain(&e))?;
-    let anchor_ders: Vec<CertificateDer<'_>> =
-        anchors.iter().map(|a| CertificateDer::from(a.as_slice())).collect();
+    let anchor_ders: Vec<CertificateDer<'_>> = anchors
+        .iter()
+        .map(|a| CertificateDer::from(a.as_slice()))
+        .collect();
     let mut trust = Vec::new();
     for a in &anchor_ders {
         trust.push(webpki::anchor_from_trusted_cert(a).map_err(|e| explain(&e))?);
     }
-    let inter: Vec<CertificateDer<'_>> =
-        intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let inter: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
     let usage = match purpose {
         Purpose::Server => webpki::KeyUsage::server_auth(),
         Purpose::Client => webpki::KeyUsage::client_auth(),
     };
     let time = UnixTime::since_unix_epoch(
-        now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
     );
     let path = ee
-        .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &trust, &inter, time, usage, None, None)
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &trust,
+            &inter,
+            time,
+            usage,
+            None,
+            None,
+        )
         .map_err(|e| explain(&e))?;
-    let mut subjects = vec![CertInfo::from_der(leaf).map(|c| c.subject).unwrap_or_default()];
+    let mut subjects = vec![CertInfo::from_der(leaf)
+        .map(|c| c.subject)
+        .unwrap_or_default()];
     for c in path.intermediate_certificates() {
-        subjects.push(CertInfo::from_der(c.der().as_ref()).map(|c| c.subject).unwrap_or_default());
+        subjects.push(
+            CertInfo::from_der(c.der().as_ref())
+                .map(|c| c.subject)
+                .unwrap_or_default(),
+        );
     }
     // The anchor is identified by its subject DER; show the matching anchor's subject.
     let anchor = path.anchor();
     let anchor_subject = anchors
         .iter()
         .filter_map(|a| CertInfo::from_der(a).ok())
-        .find(|c| c.subject_raw.ends_with(anchor.subject.as_ref()) || anchor.subject.as_ref().ends_with(&c.subject_raw))
+        .find(|c| {
+            c.subject_raw.ends_with(anchor.subject.as_ref())
+                || anchor.subject.as_ref().ends_with(&c.subject_raw)
+        })
         .map(|c| c.subject)
         .unwrap_or_else(|| "(trust anchor)".into());
     subjects.push(anchor_subject);
@@ -94,7 +116,8 @@ pub fn verify(
                 webpki: "InvalidServerName".into(),
                 explanation: format!("{host:?} is neither a DNS name nor an IP address"),
             })?;
-        ee.verify_is_valid_for_subject_name(&name).map_err(|e| explain(&e))?;
+        ee.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| explain(&e))?;
     }
     Ok(subjects)
 }
@@ -141,5 +164,8 @@ pub fn explain(e: &webpki::Error) -> VerifyError {
         }
         other => format!("verification failed: {other:?}"),
     };
-    VerifyError { webpki: format!("{e:?}"), explanation }
+    VerifyError {
+        webpki: format!("{e:?}"),
+        explanation,
+    }
 }
