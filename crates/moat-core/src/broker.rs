@@ -56,6 +56,7 @@ impl Authorizer for AllowAll {}
 
 /// What the broker asks the server to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // packets are moved once, into an outbox
 pub enum Action {
     /// Send this packet on this connection.
     Send(ConnId, Packet),
@@ -509,10 +510,10 @@ impl Broker {
                 continue;
             };
             match f.state {
-                OutState::AwaitPubComp => {
+                OutState::Released => {
                     self.send(conn_id, Packet::PubRel(PubAck::new(pid)));
                 }
-                OutState::AwaitPubAck | OutState::AwaitPubRec => {
+                OutState::Unacked | OutState::Unreceived => {
                     let delivery = f.delivery.clone();
                     // A message that cannot be sent any more (expired, too large) is dropped.
                     if let Some(mut p) = self.build_publish(conn_id, &delivery, Some(pid), now) {
@@ -816,9 +817,9 @@ impl Broker {
                         return;
                     };
                     let state = if delivery.qos == QoS::ExactlyOnce {
-                        OutState::AwaitPubRec
+                        OutState::Unreceived
                     } else {
-                        OutState::AwaitPubAck
+                        OutState::Unacked
                     };
                     let seq = session.next_seq;
                     session.next_seq += 1;
@@ -910,7 +911,7 @@ impl Broker {
         if session
             .inflight
             .get(&id)
-            .is_some_and(|f| f.state == OutState::AwaitPubAck)
+            .is_some_and(|f| f.state == OutState::Unacked)
         {
             session.inflight.remove(&id);
             self.fill_window(sid, now);
@@ -926,12 +927,12 @@ impl Broker {
         };
         let id = a.packet_id.get();
         match session.inflight.get_mut(&id) {
-            Some(f) if f.state == OutState::AwaitPubRec || f.state == OutState::AwaitPubComp => {
+            Some(f) if f.state == OutState::Unreceived || f.state == OutState::Released => {
                 if a.reason_code.is_error() {
                     session.inflight.remove(&id);
                     self.fill_window(sid, now);
                 } else {
-                    f.state = OutState::AwaitPubComp;
+                    f.state = OutState::Released;
                     self.send(conn_id, Packet::PubRel(PubAck::new(a.packet_id)));
                 }
             }
@@ -968,7 +969,7 @@ impl Broker {
         if session
             .inflight
             .get(&id)
-            .is_some_and(|f| f.state == OutState::AwaitPubComp)
+            .is_some_and(|f| f.state == OutState::Released)
         {
             session.inflight.remove(&id);
             self.fill_window(sid, now);

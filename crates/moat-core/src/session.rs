@@ -20,11 +20,11 @@ pub(crate) struct SubData {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OutState {
     /// QoS 1 sent, waiting for PUBACK.
-    AwaitPubAck,
+    Unacked,
     /// QoS 2 sent, waiting for PUBREC.
-    AwaitPubRec,
+    Unreceived,
     /// PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
+    Released,
 }
 
 #[derive(Debug, Clone)]

@@ -39,9 +39,9 @@ pub enum Match<'a, K, V> {
 
 #[derive(Debug)]
 struct SubNode<K, V> {
-    children: HashMap<Box<str>, SubNode<K, V>>,
-    plus: Option<Box<SubNode<K, V>>>,
-    hash: Option<Box<SubNode<K, V>>>,
+    children: HashMap<Box<str>, Self>,
+    plus: Option<Box<Self>>,
+    hash: Option<Box<Self>>,
     plain: Vec<(K, V)>,
     shared: Vec<SharedGroup<K, V>>,
 }
@@ -247,7 +247,7 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
 
 #[derive(Debug)]
 struct RetNode<V> {
-    children: HashMap<Box<str>, RetNode<V>>,
+    children: HashMap<Box<str>, Self>,
     value: Option<V>,
 }
 

@@ -16,6 +16,7 @@ use crate::outbox::Outbox;
 
 /// Messages from connection tasks to the router.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // most messages are packets; boxing them costs more
 pub(crate) enum ToRouter {
     Connect {
         conn: ConnId,
