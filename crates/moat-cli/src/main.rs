@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod cert;
 mod config;
 mod serve;
+mod user;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Create, inspect, verify and lint certificates.
     Cert(cert::CertArgs),
+    /// Manage the password file.
+    User(user::UserArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `moat=info`.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
             serve::run(args)
         }
         Command::Cert(args) => cert::run(args),
+        Command::User(args) => user::run(args),
     };
     match result {
         Ok(code) => code,
