@@ -8,6 +8,18 @@
 //!
 //! A protocol violation is a [`DecodeError`] that names the specification's clause and maps to
 //! exactly one MQTT 5.0 reason code ([`DecodeError::reason_code`]).
+//!
+//! A [`Codec`] decodes by the version it is told ([`Codec::set_version`]); it does not switch by
+//! itself when it decodes a CONNECT, which always declares its own version.
+//!
+//! [`encode`] writes what a peer of the given version reads. What MQTT 3.x cannot carry is left
+//! out rather than refused: properties, and reason codes where 3.x has none (a SUBACK failure
+//! becomes 0x80, a CONNACK reason code the nearest 3.x return code), so one [`Publish`] can be
+//! encoded for subscribers of every version. The encoder refuses what it cannot represent (long
+//! fields, oversized packets) and what would frame a packet the decoder rejects outright; the
+//! content rules the decoder checks (UTF-8, wildcards in topic names, property values) are the
+//! caller's to respect. [`encoded_len`] is exact and allocation-free, for checking a peer's
+//! maximum packet size before encoding.
 #![warn(missing_docs)]
 
 mod decode;
@@ -15,17 +27,20 @@ mod encode;
 mod error;
 mod packet;
 mod properties;
+mod read;
 mod reason;
+#[cfg(test)]
+mod test_vectors;
 
 pub use decode::Codec;
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, PacketType, ProtocolVersion,
-    PubAck, Publish, QoS, RetainHandling, SubAck, Subscribe,
-    SubscriptionOptions, UnsubAck, Unsubscribe,
+    PubAck, Publish, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
-pub use properties::{PropertyId, Properties};
+pub use properties::{Properties, PropertyContext, PropertyId};
 pub use reason::ReasonCode;
 
 /// The default maximum packet size a [`Codec`] accepts: 1 MiB (remaining length plus header).
