@@ -292,7 +292,7 @@ pub fn root_ca(opts: &CaOptions) -> Result<Certified, Error> {
 /// # Errors
 /// As [`root_ca`], or when `issuer` is not a usable CA.
 pub fn intermediate_ca(opts: &CaOptions, issuer: &Ca) -> Result<Certified, Error> {
-    let mut params = ca_params(opts, BasicConstraints::Constrained(0))?;
+    let mut params = ca_params(opts, BasicConstraints::Unconstrained)?;
     params.use_authority_key_identifier_extension = true;
     let key = opts.key_type.generate()?;
     let cert_der = issuer.sign(&params, &key)?;

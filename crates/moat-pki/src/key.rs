@@ -368,9 +368,10 @@ pub fn from_item(item: &Item, passphrase: Option<&[u8]>) -> Result<PrivateKey, K
                 )));
             };
             let doc = enc.decrypt(pass).map_err(|e| match e {
-                pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::DecryptFailed) => {
-                    KeyError::WrongPassphrase
-                }
+                // pkcs5 0.7 reports a bad padding on decryption as EncryptFailed.
+                pkcs8::Error::EncryptedPrivateKey(
+                    pkcs8::pkcs5::Error::DecryptFailed | pkcs8::pkcs5::Error::EncryptFailed,
+                ) => KeyError::WrongPassphrase,
                 other => KeyError::UnsupportedEncryption(other.to_string()),
             })?;
             PrivateKey::from_pkcs8(doc.as_bytes().to_vec(), KeyFormat::EncryptedPkcs8)
