@@ -411,13 +411,10 @@ fn pkcs1_to_pkcs8(der: &[u8]) -> Result<Vec<u8>, KeyError> {
 
 fn sec1_to_pkcs8(der: &[u8]) -> Result<Vec<u8>, KeyError> {
     let ec = sec1::EcPrivateKey::from_der(der).map_err(|e| malformed("EC PRIVATE KEY", e))?;
-    let curve = match ec.parameters {
-        Some(sec1::EcParameters::NamedCurve(oid)) => oid,
-        None => {
-            return Err(KeyError::UnsupportedAlgorithm(
-                "EC key without a named curve".into(),
-            ))
-        }
+    let Some(sec1::EcParameters::NamedCurve(curve)) = ec.parameters else {
+        return Err(KeyError::UnsupportedAlgorithm(
+            "EC key without a named curve".into(),
+        ));
     };
     if ec.public_key.is_none() {
         return Err(KeyError::UnsupportedAlgorithm(

@@ -6,7 +6,7 @@
 //! the classic openssl recipe still works for OpenSSL-based clients, so the broker serves it with
 //! a warning, while the strict profile says that rustls-based clients refuse it.
 //!
-//! The codes are documented in `docs/CERT-LINT.md` and listed in [`CODES`]; they never change
+//! The codes are documented in this crate's README.md and listed in [`CODES`]; they never change
 //! meaning.
 
 use std::fmt;

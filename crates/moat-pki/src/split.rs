@@ -10,11 +10,13 @@ pub fn order(certs: &[CertInfo]) -> Vec<usize> {
     }
     // The leaf: a certificate that issued none of the others; prefer a non-CA one.
     let issued_nothing = |i: usize| {
+        if certs[i].self_signed {
+            return certs.len() == 1;
+        }
         !certs
             .iter()
             .enumerate()
-            .any(|(j, c)| j != i && !certs[i].self_signed && c.issued_by(&certs[i]))
-            && !(certs[i].self_signed && certs.len() > 1)
+            .any(|(j, c)| j != i && c.issued_by(&certs[i]))
     };
     let leaf = (0..certs.len())
         .find(|&i| issued_nothing(i) && !certs[i].is_ca())

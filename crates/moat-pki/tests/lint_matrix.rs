@@ -998,8 +998,8 @@ fn moat_made_pass_openssl_and_webpki() {
     );
     moat_pki::verify::verify(
         &s.cert_der,
-        &[i.cert_der.clone()],
-        &[r.cert_der.clone()],
+        std::slice::from_ref(&i.cert_der),
+        std::slice::from_ref(&r.cert_der),
         Some("broker.local"),
         Purpose::Server,
         now(),
