@@ -1105,6 +1105,17 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented() {
+        let readme = include_str!("../README.md");
+        for (c, _, _) in CODES {
+            assert!(
+                readme.contains(&format!("| `{c}` |")),
+                "{c} is not in README.md"
+            );
+        }
+    }
+
+    #[test]
     fn codes_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for (c, _, _) in CODES {
