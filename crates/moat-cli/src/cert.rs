@@ -157,8 +157,8 @@ struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 struct LintArgs {
     /// The certificate (leaf).
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present_any = ["key", "chain", "ca", "client_ca"])]
+    cert: Option<PathBuf>,
     /// Intermediates.
     #[arg(long)]
     chain: Option<PathBuf>,
@@ -648,7 +648,7 @@ fn lint_file(path: &Path) -> anyhow::Result<LintFile> {
 
 fn lint_cmd(a: LintArgs) -> anyhow::Result<ExitCode> {
     let mut input = LintInput::new(SystemTime::now());
-    input.cert = Some(lint_file(&a.cert)?);
+    input.cert = a.cert.as_deref().map(lint_file).transpose()?;
     input.chain = a.chain.as_deref().map(lint_file).transpose()?;
     input.key = a.key.as_deref().map(lint_file).transpose()?;
     input.key_passphrase = read_pass(a.key_passphrase_file.as_deref())?;
