@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moat_server::{ListenerConfig, ListenerKind, ServerConfig};
+use moat_server::{
+    ClientAuth, IdentitySource, ListenerConfig, ListenerKind, ServerConfig, TlsSettings,
+};
 use serde::{Deserialize, Serialize};
 
 /// The file as written by the user.
@@ -26,6 +28,25 @@ pub(crate) struct ListenerFile {
     pub(crate) kind: Option<String>,
     pub(crate) bind: Option<String>,
     pub(crate) allow_anonymous: Option<bool>,
+    /// WebSocket path (ws, wss).
+    pub(crate) path: Option<String>,
+    pub(crate) tls: Option<TlsFile>,
+}
+
+/// `[listeners.tls]`. Relative paths are relative to the config file's folder.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) chain: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) key_passphrase_file: Option<PathBuf>,
+    pub(crate) client_auth: Option<String>,
+    pub(crate) client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) crl: Vec<PathBuf>,
+    pub(crate) identity: Option<String>,
+    pub(crate) accept_v1_client_certs: Option<bool>,
 }
 
 /// `[limits]`: the broker's protective limits. 0 is never "unlimited".
@@ -66,13 +87,18 @@ impl ConfigFile {
     }
 
     pub(crate) fn validate(self) -> anyhow::Result<Settings> {
+        self.validate_in(Path::new("."))
+    }
+
+    /// Validates, resolving relative file paths against `base` (the config file's folder).
+    pub(crate) fn validate_in(self, base: &Path) -> anyhow::Result<Settings> {
         let mut server = ServerConfig::default();
         if !self.listeners.is_empty() {
             server.listeners = self
                 .listeners
                 .iter()
                 .enumerate()
-                .map(|(i, l)| l.validate(i))
+                .map(|(i, l)| l.validate(i, base))
                 .collect::<anyhow::Result<_>>()?;
         }
         let mut names = std::collections::HashSet::new();
@@ -95,20 +121,25 @@ impl ConfigFile {
 }
 
 impl ListenerFile {
-    fn validate(&self, i: usize) -> anyhow::Result<ListenerConfig> {
+    fn validate(&self, i: usize, base: &Path) -> anyhow::Result<ListenerConfig> {
         let key = |k: &str| format!("listeners[{i}].{k}");
         let kind = match self.kind.as_deref().unwrap_or("tcp") {
             "tcp" => ListenerKind::Tcp,
-            k @ ("tls" | "ws" | "wss") => bail!(
-                "{}: kind {k:?} is not available in this build yet; use kind = \"tcp\"",
-                key("kind")
-            ),
+            "tls" => ListenerKind::Tls,
+            "ws" => ListenerKind::Ws,
+            "wss" => ListenerKind::Wss,
             other => bail!(
                 "{}: unknown listener kind {other:?}; use one of \"tcp\", \"tls\", \"ws\", \"wss\"",
                 key("kind")
             ),
         };
-        let bind_text = self.bind.as_deref().unwrap_or("127.0.0.1:1883");
+        let default_bind = match kind {
+            ListenerKind::Tcp => "127.0.0.1:1883",
+            ListenerKind::Tls => "0.0.0.0:8883",
+            ListenerKind::Ws => "127.0.0.1:8083",
+            ListenerKind::Wss => "0.0.0.0:8084",
+        };
+        let bind_text = self.bind.as_deref().unwrap_or(default_bind);
         let bind: SocketAddr = bind_text.parse().map_err(|_| {
             anyhow::anyhow!(
                 "{}: {bind_text:?} is not an address; write IP:PORT, e.g. \"127.0.0.1:1883\" \
@@ -120,13 +151,91 @@ impl ListenerFile {
         if name.is_empty() {
             bail!("{}: must not be empty", key("name"));
         }
+        let tls = match (&self.tls, kind.is_tls()) {
+            (Some(t), true) => Some(t.validate(&key("tls"), base)?),
+            (None, true) => bail!(
+                "{}: a {} listener needs [listeners.tls] with cert and key, e.g. \
+                 tls = {{ cert = \"pki/server.pem\", key = \"pki/server.key\" }}",
+                key("tls"),
+                self.kind.as_deref().unwrap_or("tls")
+            ),
+            (Some(_), false) => bail!(
+                "{}: only tls and wss listeners take TLS settings; set kind = \"tls\" or \"wss\"",
+                key("tls")
+            ),
+            (None, false) => None,
+        };
+        let mut tls = tls;
+        if let (Some(t), ListenerKind::Wss) = (&mut tls, kind) {
+            t.alpn = vec![b"http/1.1".to_vec()];
+        }
+        let path = self.path.clone().unwrap_or_else(|| "/mqtt".into());
+        if !path.starts_with('/') {
+            bail!(
+                "{}: {path:?} must start with '/', e.g. \"/mqtt\"",
+                key("path")
+            );
+        }
         Ok(ListenerConfig {
             name,
             kind,
             bind,
-            // Anonymous access is on only where asked for, or by default on loopback.
-            allow_anonymous: self.allow_anonymous.unwrap_or(bind.ip().is_loopback()),
+            // Anonymous access is on only where asked for, or by default on loopback plain TCP.
+            allow_anonymous: self
+                .allow_anonymous
+                .unwrap_or(kind == ListenerKind::Tcp && bind.ip().is_loopback()),
+            tls,
+            path,
         })
+    }
+}
+
+impl TlsFile {
+    fn validate(&self, key: &str, base: &Path) -> anyhow::Result<TlsSettings> {
+        let path = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        let Some(cert) = self.cert.as_ref() else {
+            bail!("{key}.cert: missing; give the server certificate file (PEM), e.g. \"pki/server.pem\"")
+        };
+        let Some(k) = self.key.as_ref() else {
+            bail!("{key}.key: missing; give the private key file (PEM), e.g. \"pki/server.key\"")
+        };
+        let mut s = TlsSettings::new(path(cert), path(k));
+        s.chain = self.chain.as_ref().map(path);
+        s.key_passphrase_file = self.key_passphrase_file.as_ref().map(path);
+        s.client_ca = self.client_ca.as_ref().map(path);
+        s.crl = self.crl.iter().map(path).collect();
+        s.client_auth = match self.client_auth.as_deref().unwrap_or("none") {
+            "none" => ClientAuth::None,
+            "optional" => ClientAuth::Optional,
+            "required" => ClientAuth::Required,
+            other => bail!(
+                "{key}.client_auth: {other:?} is not one of \"none\", \"optional\", \"required\""
+            ),
+        };
+        if s.client_auth != ClientAuth::None && s.client_ca.is_none() {
+            bail!(
+                "{key}.client_ca: client_auth = {:?} needs the CA that signed the client \
+                 certificates, e.g. client_ca = \"pki/ca.pem\"",
+                self.client_auth.as_deref().unwrap_or_default()
+            );
+        }
+        s.identity = match self.identity.as_deref().unwrap_or("cn") {
+            "none" => IdentitySource::None,
+            "cn" => IdentitySource::Cn,
+            "san" => IdentitySource::San,
+            "dn" => IdentitySource::Dn,
+            other => {
+                bail!("{key}.identity: {other:?} is not one of \"none\", \"cn\", \"san\", \"dn\"")
+            }
+        };
+        s.accept_v1_client_certs = self.accept_v1_client_certs.unwrap_or(false);
+        Ok(s)
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use moat_server::Server;
+use moat_server::{ListenerKind, Server};
 
 use crate::config::ConfigFile;
 
@@ -32,14 +32,44 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let kinds: Vec<_> = settings
+            .server
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.kind, l.path.clone()))
+            .collect();
         let server = Server::bind(settings.server).await?;
         for (name, addr) in server.local_addrs() {
-            println!("moat: listener {name} on mqtt://{addr}");
+            let (scheme, path) = match kinds.iter().find(|k| k.0 == name) {
+                Some((_, ListenerKind::Tls, _)) => ("mqtts", String::new()),
+                Some((_, ListenerKind::Ws, p)) => ("ws", p.clone()),
+                Some((_, ListenerKind::Wss, p)) => ("wss", p.clone()),
+                _ => ("mqtt", String::new()),
+            };
+            println!("moat: listener {name} on {scheme}://{addr}{path}");
         }
+        spawn_sighup(server.reload_trigger());
         server.run(shutdown_signal()).await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads TLS files at once (they are also polled for changes).
+fn spawn_sighup(trigger: std::sync::Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            trigger.notify_waiters();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = trigger;
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use moat_core::BrokerConfig;
+use moat_tls::TlsSettings;
 
 /// The transport of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +12,24 @@ use moat_core::BrokerConfig;
 pub enum ListenerKind {
     /// Plain MQTT over TCP.
     Tcp,
+    /// MQTT over TLS (mqtts).
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS (wss).
+    Wss,
+}
+
+impl ListenerKind {
+    /// True for the kinds that run TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+
+    /// True for the kinds that run WebSocket.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
 }
 
 /// One listener.
@@ -24,6 +43,24 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Whether clients without credentials may connect.
     pub allow_anonymous: bool,
+    /// TLS files and client-certificate policy (tls and wss listeners).
+    pub tls: Option<TlsSettings>,
+    /// The HTTP path of WebSocket listeners.
+    pub path: String,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn tcp(name: &str, bind: SocketAddr, allow_anonymous: bool) -> Self {
+        Self {
+            name: name.into(),
+            kind: ListenerKind::Tcp,
+            bind,
+            allow_anonymous,
+            tls: None,
+            path: "/mqtt".into(),
+        }
+    }
 }
 
 /// Everything the server needs to run.
@@ -44,23 +81,28 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How long shutdown waits for connections to flush before closing them.
     pub shutdown_grace: Duration,
+    /// A TLS handshake or WebSocket upgrade must finish within this time.
+    pub handshake_timeout: Duration,
+    /// How often TLS files are checked for changes (SIGHUP checks at once).
+    pub tls_poll_interval: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listeners: vec![ListenerConfig {
-                name: "local".into(),
-                kind: ListenerKind::Tcp,
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-                allow_anonymous: true,
-            }],
+            listeners: vec![ListenerConfig::tcp(
+                "local",
+                SocketAddr::from(([127, 0, 0, 1], 1883)),
+                true,
+            )],
             broker: BrokerConfig::default(),
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_outbox_packets: 1_000,
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            tls_poll_interval: Duration::from_secs(2),
         }
     }
 }

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::outbox::Outbox;
 use crate::router::ToRouter;
+use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -31,6 +32,17 @@ pub(crate) struct Shared {
     pub(crate) router: mpsc::Sender<ToRouter>,
     /// Cancelled when shutdown's grace period is over: connections still open are dropped.
     pub(crate) hard_stop: CancellationToken,
+}
+
+/// What a TLS handshake established.
+#[derive(Debug)]
+pub(crate) struct TlsConn {
+    /// The verified client certificate's names, if one was presented.
+    pub(crate) identity: Option<PeerIdentity>,
+    /// Which name becomes the username.
+    pub(crate) source: IdentitySource,
+    /// Cancelled when the listener's certificate is removed or a CRL revokes the peer.
+    pub(crate) guard: ConnectionGuard,
 }
 
 /// Why a connection ended, for the log.
@@ -46,6 +58,7 @@ enum End {
     Refused(ReasonCode),
     NotConnect,
     Stopped,
+    CertificateWithdrawn,
 }
 
 impl std::fmt::Display for End {
@@ -61,6 +74,9 @@ impl std::fmt::Display for End {
             Self::Refused(code) => write!(f, "CONNECT refused: {code}"),
             Self::NotConnect => f.write_str("first packet was not CONNECT [MQTT-3.1.0-1]"),
             Self::Stopped => f.write_str("server stopping"),
+            Self::CertificateWithdrawn => {
+                f.write_str("the listener's certificate was removed, or a CRL revoked the client's")
+            }
         }
     }
 }
@@ -71,10 +87,21 @@ pub(crate) async fn serve<IO>(
     conn: ConnId,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
+    tls: Option<TlsConn>,
     shared: Arc<Shared>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(t) = &tls {
+        let span = tracing::Span::current();
+        span.record("tls", true);
+        if let Some(id) = &t.identity {
+            span.record("cert", id.fingerprint.as_str());
+            if let Some(name) = id.name(t.source).or(id.cn.as_deref()) {
+                span.record("identity", name);
+            }
+        }
+    }
     let mut c = Connection {
         io,
         rbuf: BytesMut::with_capacity(1024),
@@ -84,7 +111,7 @@ pub(crate) async fn serve<IO>(
         shared: Arc::clone(&shared),
     };
     let end = tokio::select! {
-        end = c.run(peer, &listener) => end,
+        end = c.run(peer, &listener, tls.as_ref()) => end,
         () = shared.hard_stop.cancelled() => End::Stopped,
     };
     match &end {
@@ -104,7 +131,12 @@ struct Connection<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    async fn run(&mut self, peer: SocketAddr, listener: &ListenerConfig) -> End {
+    async fn run(
+        &mut self,
+        peer: SocketAddr,
+        listener: &ListenerConfig,
+        tls: Option<&TlsConn>,
+    ) -> End {
         let config = Arc::clone(&self.shared.config);
         let connect = match timeout(config.connect_timeout, self.read_connect()).await {
             Err(_) => return End::ConnectTimeout,
@@ -114,9 +146,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let version = connect.protocol;
         self.codec.set_version(version);
 
-        // Authentication. Until a credential store exists, a listener either admits anyone
-        // (allow_anonymous) or no one.
-        if !listener.allow_anonymous {
+        // A verified client certificate names the client; its identity becomes the username.
+        let cert_name = tls
+            .and_then(|t| t.identity.as_ref().and_then(|id| id.name(t.source)))
+            .map(str::to_owned);
+        let cert_verified = tls.is_some_and(|t| t.identity.is_some());
+
+        // Authentication. Until a credential store exists, a listener admits anyone
+        // (allow_anonymous) or clients with a verified certificate.
+        if !listener.allow_anonymous && !cert_verified {
             let code = if connect.username.is_some() {
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD
             } else {
@@ -130,7 +168,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let info = ClientInfo {
             listener: listener.name.clone(),
             peer: Some(peer),
-            username: connect.username.clone(),
+            username: cert_name.or_else(|| connect.username.clone()),
         };
         let outbox = Arc::new(Outbox::default());
         let (reply, outcome) = oneshot::channel();
@@ -153,7 +191,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         let keep_alive = (outcome.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
-        self.run_connected(&outbox, keep_alive, version).await
+        self.run_connected(&outbox, keep_alive, version, tls.map(|t| &t.guard))
+            .await
     }
 
     /// Reads until CONNECT is decoded. Anything else first is a protocol violation.
@@ -209,6 +248,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         outbox: &Outbox,
         keep_alive: Option<Duration>,
         version: ProtocolVersion,
+        tls_guard: Option<&ConnectionGuard>,
     ) -> End {
         let max_outbox = self.shared.config.max_outbox_packets;
         let write_timeout = self.shared.config.write_timeout;
@@ -275,6 +315,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     if self.rbuf.capacity() > 64 * 1024 && self.rbuf.is_empty() {
                         self.rbuf = BytesMut::with_capacity(1024);
                     }
+                }
+                () = async {
+                    match tls_guard {
+                        Some(g) => g.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if version.is_v5() {
+                        let d = Packet::Disconnect(Disconnect {
+                            reason_code: ReasonCode::ADMINISTRATIVE_ACTION,
+                            properties: Properties::default(),
+                        });
+                        self.write_now(&d, version).await;
+                    }
+                    return End::CertificateWithdrawn;
                 }
                 () = sleep_until_opt(deadline) => {
                     if version.is_v5() {

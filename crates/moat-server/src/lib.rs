@@ -15,6 +15,7 @@ mod config;
 mod connection;
 mod outbox;
 mod router;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,15 +24,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::{Broker, ConnId};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use moat_tls::{HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
 pub use config::{ListenerConfig, ListenerKind, ServerConfig};
+pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
-use crate::connection::Shared;
+use crate::connection::{Shared, TlsConn};
 use crate::router::{Router, ServerStats};
 
 /// Why the server could not start.
@@ -51,13 +54,44 @@ pub enum ServerError {
     /// The configuration has no listener.
     #[error("no listener configured")]
     NoListeners,
+    /// A tls or wss listener has no `tls` settings.
+    #[error("listener {name:?}: a {kind:?} listener needs tls settings (cert and key)")]
+    MissingTls {
+        /// The listener's name.
+        name: String,
+        /// Its kind.
+        kind: ListenerKind,
+    },
+    /// A listener's TLS material is unusable.
+    #[error("listener {name:?}: {source}")]
+    Tls {
+        /// The listener's name.
+        name: String,
+        /// What is wrong, with the file and the fix.
+        source: TlsError,
+    },
+}
+
+struct Bound {
+    config: Arc<ListenerConfig>,
+    socket: TcpListener,
+    tls: Option<Arc<LiveTls>>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A bound server, ready to run.
 #[derive(Debug)]
 pub struct Server {
     config: Arc<ServerConfig>,
-    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    listeners: Vec<Bound>,
+    reload: Arc<Notify>,
 }
 
 impl Server {
@@ -71,6 +105,24 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for l in &config.listeners {
+            // TLS material is checked before anything is bound: a bad file refuses to start.
+            let tls = if l.kind.is_tls() {
+                let Some(settings) = l.tls.clone() else {
+                    return Err(ServerError::MissingTls {
+                        name: l.name.clone(),
+                        kind: l.kind,
+                    });
+                };
+                let live = LiveTls::load(&l.name, settings, std::time::SystemTime::now()).map_err(
+                    |source| ServerError::Tls {
+                        name: l.name.clone(),
+                        source,
+                    },
+                )?;
+                Some(live)
+            } else {
+                None
+            };
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -78,19 +130,43 @@ impl Server {
                     addr: l.bind,
                     source,
                 })?;
-            listeners.push((Arc::new(l.clone()), socket));
+            listeners.push(Bound {
+                config: Arc::new(l.clone()),
+                socket,
+                tls,
+            });
         }
         Ok(Self {
             config: Arc::new(config),
             listeners,
+            reload: Arc::new(Notify::new()),
         })
+    }
+
+    /// Notifying this makes every TLS listener re-read its files now (what SIGHUP does).
+    pub fn reload_trigger(&self) -> Arc<Notify> {
+        Arc::clone(&self.reload)
+    }
+
+    /// The live TLS state of a listener, by name: replace or remove its certificate while
+    /// running.
+    pub fn tls(&self, name: &str) -> Option<Arc<LiveTls>> {
+        self.listeners
+            .iter()
+            .find(|b| b.config.name == name)
+            .and_then(|b| b.tls.clone())
     }
 
     /// The bound address of each listener, by name (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(l, s)| s.local_addr().ok().map(|a| (l.name.clone(), a)))
+            .filter_map(|b| {
+                b.socket
+                    .local_addr()
+                    .ok()
+                    .map(|a| (b.config.name.clone(), a))
+            })
             .collect()
     }
 
@@ -118,13 +194,33 @@ impl Server {
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_tasks = Vec::new();
-        for (listener, socket) in self.listeners {
+        for bound in self.listeners {
+            let Bound {
+                config: listener,
+                socket,
+                tls,
+            } = bound;
             if let Ok(addr) = socket.local_addr() {
                 info!(listener = %listener.name, %addr, kind = ?listener.kind, "listening");
+            }
+            if let Some(live) = &tls {
+                let stop = stop_accepting.clone();
+                let watch = watch_tls(
+                    Arc::clone(live),
+                    Arc::clone(&self.reload),
+                    config.tls_poll_interval,
+                );
+                accept_tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        () = watch => {}
+                        () = stop.cancelled() => {}
+                    }
+                }));
             }
             let accept = accept_loop(
                 socket,
                 listener,
+                tls,
                 Arc::clone(&shared),
                 tracker.clone(),
                 Arc::clone(&permits),
@@ -162,9 +258,47 @@ impl Server {
     }
 }
 
+/// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified.
+async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = trigger.notified() => {}
+        }
+        let live2 = Arc::clone(&live);
+        let outcome =
+            tokio::task::spawn_blocking(move || live2.reload(std::time::SystemTime::now())).await;
+        let Ok(outcome) = outcome else { continue };
+        let name = live.name();
+        match outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Replaced { warnings, revoked } => {
+                for w in warnings {
+                    warn!(listener = name, "{w}");
+                }
+                info!(
+                    listener = name,
+                    revoked, "TLS material replaced; new handshakes use it"
+                );
+            }
+            ReloadOutcome::Removed { closed } => warn!(
+                listener = name,
+                closed,
+                "TLS certificate removed: its clients were disconnected and new handshakes are \
+                 refused until a certificate is back"
+            ),
+            ReloadOutcome::Failed(e) => {
+                error!(listener = name, error = %e, "new TLS files refused; the old ones stay in use");
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
     listener: Arc<ListenerConfig>,
+    tls: Option<Arc<LiveTls>>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     permits: Arc<Semaphore>,
@@ -195,18 +329,136 @@ async fn accept_loop(
             id = conn.0,
             listener = %listener.name,
             %peer,
+            tls = tracing::field::Empty,
+            identity = tracing::field::Empty,
+            cert = tracing::field::Empty,
             client_id = tracing::field::Empty
         );
         let listener = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
+        let tls = tls.clone();
         tracker.spawn(
             async move {
-                connection::serve(stream, conn, peer, listener, shared).await;
+                handle(stream, conn, peer, listener, tls, shared).await;
                 drop(permit);
             }
             .instrument(span),
         );
     }
+}
+
+/// Runs the transport's handshakes (TLS, WebSocket), each under its own timeout, inside the
+/// connection's task, then serves MQTT.
+async fn handle(
+    stream: TcpStream,
+    conn: ConnId,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    tls: Option<Arc<LiveTls>>,
+    shared: Arc<Shared>,
+) {
+    let timeout = shared.config.handshake_timeout;
+    let max_packet = shared.config.broker.max_packet_size;
+    match (listener.kind, tls) {
+        (ListenerKind::Tcp, _) => {
+            connection::serve(stream, conn, peer, listener, None, shared).await
+        }
+        (ListenerKind::Ws, _) => {
+            let Some(ws) = ws_upgrade(stream, &listener, timeout, max_packet).await else {
+                return;
+            };
+            connection::serve(ws, conn, peer, listener, None, shared).await;
+        }
+        (ListenerKind::Tls, Some(live)) => {
+            let Some((stream, info)) = tls_accept(stream, peer, &live, timeout).await else {
+                return;
+            };
+            connection::serve(stream, conn, peer, listener, Some(info), shared).await;
+        }
+        (ListenerKind::Wss, Some(live)) => {
+            let Some((stream, info)) = tls_accept(stream, peer, &live, timeout).await else {
+                return;
+            };
+            let Some(ws) = ws_upgrade(stream, &listener, timeout, max_packet).await else {
+                return;
+            };
+            connection::serve(ws, conn, peer, listener, Some(info), shared).await;
+        }
+        (kind, None) => error!(?kind, "TLS listener without TLS state"),
+    }
+}
+
+async fn ws_upgrade<IO>(
+    io: IO,
+    listener: &ListenerConfig,
+    timeout: Duration,
+    max_packet_size: u32,
+) -> Option<ws::WsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(
+        timeout,
+        ws::accept_with_max_packet_size(io, &listener.path, max_packet_size),
+    )
+    .await
+    {
+        Err(_) => {
+            info!("websocket upgrade timed out");
+            None
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "websocket upgrade failed");
+            None
+        }
+        Ok(Ok(ws)) => Some(ws),
+    }
+}
+
+async fn tls_accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    live: &Arc<LiveTls>,
+    timeout: Duration,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsConn)> {
+    let Some(acceptor) = live.acceptor() else {
+        live.failures.record(HandshakeFailure::NoServerCertificate);
+        warn!(
+            %peer,
+            reason = %HandshakeFailure::NoServerCertificate,
+            "TLS handshake refused: this listener's certificate was removed; put a certificate back"
+        );
+        return None;
+    };
+    let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            let identity = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| PeerIdentity::from_der(c));
+            let guard = live.register(identity.as_ref());
+            let source = live.settings().identity;
+            return Some((
+                tls_stream,
+                TlsConn {
+                    identity,
+                    source,
+                    guard,
+                },
+            ));
+        }
+        Ok(Err(e)) => (HandshakeFailure::classify(&e), e.to_string()),
+        Err(_) => (
+            HandshakeFailure::Timeout,
+            "no handshake within the timeout".to_owned(),
+        ),
+    };
+    let (reason, detail) = failure;
+    live.failures.record(reason);
+    warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
+    None
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod pki;
+
 use bytes::BytesMut;
 use moat_codec::{Codec, Connect, Packet, Properties, ProtocolVersion};
-use moat_server::{ListenerConfig, ListenerKind, Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use moat_server::{ListenerConfig, Server, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,13 +29,14 @@ pub struct TestBroker {
 impl TestBroker {
     /// The default configuration with one anonymous tcp listener on 127.0.0.1:0.
     pub fn config() -> ServerConfig {
-        let mut config = ServerConfig::default();
-        config.listeners = vec![ListenerConfig {
-            name: "test".into(),
-            kind: ListenerKind::Tcp,
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            allow_anonymous: true,
-        }];
+        let mut config = ServerConfig {
+            listeners: vec![ListenerConfig::tcp(
+                "test",
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                true,
+            )],
+            ..ServerConfig::default()
+        };
         config.broker.sys_interval = None;
         config
     }
@@ -83,6 +86,14 @@ impl TestBroker {
     }
 }
 
+impl std::fmt::Debug for RawClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawClient")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -91,10 +102,13 @@ impl Drop for TestBroker {
     }
 }
 
+/// Any byte stream a client can run over (TCP, TLS, WebSocket).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A client that sends and receives exact packets, with nothing automatic.
-#[derive(Debug)]
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     codec: Codec,
     rbuf: BytesMut,
     version: ProtocolVersion,
@@ -110,13 +124,31 @@ impl RawClient {
             .await
             .expect("connect timed out")
             .expect("connect");
+        Self::over(stream, version)
+    }
+
+    /// A client over an already open stream (no CONNECT sent).
+    pub fn over(stream: impl Io + 'static, version: ProtocolVersion) -> Self {
         let mut codec = Codec::new(u32::MAX);
         codec.set_version(version);
         Self {
-            stream,
+            stream: Box::new(stream),
             codec,
             rbuf: BytesMut::new(),
             version,
+        }
+    }
+
+    /// Sends CONNECT and returns the CONNACK (or `None` if the connection closed).
+    ///
+    /// # Panics
+    /// If something other than CONNACK arrives.
+    pub async fn handshake(&mut self, connect: Connect) -> Option<moat_codec::ConnAck> {
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Some(Packet::ConnAck(a)) => Some(a),
+            Some(other) => panic!("expected CONNACK, got {other:?}"),
+            None => None,
         }
     }
 
@@ -141,22 +173,22 @@ impl RawClient {
         }
     }
 
-    /// Sends one packet.
+    /// Sends one packet (write errors surface on the next `recv`).
     ///
     /// # Panics
-    /// If it cannot be encoded or written.
+    /// If it cannot be encoded.
     pub async fn send(&mut self, packet: &Packet) {
         let mut buf = BytesMut::new();
         moat_codec::encode(packet, self.version, &mut buf).expect("encode");
         self.send_raw(&buf).await;
     }
 
-    /// Sends raw bytes (for malformed input).
-    ///
-    /// # Panics
-    /// If the write fails.
+    /// Sends raw bytes (for malformed input). A write error (the broker closed the
+    /// connection) is not reported here: the next [`RawClient::recv`] returns `None`.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        if self.stream.write_all(bytes).await.is_ok() {
+            let _ = self.stream.flush().await;
+        }
     }
 
     /// The next packet, or `None` when the broker closed the connection.
@@ -186,6 +218,12 @@ impl RawClient {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// True if the connection is closed (or fails) before `wait`: for TLS refusals that
+    /// surface on the first read.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        matches!(self.try_recv(wait).await, Some(None))
     }
 
     /// Drops the TCP connection without DISCONNECT.

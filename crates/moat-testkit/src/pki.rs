@@ -1,0 +1,221 @@
+//! A throwaway PKI made at test time with moat-pki: CAs, server and client certificates written
+//! to a temp dir, and TLS client configurations that trust them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moat_pki::generate::{self, Ca, CaOptions, Certified, ClientOptions, ServerOptions};
+use moat_pki::{KeyType, Validity};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A CA in a temp dir, able to issue certificates.
+pub struct TestPki {
+    /// The folder holding every file.
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: Ca,
+    /// `dir/ca.pem`.
+    pub ca_pem: PathBuf,
+}
+
+impl std::fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPki")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+fn validity() -> Validity {
+    Validity::days_from(SystemTime::now(), 30)
+}
+
+impl TestPki {
+    /// A new P-256 root CA named `name`.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = generate::root_ca(&CaOptions {
+            common_name: name.into(),
+            key_type: KeyType::P256,
+            validity: validity(),
+        })
+        .expect("root CA");
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, root.cert_pem()).expect("write ca.pem");
+        let ca = Ca {
+            cert_der: root.cert_der,
+            key: root.key,
+            chain: Vec::new(),
+            root: None,
+        };
+        Self { dir, ca, ca_pem }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues a server certificate for `hosts`; writes `{stem}.pem` and `{stem}.key`.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn server(&self, stem: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let c = generate::server(
+            &ServerOptions {
+                hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+                key_type: KeyType::P256,
+                validity: validity(),
+            },
+            &self.ca,
+        )
+        .expect("server certificate");
+        self.write(stem, &c)
+    }
+
+    /// Issues a client certificate with CN `cn`; writes `{cn}.pem` and `{cn}.key`.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let c = generate::client(
+            &ClientOptions {
+                common_name: cn.into(),
+                key_type: KeyType::P256,
+                validity: validity(),
+            },
+            &self.ca,
+        )
+        .expect("client certificate");
+        self.write(cn, &c)
+    }
+
+    fn write(&self, stem: &str, c: &Certified) -> (PathBuf, PathBuf) {
+        let cert = self.path().join(format!("{stem}.pem"));
+        let key = self.path().join(format!("{stem}.key"));
+        std::fs::write(&cert, c.cert_pem()).expect("write cert");
+        std::fs::write(&key, c.key.to_pkcs8_pem().as_bytes()).expect("write key");
+        (cert, key)
+    }
+
+    /// Writes a CRL signed by this CA revoking the certificate in `cert_pem_path`; returns its
+    /// path.
+    ///
+    /// # Panics
+    /// If the files cannot be read or signed.
+    pub fn crl_revoking(&self, cert_pem_path: &Path, out: &str) -> PathBuf {
+        let pem = std::fs::read(cert_pem_path).expect("read cert");
+        let der = moat_pki::decode::decode(&pem)
+            .expect("decode")
+            .certificates()
+            .remove(0);
+        let serial = moat_tls::PeerIdentity::from_der(&der)
+            .expect("parse")
+            .serial;
+        let key = rcgen::KeyPair::from_pem(&self.ca.key.to_pkcs8_pem()).expect("CA key");
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(self.ca.cert_der.clone()), key)
+                .expect("issuer");
+        let now = time_now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&issuer).expect("sign CRL");
+        let path = self.path().join(out);
+        std::fs::write(&path, crl.pem().expect("CRL pem")).expect("write CRL");
+        path
+    }
+
+    /// A TLS client configuration trusting this CA, with an optional client certificate.
+    ///
+    /// # Panics
+    /// If the files cannot be read.
+    pub fn client_config(&self, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+        client_config(&self.ca_pem, client)
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A TLS client configuration trusting the CA in `ca_pem`, with an optional client certificate
+/// (`cert`, `key` files).
+///
+/// # Panics
+/// If the files cannot be read.
+pub fn client_config(ca_pem: &Path, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(ca_pem).expect("read CA");
+    for der in moat_pki::decode::decode(&ca)
+        .expect("CA pem")
+        .certificates()
+    {
+        roots.add(CertificateDer::from(der)).expect("add root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let cert_pem = std::fs::read(cert).expect("read cert");
+            let chain = moat_pki::decode::decode(&cert_pem)
+                .expect("cert pem")
+                .certificates()
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            let key =
+                moat_pki::key::load(&std::fs::read(key).expect("read key"), None).expect("key");
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+    };
+    Arc::new(config)
+}
+
+/// Connects with TLS to `addr`, verifying the server as `server_name`.
+///
+/// # Errors
+/// The handshake's error.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+    // With TLS 1.3 the server's verdict on a client certificate arrives after the client's
+    // handshake finished: a read surfaces it. The caller sees it on its first recv.
+    let _ = &mut tls;
+    Ok(tls)
+}

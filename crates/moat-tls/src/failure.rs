@@ -1,0 +1,182 @@
+//! Why a TLS handshake failed: one reason per failure, a counter per reason.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls::{AlertDescription, CertificateError};
+
+use crate::verifier::V1ClientCertificate;
+
+/// The reason a handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// The client certificate was not issued by the client CA.
+    UnknownCa,
+    /// The client certificate has expired.
+    Expired,
+    /// The client certificate is not valid yet.
+    NotYetValid,
+    /// The client certificate is revoked by a CRL.
+    Revoked,
+    /// The certificate's name or usage is not allowed (e.g. no clientAuth).
+    NotAllowed,
+    /// Client authentication is required and no certificate was presented.
+    NoClientCertificate,
+    /// An X.509 v1 client certificate on a listener that does not accept them.
+    V1Certificate,
+    /// The client offers no TLS version or cipher this server speaks.
+    ProtocolVersion,
+    /// The client refused the server's certificate (it sent an alert).
+    ClientRejectedServerCertificate,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// The listener has no certificate (it was removed).
+    NoServerCertificate,
+    /// Anything else: not TLS at all, connection reset, bad signature...
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in counter order.
+    pub const ALL: [Self; 12] = [
+        Self::UnknownCa,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::Revoked,
+        Self::NotAllowed,
+        Self::NoClientCertificate,
+        Self::V1Certificate,
+        Self::ProtocolVersion,
+        Self::ClientRejectedServerCertificate,
+        Self::Timeout,
+        Self::NoServerCertificate,
+        Self::Other,
+    ];
+
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
+            Self::NotAllowed => "not_allowed",
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::V1Certificate => "v1_certificate",
+            Self::ProtocolVersion => "protocol_version",
+            Self::ClientRejectedServerCertificate => "client_rejected_server_certificate",
+            Self::Timeout => "handshake_timeout",
+            Self::NoServerCertificate => "no_server_certificate",
+            Self::Other => "other",
+        }
+    }
+
+    /// Classifies the error tokio-rustls returned from a failed accept.
+    pub fn classify(err: &std::io::Error) -> Self {
+        let Some(tls) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        else {
+            return Self::Other;
+        };
+        match tls {
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => Self::UnknownCa,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Self::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Self::NotYetValid
+                }
+                CertificateError::Revoked => Self::Revoked,
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. }
+                | CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. }
+                | CertificateError::ApplicationVerificationFailure => Self::NotAllowed,
+                CertificateError::Other(o)
+                    if o.0.downcast_ref::<V1ClientCertificate>().is_some() =>
+                {
+                    Self::V1Certificate
+                }
+                _ => Self::Other,
+            },
+            rustls::Error::NoCertificatesPresented => Self::NoClientCertificate,
+            rustls::Error::PeerIncompatible(_) => Self::ProtocolVersion,
+            rustls::Error::AlertReceived(
+                AlertDescription::BadCertificate
+                | AlertDescription::UnknownCA
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::DecryptError,
+            ) => Self::ClientRejectedServerCertificate,
+            rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+                Self::ProtocolVersion
+            }
+            _ => Self::Other,
+        }
+    }
+
+    /// The fix to suggest in the log line.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::UnknownCa => "the client certificate was signed by a CA not in client_ca",
+            Self::Expired => "the client certificate has expired: issue a new one",
+            Self::NotYetValid => "the client certificate is not valid yet: check clocks",
+            Self::Revoked => "the client certificate is revoked by a configured CRL",
+            Self::NotAllowed => "the certificate may not be used here (missing clientAuth?)",
+            Self::NoClientCertificate => "this listener requires a client certificate",
+            Self::V1Certificate => {
+                "reissue with `moat cert client`, or set accept_v1_client_certs = true"
+            }
+            Self::ProtocolVersion => "the client offers no TLS 1.2/1.3 cipher this server speaks",
+            Self::ClientRejectedServerCertificate => {
+                "the client refused our certificate: give it the right CA file (--cafile) and \
+                 dial a name in the certificate's SAN"
+            }
+            Self::Timeout => "the client did not finish the handshake in time",
+            Self::NoServerCertificate => "the listener's certificate was removed",
+            Self::Other => "not a TLS client, or the connection broke",
+        }
+    }
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Handshake failure counters of one listener.
+#[derive(Debug, Default)]
+pub struct FailureCounters {
+    counts: [AtomicU64; 12],
+}
+
+impl FailureCounters {
+    /// Counts one failure.
+    pub fn record(&self, reason: HandshakeFailure) {
+        if let Some(i) = HandshakeFailure::ALL.iter().position(|r| *r == reason) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count for one reason.
+    pub fn get(&self, reason: HandshakeFailure) -> u64 {
+        HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
+    }
+
+    /// Every (reason, count) pair.
+    pub fn snapshot(&self) -> Vec<(HandshakeFailure, u64)> {
+        HandshakeFailure::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .collect()
+    }
+}

@@ -1,0 +1,121 @@
+//! TLS for Moat's listeners: rustls server configurations built from certificate files that
+//! moat-pki has checked, and replaced or removed while the broker runs.
+//!
+//! - [`TlsSettings`] names the files of one listener (certificate, chain, key, client CA, CRLs)
+//!   and its client-certificate policy.
+//! - [`LiveTls`] holds the current material of one listener: [`LiveTls::acceptor`] for new
+//!   handshakes, [`LiveTls::reload`] (file change, SIGHUP, admin API) validates new files and
+//!   swaps them in (a bad file keeps the old material), [`LiveTls::remove`] takes the
+//!   certificate away and closes the TLS clients that used it. Each connection registers
+//!   itself ([`LiveTls::register`]) so that a removal or a CRL that now revokes its certificate
+//!   can close it.
+//! - [`PeerIdentity`] is what a verified client certificate says (CN, SANs, DN, fingerprint).
+//! - [`HandshakeFailure`] names why a handshake failed, for one log line and a counter.
+//!
+//! The rustls `ServerConfig` is built once per material change, never per connection, so TLS
+//! session resumption (tickets and the session cache) works. Crypto is *ring*, the one backend
+//! of the project. This crate does no network I/O of its own.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod failure;
+mod identity;
+mod live;
+mod material;
+mod verifier;
+
+use std::path::PathBuf;
+
+pub use failure::{FailureCounters, HandshakeFailure};
+pub use identity::PeerIdentity;
+pub use live::{ConnectionGuard, LiveTls, ReloadOutcome};
+pub use material::{Material, TlsError};
+pub use verifier::V1ClientCertificate;
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// One-way TLS: no client certificate is asked for.
+    #[default]
+    None,
+    /// A client certificate is asked for and verified if given.
+    Optional,
+    /// Two-way (mutual) TLS: no certificate, no connection.
+    Required,
+}
+
+/// Which name of a verified client certificate becomes the connection's username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentitySource {
+    /// The certificate gives no username.
+    None,
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS, email or URI subject alternative name.
+    San,
+    /// The whole subject distinguished name, RFC 4514 style.
+    Dn,
+}
+
+/// The files and policy of one TLS listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The server certificate (the leaf), PEM.
+    pub cert: PathBuf,
+    /// Intermediates sent after the leaf, PEM.
+    pub chain: Option<PathBuf>,
+    /// The private key (PKCS#1, PKCS#8 or SEC1; encrypted with a passphrase file).
+    pub key: PathBuf,
+    /// A file holding the key's passphrase (first line).
+    pub key_passphrase_file: Option<PathBuf>,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
+    /// The CA bundle client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER).
+    pub crl: Vec<PathBuf>,
+    /// Which certificate name becomes the username.
+    pub identity: IdentitySource,
+    /// Accept X.509 v1 client certificates signed directly by the client CA (what
+    /// `openssl x509 -req` without extensions makes). Signature, validity and CRL are still
+    /// checked.
+    pub accept_v1_client_certs: bool,
+    /// ALPN protocols offered ("mqtt" on tls listeners, "http/1.1" on wss).
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Paths only: never the contents of the key or its passphrase.
+        f.debug_struct("TlsSettings")
+            .field("cert", &self.cert)
+            .field("chain", &self.chain)
+            .field("key", &self.key)
+            .field("key_passphrase_file", &self.key_passphrase_file)
+            .field("client_auth", &self.client_auth)
+            .field("client_ca", &self.client_ca)
+            .field("crl", &self.crl)
+            .field("identity", &self.identity)
+            .field("accept_v1_client_certs", &self.accept_v1_client_certs)
+            .finish()
+    }
+}
+
+impl TlsSettings {
+    /// One-way TLS with these files, ALPN "mqtt".
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            chain: None,
+            key: key.into(),
+            key_passphrase_file: None,
+            client_auth: ClientAuth::None,
+            client_ca: None,
+            crl: Vec::new(),
+            identity: IdentitySource::Cn,
+            accept_v1_client_certs: false,
+            alpn: vec![b"mqtt".to_vec()],
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Loading a listener's files, checking them with moat-pki's lint, and building the rustls
+//! server configuration.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use moat_pki::decode::{self, Kind};
+use moat_pki::lint::{self, Finding, LintFile, LintInput, LintProfile, Severity};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use zeroize::Zeroizing;
+
+use crate::verifier::Verifier;
+use crate::{ClientAuth, TlsSettings};
+
+/// Why a listener's TLS material cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file cannot be read (a missing certificate file means "removed").
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Lint found errors: each finding names the file, the fact and the fix.
+    #[error("{}", findings.iter().filter(|f| f.severity == Severity::Error).map(|f| f.to_string()).collect::<Vec<_>>().join("\n"))]
+    Lint {
+        /// Every finding (errors and warnings).
+        findings: Vec<Finding>,
+    },
+    /// The settings do not fit together (a client CA is needed for client authentication).
+    #[error("{0}")]
+    Settings(String),
+    /// rustls refused the material.
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Revoked serial numbers of one issuer, from a CRL.
+#[derive(Debug, Clone)]
+pub(crate) struct Revoked {
+    pub(crate) issuer: Vec<u8>,
+    pub(crate) serials: HashSet<Vec<u8>>,
+}
+
+/// Validated material and the server configuration built from it.
+pub struct Material {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) revoked: Arc<Vec<Revoked>>,
+    /// Lint warnings, to log.
+    pub warnings: Vec<Finding>,
+    /// A digest of every file's content, to tell whether anything changed.
+    pub(crate) digest: Vec<u8>,
+    /// One line about the server certificate, for logs.
+    pub summary: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The crypto provider for the whole project.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The files of one listener, read once.
+pub(crate) struct Files {
+    cert: Vec<u8>,
+    chain: Option<Vec<u8>>,
+    key: Zeroizing<Vec<u8>>,
+    passphrase: Option<Zeroizing<Vec<u8>>>,
+    client_ca: Option<Vec<u8>>,
+    crls: Vec<Vec<u8>>,
+}
+
+impl Files {
+    pub(crate) fn read(s: &TlsSettings) -> Result<Self, TlsError> {
+        let passphrase = match &s.key_passphrase_file {
+            Some(p) => {
+                let data = Zeroizing::new(read(p)?);
+                let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                Some(Zeroizing::new(line.to_vec()))
+            }
+            None => None,
+        };
+        Ok(Self {
+            cert: read(&s.cert)?,
+            chain: s.chain.as_deref().map(read).transpose()?,
+            key: Zeroizing::new(read(&s.key)?),
+            passphrase,
+            client_ca: s.client_ca.as_deref().map(read).transpose()?,
+            crls: s.crl.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub(crate) fn digest(&self) -> Vec<u8> {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut part = |tag: &[u8], data: &[u8]| {
+            ctx.update(tag);
+            ctx.update(&(data.len() as u64).to_be_bytes());
+            ctx.update(data);
+        };
+        part(b"cert", &self.cert);
+        part(b"chain", self.chain.as_deref().unwrap_or_default());
+        part(b"key", &self.key);
+        part(
+            b"pass",
+            self.passphrase
+                .as_deref()
+                .map(|p| p.as_slice())
+                .unwrap_or_default(),
+        );
+        part(b"ca", self.client_ca.as_deref().unwrap_or_default());
+        for c in &self.crls {
+            part(b"crl", c);
+        }
+        ctx.finish().as_ref().to_vec()
+    }
+}
+
+impl Material {
+    /// Reads, lints and builds. Lint errors refuse the material; warnings are returned.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file and the problem.
+    pub fn load(s: &TlsSettings, now: SystemTime) -> Result<Self, TlsError> {
+        let files = Files::read(s)?;
+        Self::build(s, &files, now)
+    }
+
+    pub(crate) fn build(s: &TlsSettings, files: &Files, now: SystemTime) -> Result<Self, TlsError> {
+        if s.client_auth != ClientAuth::None && s.client_ca.is_none() {
+            return Err(TlsError::Settings(
+                "client_auth needs client_ca: set client_ca to the CA bundle that signed the \
+                 client certificates (e.g. moat-data/pki/ca.pem)"
+                    .into(),
+            ));
+        }
+        let display = |p: &Path| p.display().to_string();
+        let mut input = LintInput::new(now);
+        input.profile = LintProfile::BrokerStartup;
+        input.cert = Some(LintFile::new(display(&s.cert), files.cert.clone()));
+        input.chain = files
+            .chain
+            .as_ref()
+            .zip(s.chain.as_deref())
+            .map(|(d, p)| LintFile::new(display(p), d.clone()));
+        input.key = Some(LintFile::new(display(&s.key), files.key.to_vec()));
+        input.key_passphrase = files.passphrase.clone();
+        input.client_ca = files
+            .client_ca
+            .as_ref()
+            .zip(s.client_ca.as_deref())
+            .map(|(d, p)| LintFile::new(display(p), d.clone()));
+        let findings = lint::lint(&input);
+        if lint::has_errors(&findings) {
+            return Err(TlsError::Lint { findings });
+        }
+        let warnings = findings;
+
+        // The leaf is the first certificate of the cert file; anything after it, then the
+        // chain file (without a repeated leaf), is sent as the chain.
+        let certs = decode::decode(&files.cert)
+            .map(|d| d.certificates())
+            .map_err(|e| TlsError::Build(format!("{}: {e}", s.cert.display())))?;
+        let Some(leaf) = certs.first().cloned() else {
+            return Err(TlsError::Build(format!(
+                "{}: no certificate",
+                s.cert.display()
+            )));
+        };
+        let mut chain: Vec<CertificateDer<'static>> = vec![CertificateDer::from(leaf.clone())];
+        for c in certs.iter().skip(1) {
+            chain.push(CertificateDer::from(c.clone()));
+        }
+        if let (Some(data), Some(path)) = (&files.chain, &s.chain) {
+            let extra = decode::decode(data)
+                .map(|d| d.certificates())
+                .map_err(|e| TlsError::Build(format!("{}: {e}", path.display())))?;
+            for c in extra {
+                if c != leaf && !chain.iter().any(|x| x.as_ref() == c.as_slice()) {
+                    chain.push(CertificateDer::from(c));
+                }
+            }
+        }
+        let key = moat_pki::key::load(
+            &files.key,
+            files.passphrase.as_deref().map(|p| p.as_slice()),
+        )
+        .map_err(|e| TlsError::Build(format!("{}: {e}", s.key.display())))?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+
+        let provider = provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| TlsError::Build(format!("{}: {e}", s.key.display())))?;
+        let certified = Arc::new(CertifiedKey::new(chain, signing_key));
+
+        // CRLs: for webpki during handshakes, and as serial sets to check live connections.
+        let mut crl_ders = Vec::new();
+        let mut revoked = Vec::new();
+        for (data, path) in files.crls.iter().zip(&s.crl) {
+            let ders: Vec<Vec<u8>> = match decode::decode(data) {
+                Ok(d) if d.items.iter().any(|i| i.kind == Kind::Crl) => d
+                    .items
+                    .into_iter()
+                    .filter(|i| i.kind == Kind::Crl)
+                    .map(|i| i.der)
+                    .collect(),
+                _ => vec![data.clone()],
+            };
+            for der in ders {
+                let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| {
+                    TlsError::Build(format!(
+                        "{}: not a certificate revocation list: {e}",
+                        path.display()
+                    ))
+                })?;
+                revoked.push(Revoked {
+                    issuer: crl.issuer().as_raw().to_vec(),
+                    serials: crl
+                        .iter_revoked_certificates()
+                        .map(|r| r.raw_serial().to_vec())
+                        .collect(),
+                });
+                crl_ders.push(CertificateRevocationListDer::from(der));
+            }
+        }
+
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Build(e.to_string()))?;
+        let builder = match (&s.client_auth, &files.client_ca, &s.client_ca) {
+            (ClientAuth::None, _, _) | (_, None, _) | (_, _, None) => builder.with_no_client_auth(),
+            (auth, Some(ca_data), Some(ca_path)) => {
+                let ca_certs = decode::decode(ca_data)
+                    .map(|d| d.certificates())
+                    .map_err(|e| TlsError::Build(format!("{}: {e}", ca_path.display())))?;
+                let mut roots = RootCertStore::empty();
+                for c in &ca_certs {
+                    roots.add(CertificateDer::from(c.clone())).map_err(|e| {
+                        TlsError::Build(format!(
+                            "{}: CA certificate not usable: {e}",
+                            ca_path.display()
+                        ))
+                    })?;
+                }
+                let mut vb = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                )
+                .with_crls(crl_ders.clone());
+                if *auth == ClientAuth::Optional {
+                    vb = vb.allow_unauthenticated();
+                }
+                let inner = vb
+                    .build()
+                    .map_err(|e| TlsError::Build(format!("client verifier: {e}")))?;
+                let verifier = Verifier::new(
+                    inner,
+                    ca_certs,
+                    revoked.clone(),
+                    s.accept_v1_client_certs,
+                    *auth == ClientAuth::Required,
+                    provider.signature_verification_algorithms,
+                );
+                builder.with_client_cert_verifier(Arc::new(verifier))
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::clone(&certified))));
+        config.alpn_protocols.clone_from(&s.alpn);
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+        config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Build(e.to_string()))?;
+
+        let summary = moat_pki::inspect::CertInfo::from_der(&leaf)
+            .map(|i| format!("{} (expires {})", i.short_name(), i.not_after))
+            .unwrap_or_else(|_| "certificate".into());
+        Ok(Self {
+            config: Arc::new(config),
+            revoked: Arc::new(revoked),
+            warnings,
+            digest: files.digest(),
+            summary,
+        })
+    }
+}
+
+/// The one certificate of a configuration (a new configuration is built when it changes).
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}

@@ -1,0 +1,194 @@
+//! Client certificate verification: rustls-webpki for X.509 v3 certificates, and (only when a
+//! listener asks for it) a narrow path for the X.509 v1 leafs that `openssl x509 -req` makes:
+//! signed directly by a client CA, within validity, not revoked.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::{FromDer, X509Version};
+
+use crate::material::Revoked;
+
+/// The error a v1 client certificate gets when the listener does not accept them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "X.509 v1 client certificate (made by `openssl x509 -req` without extensions): rustls \
+     accepts only v3; reissue it with `moat cert client --ca DIR --cn NAME`, or set \
+     accept_v1_client_certs = true on the listener"
+)]
+pub struct V1ClientCertificate;
+
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    /// Client CA certificates (DER), for the v1 path.
+    cas: Vec<Vec<u8>>,
+    revoked: Vec<Revoked>,
+    accept_v1: bool,
+    mandatory: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Verifier {
+    pub(crate) fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        cas: Vec<Vec<u8>>,
+        revoked: Vec<Revoked>,
+        accept_v1: bool,
+        mandatory: bool,
+        algs: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            inner,
+            cas,
+            revoked,
+            accept_v1,
+            mandatory,
+            algs,
+        }
+    }
+
+    fn verify_v1(&self, leaf: &X509Certificate<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let issuer = leaf.issuer().as_raw();
+        let mut found_issuer = false;
+        for ca_der in &self.cas {
+            let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
+                continue;
+            };
+            if ca.subject().as_raw() != issuer {
+                continue;
+            }
+            found_issuer = true;
+            if leaf.verify_signature(Some(ca.public_key())).is_err() {
+                continue;
+            }
+            let t = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            if leaf.validity().not_before.timestamp() > t {
+                return Err(CertificateError::NotValidYet.into());
+            }
+            if leaf.validity().not_after.timestamp() < t {
+                return Err(CertificateError::Expired.into());
+            }
+            let serial = leaf.raw_serial();
+            if self
+                .revoked
+                .iter()
+                .any(|r| r.issuer == issuer && r.serials.contains(serial))
+            {
+                return Err(CertificateError::Revoked.into());
+            }
+            return Ok(());
+        }
+        Err(if found_issuer {
+            CertificateError::BadSignature.into()
+        } else {
+            CertificateError::UnknownIssuer.into()
+        })
+    }
+}
+
+/// Parses a certificate and tells whether it is X.509 v1.
+fn v1_leaf(der: &[u8]) -> Option<X509Certificate<'_>> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    (cert.version() == X509Version::V1).then_some(cert)
+}
+
+impl ClientCertVerifier for Verifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(leaf) = v1_leaf(end_entity) {
+            if !self.accept_v1 {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(V1ClientCertificate)),
+                )));
+            }
+            self.verify_v1(&leaf, now)?;
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match v1_leaf(cert) {
+            Some(leaf) if self.accept_v1 => verify_raw(message, &leaf, dss, &self.algs),
+            _ => self.inner.verify_tls12_signature(message, cert, dss),
+        }
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match v1_leaf(cert) {
+            Some(leaf) if self.accept_v1 => verify_raw(message, &leaf, dss, &self.algs),
+            _ => self.inner.verify_tls13_signature(message, cert, dss),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies a handshake signature with the public key of a (v1) certificate that webpki will
+/// not parse.
+fn verify_raw(
+    message: &[u8],
+    leaf: &X509Certificate<'_>,
+    dss: &DigitallySignedStruct,
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let spki = SubjectPublicKeyInfoDer::from(leaf.public_key().raw);
+    let entity = webpki::RawPublicKeyEntity::try_from(&spki)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let candidates = algs
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, a)| *a)
+        .ok_or(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ))?;
+    for alg in candidates {
+        if entity
+            .verify_signature(*alg, message, dss.signature())
+            .is_ok()
+        {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
+    }
+    Err(rustls::Error::InvalidCertificate(
+        CertificateError::BadSignature,
+    ))
+}
