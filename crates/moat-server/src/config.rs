@@ -8,7 +8,6 @@ use moat_tls::TlsSettings;
 
 /// The transport of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ListenerKind {
     /// Plain MQTT over TCP.
     Tcp,
