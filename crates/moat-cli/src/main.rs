@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cert;
+mod check;
 mod config;
+mod pubsub;
 mod serve;
 mod user;
 
@@ -31,6 +34,14 @@ enum Command {
     Cert(cert::CertArgs),
     /// Manage the password file.
     User(user::UserArgs),
+    /// Publish messages (like mosquitto_pub).
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages (like mosquitto_sub).
+    Sub(pubsub::SubArgs),
+    /// Diagnose a connection to a broker step by step.
+    Check(check::CheckArgs),
+    /// Generate load against a broker and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `moat=info`.
@@ -62,6 +73,10 @@ fn main() -> ExitCode {
         }
         Command::Cert(args) => cert::run(args),
         Command::User(args) => user::run(args),
+        Command::Pub(args) => pubsub::run_pub(args),
+        Command::Sub(args) => pubsub::run_sub(args),
+        Command::Check(args) => check::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
