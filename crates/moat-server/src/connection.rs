@@ -237,7 +237,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn write_now(&mut self, packet: &Packet, version: ProtocolVersion) {
         self.wbuf.clear();
         if moat_codec::encode(packet, version, &mut self.wbuf).is_ok() {
-            let write = self.io.write_all(&self.wbuf);
+            let io = &mut self.io;
+            let buf = &self.wbuf;
+            let write = async move {
+                io.write_all(buf).await?;
+                io.flush().await
+            };
             let _ = timeout(self.shared.config.write_timeout, write).await;
         }
         self.wbuf.clear();
@@ -267,7 +272,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                         }
                     }
                     if !self.wbuf.is_empty() {
-                        match timeout(write_timeout, self.io.write_all(&self.wbuf)).await {
+                        let io = &mut self.io;
+                        let buf = &self.wbuf;
+                        let write = async move {
+                            io.write_all(buf).await?;
+                            io.flush().await
+                        };
+                        match timeout(write_timeout, write).await {
                             Err(_) => return End::WriteTimeout,
                             Ok(Err(e)) => return End::Io(e),
                             Ok(Ok(())) => {}
