@@ -49,6 +49,11 @@ impl TestPki {
         .expect("root CA");
         let ca_pem = dir.path().join("ca.pem");
         std::fs::write(&ca_pem, root.cert_pem()).expect("write ca.pem");
+        std::fs::write(
+            dir.path().join("ca.key"),
+            root.key.to_pkcs8_pem().as_bytes(),
+        )
+        .expect("write ca.key");
         let ca = Ca {
             cert_der: root.cert_der,
             key: root.key,
@@ -56,6 +61,66 @@ impl TestPki {
             root: None,
         };
         Self { dir, ca, ca_pem }
+    }
+
+    /// Makes an X.509 v1 client certificate the way the openssl recipes do
+    /// (`openssl x509 -req` without extensions); writes `{cn}.pem` and `{cn}.key`.
+    ///
+    /// # Panics
+    /// If openssl is missing or fails.
+    pub fn openssl_v1_client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let dir = self.path();
+        let key = dir.join(format!("{cn}.key"));
+        let csr = dir.join(format!("{cn}.csr"));
+        let cert = dir.join(format!("{cn}.pem"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is needed (scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (k, r, c) = (
+            key.to_str().unwrap_or_default(),
+            csr.to_str().unwrap_or_default(),
+            cert.to_str().unwrap_or_default(),
+        );
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            k,
+            "-subj",
+            &format!("/CN={cn}"),
+            "-out",
+            r,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            r,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            c,
+        ]);
+        (cert, key)
     }
 
     /// The folder.
@@ -193,9 +258,14 @@ pub fn client_config(ca_pem: &Path, client: Option<(&Path, &Path)>) -> Arc<rustl
             let key =
                 moat_pki::key::load(&std::fs::read(key).expect("read key"), None).expect("key");
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client cert")
+            // A resolver rather than with_client_auth_cert: the latter parses our own
+            // certificate with webpki, which refuses the X.509 v1 ones some tests present.
+            let signing = rustls::crypto::ring::default_provider()
+                .key_provider
+                .load_private_key(key)
+                .expect("client key");
+            let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(certified)))
         }
     };
     Arc::new(config)
@@ -218,4 +288,21 @@ pub async fn tls_connect(
     // handshake finished: a read surfaces it. The caller sees it on its first recv.
     let _ = &mut tls;
     Ok(tls)
+}
+
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }

@@ -317,3 +317,42 @@ async fn bad_material_refuses_to_start_with_the_finding() {
     let text = err.to_string();
     assert!(text.contains("mqtts") && text.contains("key"), "{text}");
 }
+
+#[tokio::test]
+async fn v1_client_certificates_refused_unless_accepted() {
+    let pki = TestPki::new("Test CA");
+    let (v1_cert, v1_key) = pki.openssl_v1_client("legacy-device");
+    let pem = std::fs::read(&v1_cert).unwrap();
+    let der = moat_pki::decode::decode(&pem)
+        .unwrap()
+        .certificates()
+        .remove(0);
+    let info = moat_pki::inspect::CertInfo::from_der(&der).unwrap();
+    assert_eq!(
+        info.version, 1,
+        "openssl x509 -req without extensions makes v1"
+    );
+
+    let broker = start(settings(&pki, ClientAuth::Required), false).await;
+    let config = pki.client_config(Some((&v1_cert, &v1_key)));
+    assert!(mqtt_over_tls(broker.addr, config.clone(), "legacy")
+        .await
+        .is_none());
+    wait_failure(&broker.live, HandshakeFailure::V1Certificate).await;
+
+    let mut s = settings(&pki, ClientAuth::Required);
+    s.accept_v1_client_certs = true;
+    let accepting = start(s, false).await;
+    let (_c, code) = mqtt_over_tls(accepting.addr, config, "legacy")
+        .await
+        .expect("v1 accepted");
+    assert_eq!(code, ReasonCode::SUCCESS);
+    // Still only from the configured CA.
+    let other = TestPki::new("Other");
+    let (oc, ok) = other.openssl_v1_client("stranger");
+    let config = moat_testkit::pki::client_config(&pki.ca_pem, Some((&oc, &ok)));
+    assert!(mqtt_over_tls(accepting.addr, config, "stranger")
+        .await
+        .is_none());
+    wait_failure(&accepting.live, HandshakeFailure::UnknownCa).await;
+}
