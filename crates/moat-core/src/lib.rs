@@ -12,6 +12,7 @@ mod broker;
 mod config;
 mod message;
 mod session;
+pub mod store;
 pub mod topic;
 pub mod tree;
 
