@@ -87,7 +87,7 @@ impl ConfigFile {
     }
 
     pub(crate) fn validate(self) -> anyhow::Result<Settings> {
-        self.validate_in(Path::new("."))
+        self.validate_in(Path::new(""))
     }
 
     /// Validates, resolving relative file paths against `base` (the config file's folder).
@@ -294,6 +294,78 @@ impl LimitsFile {
     }
 }
 
+impl Settings {
+    /// The settings in force, written back as a config file with every key (the output of
+    /// `moat serve --print-config`).
+    pub(crate) fn effective(&self) -> ConfigFile {
+        let s = &self.server;
+        let listeners = s
+            .listeners
+            .iter()
+            .map(|l| ListenerFile {
+                name: Some(l.name.clone()),
+                kind: Some(
+                    match l.kind {
+                        ListenerKind::Tcp => "tcp",
+                        ListenerKind::Tls => "tls",
+                        ListenerKind::Ws => "ws",
+                        ListenerKind::Wss => "wss",
+                    }
+                    .into(),
+                ),
+                bind: Some(l.bind.to_string()),
+                allow_anonymous: Some(l.allow_anonymous),
+                path: l.kind.is_ws().then(|| l.path.clone()),
+                tls: l.tls.as_ref().map(|t| TlsFile {
+                    cert: Some(t.cert.clone()),
+                    chain: t.chain.clone(),
+                    key: Some(t.key.clone()),
+                    key_passphrase_file: t.key_passphrase_file.clone(),
+                    client_auth: Some(
+                        match t.client_auth {
+                            ClientAuth::None => "none",
+                            ClientAuth::Optional => "optional",
+                            ClientAuth::Required => "required",
+                        }
+                        .into(),
+                    ),
+                    client_ca: t.client_ca.clone(),
+                    crl: t.crl.clone(),
+                    identity: Some(
+                        match t.identity {
+                            IdentitySource::None => "none",
+                            IdentitySource::Cn => "cn",
+                            IdentitySource::San => "san",
+                            IdentitySource::Dn => "dn",
+                        }
+                        .into(),
+                    ),
+                    accept_v1_client_certs: Some(t.accept_v1_client_certs),
+                }),
+            })
+            .collect();
+        let b = &s.broker;
+        ConfigFile {
+            data_dir: Some(self.data_dir.clone()),
+            listeners,
+            limits: Some(LimitsFile {
+                max_packet_size: Some(b.max_packet_size),
+                receive_maximum: Some(b.receive_maximum),
+                max_inflight: Some(b.max_inflight),
+                max_queued_messages: Some(b.max_queued_messages),
+                topic_alias_maximum: Some(b.topic_alias_maximum),
+                max_keep_alive: Some(b.max_keep_alive),
+                max_session_expiry: Some(b.max_session_expiry),
+                max_retained_messages: Some(b.max_retained_messages),
+                max_connections: Some(s.max_connections),
+                connect_timeout_secs: Some(s.connect_timeout.as_secs()),
+                max_outbox_packets: Some(s.max_outbox_packets),
+                sys_interval_secs: Some(b.sys_interval.map_or(0, |d| d.as_secs())),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +375,19 @@ mod tests {
             Ok(_) => panic!("accepted: {text}"),
             Err(e) => format!("{e:#}"),
         }
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let text = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1884\"\n\
+                    [[listeners]]\nname = \"s\"\nkind = \"wss\"\nbind = \"0.0.0.0:8084\"\n\
+                    tls = { cert = \"c.pem\", key = \"k.pem\", client_auth = \"optional\", client_ca = \"ca.pem\" }\n\
+                    [limits]\nmax_inflight = 7\n";
+        let s = ConfigFile::parse(text).unwrap().validate().unwrap();
+        let printed = toml::to_string(&s.effective()).unwrap();
+        let again = ConfigFile::parse(&printed).unwrap().validate().unwrap();
+        assert_eq!(again.server, s.server, "{printed}");
+        assert!(printed.contains("max_inflight = 7"), "{printed}");
     }
 
     #[test]

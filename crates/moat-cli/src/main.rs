@@ -11,6 +11,7 @@ mod bench;
 mod cert;
 mod check;
 mod config;
+mod firstrun;
 mod pubsub;
 mod serve;
 mod user;

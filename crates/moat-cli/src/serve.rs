@@ -7,26 +7,50 @@ use anyhow::Context;
 use moat_server::{ListenerKind, Server};
 
 use crate::config::ConfigFile;
+use crate::firstrun;
 
 /// Flags of `moat serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The configuration file (moat.toml). Without it, the embedded defaults are used.
+    /// The configuration file (moat.toml). Without it, the embedded defaults are used: a
+    /// local CA and server certificate under ./moat-data/pki, a loopback tcp listener, and tls
+    /// (8883) and wss (8084) listeners.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
+    /// Print the effective configuration (defaults included) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut guidance = None;
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
+        None => {
+            let data_dir = PathBuf::from("moat-data");
+            let file = firstrun::default_config(&data_dir);
+            if !args.print_config {
+                let pki = firstrun::ensure_pki(&data_dir)
+                    .with_context(|| format!("cannot prepare {}", data_dir.display()))?;
+                guidance = Some(firstrun::guidance(&pki, &data_dir));
+            }
+            file
+        }
     };
     let settings = match args.config.as_ref() {
-        Some(path) => file
-            .validate()
-            .with_context(|| format!("config file {}", path.display()))?,
+        Some(path) => {
+            // Relative paths in the file are relative to the file's folder.
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+            file.validate_in(base.unwrap_or(std::path::Path::new(".")))
+                .with_context(|| format!("config file {}", path.display()))?
+        }
         None => file.validate()?,
     };
+    if args.print_config {
+        let text = toml::to_string(&settings.effective()).context("cannot print the config")?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,6 +71,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ => ("mqtt", String::new()),
             };
             println!("moat: listener {name} on {scheme}://{addr}{path}");
+        }
+        if let Some(text) = &guidance {
+            print!("{text}");
         }
         spawn_sighup(server.reload_trigger());
         server.run(shutdown_signal()).await;
