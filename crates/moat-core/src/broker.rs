@@ -295,6 +295,12 @@ impl Broker {
             }
         };
 
+        // Enhanced authentication: no method is supported yet [MQTT-4.12.0-1].
+        if let Some(method) = &connect.properties.authentication_method {
+            let why = format!("authentication method {method:?} is not supported");
+            return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD, &why);
+        }
+
         // Client identifier.
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {

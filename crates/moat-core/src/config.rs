@@ -20,8 +20,10 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// The highest topic alias clients may use (v5 Topic Alias Maximum in CONNACK).
     pub topic_alias_maximum: u16,
-    /// The longest keep-alive the broker accepts; v5 clients asking for more (or for 0 when
-    /// `require_keep_alive` is set) are told to use this via Server Keep Alive.
+    /// The longest keep-alive the broker accepts, in seconds. v5 clients asking for more are
+    /// told to use this (Server Keep Alive in CONNACK), so a dead connection is found within
+    /// 1.5 times this. v3 clients cannot be told and keep their own value; 0 (no keep-alive)
+    /// is left alone.
     pub max_keep_alive: u16,
     /// The longest session expiry interval granted, in seconds (`u32::MAX` never expires).
     pub max_session_expiry: u32,
@@ -43,7 +45,7 @@ impl Default for BrokerConfig {
             max_inflight: 256,
             max_queued_messages: 10_000,
             topic_alias_maximum: 64,
-            max_keep_alive: 65_535,
+            max_keep_alive: 60,
             max_session_expiry: u32::MAX,
             max_retained_messages: 100_000,
             max_client_id_len: 256,
@@ -66,7 +68,7 @@ mod tests {
         assert_eq!(c.max_inflight, 256);
         assert_eq!(c.max_queued_messages, 10_000);
         assert_eq!(c.topic_alias_maximum, 64);
-        assert_eq!(c.max_keep_alive, 65_535);
+        assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.max_session_expiry, u32::MAX);
         assert_eq!(c.max_retained_messages, 100_000);
         assert_eq!(c.max_client_id_len, 256);

@@ -821,3 +821,12 @@ fn queue_limit_drops_and_counts() {
     let (_, _, queued) = h.connect_with(connect_packet("q", V3, false));
     assert_eq!(publishes(&queued).len(), 3);
 }
+
+#[test]
+fn unsupported_authentication_method_is_refused() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("auth", V5, true);
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let (_, ack, _) = h.connect_with(c);
+    assert_eq!(ack.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+}
