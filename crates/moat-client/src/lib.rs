@@ -42,6 +42,7 @@ mod client;
 mod error;
 mod framed;
 mod options;
+pub mod transport;
 
 pub use client::{connect_tcp, Client};
 pub use error::ClientError;
