@@ -78,10 +78,15 @@ impl StoreError {
         let path = path.to_owned();
         match e {
             redb::Error::Corrupted(detail) => Self::Corrupt { path, detail },
-            redb::Error::Io(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
+            redb::Error::Io(source)
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                ) =>
+            {
                 Self::Corrupt {
                     path,
-                    detail: format!("truncated: {source}"),
+                    detail: format!("unreadable: {source}"),
                 }
             }
             redb::Error::Io(source) => Self::Io { path, source },
