@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_server::{
-    ClientAuth, IdentitySource, ListenerConfig, ListenerKind, ServerConfig, TlsSettings,
+    AuthConfig, ClientAuth, IdentitySource, ListenerConfig, ListenerKind, Proof, ServerConfig,
+    TlsSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,16 @@ pub(crate) struct ConfigFile {
     pub(crate) data_dir: Option<PathBuf>,
     #[serde(default)]
     pub(crate) listeners: Vec<ListenerFile>,
+    pub(crate) auth: Option<AuthFile>,
     pub(crate) limits: Option<LimitsFile>,
+}
+
+/// `[auth]`. Relative paths are relative to `data_dir`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthFile {
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) acl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -28,6 +38,8 @@ pub(crate) struct ListenerFile {
     pub(crate) kind: Option<String>,
     pub(crate) bind: Option<String>,
     pub(crate) allow_anonymous: Option<bool>,
+    /// Which proofs a non-anonymous client needs: password | certificate | either | both.
+    pub(crate) auth: Option<String>,
     /// WebSocket path (ws, wss).
     pub(crate) path: Option<String>,
     pub(crate) tls: Option<TlsFile>,
@@ -113,10 +125,23 @@ impl ConfigFile {
         if let Some(lim) = self.limits {
             lim.apply(&mut server)?;
         }
-        Ok(Settings {
-            server,
-            data_dir: self.data_dir.unwrap_or_else(|| "./moat-data".into()),
-        })
+        // data_dir, like every relative path in the file, is relative to the file's folder;
+        // the password file and the ACL are relative to data_dir.
+        let data_dir = self.data_dir.unwrap_or_else(|| "moat-data".into());
+        let data_dir = if data_dir.is_absolute() {
+            data_dir
+        } else {
+            base.join(data_dir)
+        };
+        let auth = self.auth.unwrap_or_default();
+        let in_data = |p: PathBuf| if p.is_absolute() { p } else { data_dir.join(p) };
+        server.auth = AuthConfig {
+            password_file: Some(in_data(
+                auth.password_file.unwrap_or_else(|| "passwd".into()),
+            )),
+            acl_file: auth.acl_file.map(in_data),
+        };
+        Ok(Settings { server, data_dir })
     }
 }
 
@@ -176,10 +201,39 @@ impl ListenerFile {
                 key("path")
             );
         }
+        let proof = match self.auth.as_deref() {
+            None if tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != ClientAuth::None) =>
+            {
+                Proof::Either
+            }
+            None | Some("password") => Proof::Password,
+            Some("certificate") => Proof::Certificate,
+            Some("either") => Proof::Either,
+            Some("both") => Proof::Both,
+            Some(other) => bail!(
+                "{}: {other:?} is not one of \"password\", \"certificate\", \"either\", \"both\"",
+                key("auth")
+            ),
+        };
+        if matches!(proof, Proof::Certificate | Proof::Both)
+            && !tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != ClientAuth::None)
+        {
+            bail!(
+                "{}: auth = {:?} needs client certificates: set tls.client_auth = \"required\" \
+                 (or \"optional\") and tls.client_ca",
+                key("auth"),
+                self.auth.as_deref().unwrap_or_default()
+            );
+        }
         Ok(ListenerConfig {
             name,
             kind,
             bind,
+            proof,
             // Anonymous access is on only where asked for, or by default on loopback plain TCP.
             allow_anonymous: self
                 .allow_anonymous
@@ -295,6 +349,12 @@ impl LimitsFile {
 }
 
 impl Settings {
+    /// `path` as written in `[auth]`: relative to data_dir where it is inside it.
+    fn relative_to_data(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(&self.data_dir)
+            .map_or_else(|_| path.to_owned(), Path::to_owned)
+    }
+
     /// The settings in force, written back as a config file with every key (the output of
     /// `moat serve --print-config`).
     pub(crate) fn effective(&self) -> ConfigFile {
@@ -315,6 +375,15 @@ impl Settings {
                 ),
                 bind: Some(l.bind.to_string()),
                 allow_anonymous: Some(l.allow_anonymous),
+                auth: Some(
+                    match l.proof {
+                        Proof::Password => "password",
+                        Proof::Certificate => "certificate",
+                        Proof::Either => "either",
+                        Proof::Both => "both",
+                    }
+                    .into(),
+                ),
                 path: l.kind.is_ws().then(|| l.path.clone()),
                 tls: l.tls.as_ref().map(|t| TlsFile {
                     cert: Some(t.cert.clone()),
@@ -348,6 +417,14 @@ impl Settings {
         ConfigFile {
             data_dir: Some(self.data_dir.clone()),
             listeners,
+            auth: Some(AuthFile {
+                password_file: s
+                    .auth
+                    .password_file
+                    .as_deref()
+                    .map(|p| self.relative_to_data(p)),
+                acl_file: s.auth.acl_file.as_deref().map(|p| self.relative_to_data(p)),
+            }),
             limits: Some(LimitsFile {
                 max_packet_size: Some(b.max_packet_size),
                 receive_maximum: Some(b.receive_maximum),
@@ -393,8 +470,13 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let s = ConfigFile::parse("").unwrap().validate().unwrap();
-        assert_eq!(s.server, ServerConfig::default());
-        assert_eq!(s.data_dir, PathBuf::from("./moat-data"));
+        assert_eq!(s.server.listeners, ServerConfig::default().listeners);
+        assert_eq!(s.server.broker, ServerConfig::default().broker);
+        assert_eq!(s.data_dir, PathBuf::from("moat-data"));
+        assert_eq!(
+            s.server.auth.password_file,
+            Some(PathBuf::from("moat-data/passwd"))
+        );
         let l = &s.server.listeners[0];
         assert_eq!(l.bind, "127.0.0.1:1883".parse().unwrap());
         assert!(l.allow_anonymous);

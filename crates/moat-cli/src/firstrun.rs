@@ -88,7 +88,10 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     let server_key = dir.join("server.key");
     let reissue = created_ca
         || !server_key.exists()
-        || match read_cert(&server_pem).ok().and_then(|d| CertInfo::from_der(&d).ok()) {
+        || match read_cert(&server_pem)
+            .ok()
+            .and_then(|d| CertInfo::from_der(&d).ok())
+        {
             None => true,
             Some(info) => {
                 let soon = now
@@ -108,10 +111,20 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
             },
             &ca,
         )?;
-        store::write_file(&server_key, server.key.to_pkcs8_pem().as_bytes(), true, true)?;
+        store::write_file(
+            &server_key,
+            server.key.to_pkcs8_pem().as_bytes(),
+            true,
+            true,
+        )?;
         store::write_file(&server_pem, server.cert_pem().as_bytes(), false, true)?;
     }
-    Ok(LocalPki { dir, ca_pem, created_ca, hosts })
+    Ok(LocalPki {
+        dir,
+        ca_pem,
+        created_ca,
+        hosts,
+    })
 }
 
 /// Creates `dir` (and its parents) with mode 0700 where the platform has modes.
@@ -120,7 +133,9 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
 }
 
 fn read_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -153,6 +168,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 kind: Some("tcp".into()),
                 bind: Some("127.0.0.1:1883".into()),
                 allow_anonymous: Some(true),
+                auth: None,
                 path: None,
                 tls: None,
             },
@@ -161,6 +177,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 kind: Some("tls".into()),
                 bind: Some("0.0.0.0:8883".into()),
                 allow_anonymous: Some(false),
+                auth: Some("either".into()),
                 path: None,
                 tls: Some(tls.clone()),
             },
@@ -169,10 +186,12 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 kind: Some("wss".into()),
                 bind: Some("0.0.0.0:8084".into()),
                 allow_anonymous: Some(false),
+                auth: Some("either".into()),
                 path: Some("/mqtt".into()),
                 tls: Some(tls),
             },
         ],
+        auth: None,
         limits: None,
     }
 }

@@ -46,6 +46,11 @@ pub trait Authorizer: Send {
         let _ = (client_id, info, filter);
         true
     }
+    /// May this client receive the retained message on `topic` when it subscribes?
+    fn can_receive(&self, client_id: &str, info: &ClientInfo, topic: &str) -> bool {
+        let _ = (client_id, info, topic);
+        true
+    }
 }
 
 /// The authorizer that allows everything.
@@ -1058,10 +1063,16 @@ impl Broker {
             }),
         );
         // Retained messages follow the SUBACK [MQTT-3.3.1-9: sent with RETAIN set].
+        let info = self
+            .conns
+            .get(&conn_id)
+            .map(|c| c.info.clone())
+            .unwrap_or_default();
         for (filter, qos, sub_id) in retained_to_send {
             let mut found = Vec::new();
-            self.retained.for_each_match(&filter, |_, m| {
-                if !m.is_expired(now) {
+            let authorizer = &self.authorizer;
+            self.retained.for_each_match(&filter, |topic, m| {
+                if !m.is_expired(now) && authorizer.can_receive(&client_id, &info, topic) {
                     found.push(Arc::clone(m));
                 }
             });

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use moat_auth::Proof;
 use moat_core::BrokerConfig;
+
+use crate::auth::AuthConfig;
 use moat_tls::TlsSettings;
 
 /// The transport of a listener.
@@ -42,6 +45,9 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Whether clients without credentials may connect.
     pub allow_anonymous: bool,
+    /// Which proofs a client must bring when it is not anonymous: a password, a verified
+    /// client certificate, either, or both.
+    pub proof: Proof,
     /// TLS files and client-certificate policy (tls and wss listeners).
     pub tls: Option<TlsSettings>,
     /// The HTTP path of WebSocket listeners.
@@ -56,6 +62,7 @@ impl ListenerConfig {
             kind: ListenerKind::Tcp,
             bind,
             allow_anonymous,
+            proof: Proof::Password,
             tls: None,
             path: "/mqtt".into(),
         }
@@ -69,6 +76,8 @@ pub struct ServerConfig {
     pub listeners: Vec<ListenerConfig>,
     /// The broker core's limits.
     pub broker: BrokerConfig,
+    /// The password file and the ACL.
+    pub auth: AuthConfig,
     /// A client must send CONNECT within this time after the connection opens.
     pub connect_timeout: Duration,
     /// Open connections at most (over all listeners); more are closed at once.
@@ -95,6 +104,7 @@ impl Default for ServerConfig {
                 true,
             )],
             broker: BrokerConfig::default(),
+            auth: AuthConfig::default(),
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_outbox_packets: 1_000,

@@ -20,6 +20,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::AuthState;
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::outbox::Outbox;
 use crate::router::ToRouter;
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) router: mpsc::Sender<ToRouter>,
     /// Cancelled when shutdown's grace period is over: connections still open are dropped.
     pub(crate) hard_stop: CancellationToken,
+    /// Passwords, ACL, failure counters.
+    pub(crate) auth: Arc<AuthState>,
 }
 
 /// What a TLS handshake established.
@@ -146,29 +149,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let version = connect.protocol;
         self.codec.set_version(version);
 
-        // A verified client certificate names the client; its identity becomes the username.
+        // A verified client certificate names the client; its identity may become the
+        // username (identity = cn | san | dn).
         let cert_name = tls
             .and_then(|t| t.identity.as_ref().and_then(|id| id.name(t.source)))
             .map(str::to_owned);
-        let cert_verified = tls.is_some_and(|t| t.identity.is_some());
-
-        // Authentication. Until a credential store exists, a listener admits anyone
-        // (allow_anonymous) or clients with a verified certificate.
-        if !listener.allow_anonymous && !cert_verified {
-            let code = if connect.username.is_some() {
-                ReasonCode::BAD_USER_NAME_OR_PASSWORD
-            } else {
-                ReasonCode::NOT_AUTHORIZED
-            };
-            warn!(%peer, client_id = %connect.client_id, reason = %code, "connection refused");
-            self.refuse(version, code).await;
-            return End::Refused(code);
-        }
+        let policy = moat_auth::ListenerPolicy {
+            proof: listener.proof,
+            allow_anonymous: listener.allow_anonymous,
+            identity_as_username: tls.is_some_and(|t| t.source != IdentitySource::None),
+        };
+        let decided = self
+            .shared
+            .auth
+            .authenticate(
+                policy,
+                connect.username.clone(),
+                connect.password.clone(),
+                cert_name,
+                peer.ip(),
+            )
+            .await;
+        let principal = match decided {
+            Ok(p) => p,
+            Err(failure) => {
+                let code = failure.reason_code();
+                self.refuse(version, code).await;
+                return End::Refused(code);
+            }
+        };
 
         let info = ClientInfo {
             listener: listener.name.clone(),
             peer: Some(peer),
-            username: cert_name.or_else(|| connect.username.clone()),
+            username: principal.username,
         };
         let outbox = Arc::new(Outbox::default());
         let (reply, outcome) = oneshot::channel();

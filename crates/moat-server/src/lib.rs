@@ -11,6 +11,7 @@
 //! [`ServerConfig::shutdown_grace`], and `run` returns.
 #![warn(missing_docs)]
 
+mod auth;
 mod config;
 mod connection;
 mod outbox;
@@ -31,9 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
+pub use auth::AuthConfig;
 pub use config::{ListenerConfig, ListenerKind, ServerConfig};
+pub use moat_auth::Proof;
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
+use crate::auth::{AclAuthorizer, AuthState};
 use crate::connection::{Shared, TlsConn};
 use crate::router::{Router, ServerStats};
 
@@ -62,6 +66,9 @@ pub enum ServerError {
         /// Its kind.
         kind: ListenerKind,
     },
+    /// The password file or the ACL is invalid.
+    #[error("{0}")]
+    Auth(#[from] moat_auth::LoadError),
     /// A listener's TLS material is unusable.
     #[error("listener {name:?}: {source}")]
     Tls {
@@ -92,6 +99,7 @@ pub struct Server {
     config: Arc<ServerConfig>,
     listeners: Vec<Bound>,
     reload: Arc<Notify>,
+    auth: Arc<AuthState>,
 }
 
 impl Server {
@@ -103,6 +111,7 @@ impl Server {
         if config.listeners.is_empty() {
             return Err(ServerError::NoListeners);
         }
+        let auth = Arc::new(AuthState::load(config.auth.clone())?);
         let mut listeners = Vec::new();
         for l in &config.listeners {
             // TLS material is checked before anything is bound: a bad file refuses to start.
@@ -140,6 +149,7 @@ impl Server {
             config: Arc::new(config),
             listeners,
             reload: Arc::new(Notify::new()),
+            auth,
         })
     }
 
@@ -178,10 +188,11 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(4096);
         let stats = Arc::new(ServerStats::default());
-        let broker = Broker::new(
+        let mut broker = Broker::new(
             config.broker.clone(),
             tokio::time::Instant::now().into_std(),
         );
+        broker.set_authorizer(Box::new(AclAuthorizer(Arc::clone(&self.auth))));
         let router = Router::new(broker, rx, config.max_outbox_packets, Arc::clone(&stats));
         let router_task = tokio::spawn(router.run(router_stop.clone()));
 
@@ -189,7 +200,26 @@ impl Server {
             config: Arc::clone(&config),
             router: tx,
             hard_stop,
+            auth: Arc::clone(&self.auth),
         });
+        // Password file and ACL: re-read on change and on the reload trigger (SIGHUP).
+        {
+            let auth = Arc::clone(&self.auth);
+            let trigger = Arc::clone(&self.reload);
+            let interval = config.tls_poll_interval;
+            let stop = stop_accepting.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        () = trigger.notified() => {}
+                        () = stop.cancelled() => return,
+                    }
+                    let auth = Arc::clone(&auth);
+                    let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
+                }
+            });
+        }
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let next_id = Arc::new(AtomicU64::new(1));

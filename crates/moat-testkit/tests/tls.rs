@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use moat_codec::{Packet, ProtocolVersion, ReasonCode};
-use moat_server::{ClientAuth, ListenerConfig, ListenerKind, Server, ServerConfig, TlsSettings};
+use moat_server::{
+    ClientAuth, ListenerConfig, ListenerKind, Proof, Server, ServerConfig, TlsSettings,
+};
 use moat_testkit::pki::{tls_connect, TestPki};
 use moat_testkit::{connect_packet, RawClient, TIMEOUT};
 use moat_tls::{HandshakeFailure, LiveTls, ReloadOutcome};
@@ -39,6 +41,7 @@ async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
         kind: ListenerKind::Tls,
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         allow_anonymous,
+        proof: Proof::Either,
         tls: Some(tls),
         path: "/mqtt".into(),
     }];
@@ -306,6 +309,7 @@ async fn bad_material_refuses_to_start_with_the_finding() {
             kind: ListenerKind::Tls,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             allow_anonymous: true,
+            proof: Proof::Either,
             tls: Some(TlsSettings::new(cert, other_key)),
             path: "/mqtt".into(),
         }],
