@@ -49,6 +49,10 @@ pub enum ClientError {
     /// The request cannot be sent as asked (an empty filter list, say); nothing was sent.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// The WebSocket upgrade failed: the server refused it, chose a subprotocol other than
+    /// "mqtt", or does not speak WebSocket.
+    #[error("websocket handshake failed: {0}")]
+    WebSocket(String),
     /// The client was disconnected by [`Client::disconnect`](crate::Client::disconnect) (or its
     /// connection task is gone); no further operations are possible.
     #[error("the client is closed")]

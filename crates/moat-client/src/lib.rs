@@ -42,6 +42,7 @@ mod client;
 mod error;
 mod framed;
 mod options;
+pub mod ws;
 pub mod transport;
 
 pub use client::{connect_tcp, Client};

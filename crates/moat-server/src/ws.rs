@@ -57,15 +57,11 @@ impl From<Error> for WsError {
     }
 }
 
-/// The largest WebSocket message [`accept`] takes from a client: the default maximum MQTT
-/// packet size (1 MiB) plus room for a few small packets in the same message.
-const MAX_MESSAGE_SIZE: usize = 1024 * 1024 + MESSAGE_SLACK;
-
 /// Performs the server side of the WebSocket upgrade on `io` (TCP or TLS) for requests to
 /// `path` (the query string is ignored), selecting the "mqtt" or "mqttv3.1" subprotocol. A
 /// request without any subprotocol is accepted too (some browser clients send none). Messages
-/// from the client may be up to 1 MiB plus a little slack; see [`accept_with_max_packet_size`]
-/// for listeners that allow larger packets.
+/// from the client may be up to `max_packet_size` (the broker's limit) plus a little slack, so
+/// that a message holding one maximum-size packet and a few small ones still fits.
 ///
 /// No timeout: the caller puts the call under its handshake timeout.
 ///
@@ -73,17 +69,6 @@ const MAX_MESSAGE_SIZE: usize = 1024 * 1024 + MESSAGE_SLACK;
 /// [`WsError::WrongPath`] (after answering 404), [`WsError::NoSubprotocol`] (after answering
 /// 400), [`WsError::Handshake`] for a request that is not a WebSocket upgrade, and
 /// [`WsError::Io`].
-#[allow(dead_code)] // wired into the listener by the ws/wss listener kinds
-pub(crate) async fn accept<IO>(io: IO, path: &str) -> Result<WsStream<IO>, WsError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    accept_with_max_message_size(io, path, MAX_MESSAGE_SIZE).await
-}
-
-/// [`accept`] for a broker whose maximum packet size is `max_packet_size`: messages may be
-/// that large plus a little slack.
-#[allow(dead_code)] // for listeners whose max packet size is configured above 1 MiB
 pub(crate) async fn accept_with_max_packet_size<IO>(
     io: IO,
     path: &str,
@@ -95,17 +80,6 @@ where
     let max_message = usize::try_from(max_packet_size)
         .unwrap_or(usize::MAX)
         .saturating_add(MESSAGE_SLACK);
-    accept_with_max_message_size(io, path, max_message).await
-}
-
-async fn accept_with_max_message_size<IO>(
-    io: IO,
-    path: &str,
-    max_message: usize,
-) -> Result<WsStream<IO>, WsError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
     let config = WebSocketConfig::default()
         .read_buffer_size(BUFFER_SIZE)
         .write_buffer_size(BUFFER_SIZE)
@@ -280,6 +254,11 @@ mod tests {
 
     type Peer = WebSocketStream<DuplexStream>;
 
+    /// The upgrade with the broker's default maximum packet size.
+    async fn accept(io: DuplexStream, path: &str) -> Result<WsStream<DuplexStream>, WsError> {
+        accept_with_max_packet_size(io, path, 1024 * 1024).await
+    }
+
     /// Runs `accept` on one end of a pipe and a tungstenite client offering `protocols` for
     /// `uri` on the other.
     async fn upgrade(
@@ -428,6 +407,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_messages_cross_reads_and_writes() {
+        let (mut server, mut peer) = connected(Some("mqtt")).await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let echo = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            server.read_exact(&mut got).await.expect("read");
+            assert!(got == expected, "the server read other bytes");
+            server.write_all(&got).await.expect("write");
+            server.flush().await.expect("flush");
+        });
+        // The echo task reads all before it writes, so sending first cannot deadlock.
+        tokio::time::timeout(WAIT, peer.send(Message::binary(data.clone())))
+            .await
+            .expect("sent in time")
+            .expect("send");
+        let answer = tokio::time::timeout(WAIT, peer.next()).await;
+        match answer.expect("in time") {
+            Some(Ok(Message::Binary(got))) => assert!(got == data, "the peer got other bytes"),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+        echo.await.expect("echo task");
+    }
+
+    #[tokio::test]
     async fn a_text_frame_is_an_error() {
         let (mut server, mut peer) = connected(Some("mqtt")).await;
         peer.send(Message::text("hello")).await.expect("send");
@@ -517,9 +521,13 @@ mod tests {
             .await
             .expect("server task")
             .expect("server handshake");
-        peer.send(Message::binary(vec![0; MESSAGE_SLACK + 17]))
-            .await
-            .expect("send");
+        // The send cannot finish: the server stops reading at the frame header.
+        let _sender = tokio::spawn(async move {
+            let _ = peer
+                .send(Message::binary(vec![0; MESSAGE_SLACK + 17]))
+                .await;
+            peer
+        });
         let mut buf = [0; 16];
         let err = tokio::time::timeout(WAIT, server.read(&mut buf))
             .await
