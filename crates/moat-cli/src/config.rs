@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_server::{
-    AuthConfig, ClientAuth, IdentitySource, ListenerConfig, ListenerKind, Proof, ServerConfig,
-    TlsSettings,
+    AuthConfig, ClientAuth, Durability, IdentitySource, ListenerConfig, ListenerKind, Proof,
+    ServerConfig, StoreConfig, TlsSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,19 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub(crate) listeners: Vec<ListenerFile>,
     pub(crate) auth: Option<AuthFile>,
+    pub(crate) store: Option<StoreFile>,
     pub(crate) limits: Option<LimitsFile>,
+}
+
+/// `[store]`: the durable store under data_dir.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreFile {
+    /// false keeps sessions and retained messages in memory only.
+    pub(crate) enabled: Option<bool>,
+    pub(crate) path: Option<PathBuf>,
+    /// "group-commit" (default) or "fsync-each".
+    pub(crate) durability: Option<String>,
 }
 
 /// `[auth]`. Relative paths are relative to `data_dir`.
@@ -135,6 +147,20 @@ impl ConfigFile {
         };
         let auth = self.auth.unwrap_or_default();
         let in_data = |p: PathBuf| if p.is_absolute() { p } else { data_dir.join(p) };
+        let store = self.store.unwrap_or_default();
+        if store.enabled.unwrap_or(true) {
+            let durability = match store.durability.as_deref().unwrap_or("group-commit") {
+                "group-commit" => Durability::GroupCommit,
+                "fsync-each" => Durability::FsyncEach,
+                other => bail!(
+                    "store.durability: {other:?} is not one of \"group-commit\", \"fsync-each\""
+                ),
+            };
+            server.store = Some(StoreConfig {
+                dir: in_data(store.path.unwrap_or_else(|| "store".into())),
+                durability,
+            });
+        }
         server.auth = AuthConfig {
             password_file: Some(in_data(
                 auth.password_file.unwrap_or_else(|| "passwd".into()),
@@ -417,6 +443,25 @@ impl Settings {
         ConfigFile {
             data_dir: Some(self.data_dir.clone()),
             listeners,
+            store: Some(match &s.store {
+                None => StoreFile {
+                    enabled: Some(false),
+                    path: None,
+                    durability: None,
+                },
+                Some(st) => StoreFile {
+                    enabled: Some(true),
+                    path: Some(self.relative_to_data(&st.dir)),
+                    durability: Some(
+                        if st.durability == Durability::FsyncEach {
+                            "fsync-each"
+                        } else {
+                            "group-commit"
+                        }
+                        .into(),
+                    ),
+                },
+            }),
             auth: Some(AuthFile {
                 password_file: s
                     .auth

@@ -192,6 +192,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
             },
         ],
         auth: None,
+        store: None,
         limits: None,
     }
 }

@@ -16,6 +16,7 @@ use moat_codec::{
 use crate::config::BrokerConfig;
 use crate::message::{Delivery, Message, SessionId};
 use crate::session::{Inflight, OutState, PendingWill, Session, SubData};
+use crate::store::{Snapshot, StoreOp, StoredMessage, StoredState};
 use crate::topic::{self, Filter};
 use crate::tree::{Match, RetainedTree, SubscriptionTree};
 
@@ -139,6 +140,13 @@ pub struct Broker {
     hasher: RandomState,
     /// Reused while routing: (session, qos, retain, subscription id).
     scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
+    /// Whether durable-store ops are produced.
+    persist: bool,
+    store_ops: Vec<StoreOp>,
+    /// An instant and the wall-clock Unix milliseconds at that instant.
+    epoch: (Instant, u64),
+    /// Bytes the durable store uses on disk, for `$SYS`.
+    store_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -180,6 +188,178 @@ impl Broker {
             next_sys,
             hasher: RandomState::new(),
             scratch: Vec::new(),
+            persist: false,
+            store_ops: Vec::new(),
+            epoch: (now, 0),
+            store_bytes: None,
+        }
+    }
+
+    /// Records the durable store's size for `$SYS/broker/store/bytes`.
+    pub fn set_store_bytes(&mut self, bytes: u64) {
+        self.store_bytes = Some(bytes);
+    }
+
+    /// Turns on durable-store ops ([`Broker::drain_store_ops_into`]) for persistent sessions
+    /// and retained messages. `now_unix_ms` is the wall clock at `now`.
+    pub fn enable_persistence(&mut self, now: Instant, now_unix_ms: u64) {
+        self.persist = true;
+        self.epoch = (now, now_unix_ms);
+    }
+
+    /// Moves the store ops produced so far into `out`. The server makes them durable before it
+    /// sends the actions produced with them.
+    pub fn drain_store_ops_into(&mut self, out: &mut Vec<StoreOp>) {
+        out.append(&mut self.store_ops);
+    }
+
+    fn unix_ms(&self, t: Instant) -> u64 {
+        let (e, ms) = self.epoch;
+        match t.checked_duration_since(e) {
+            Some(d) => ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => ms
+                .saturating_sub(u64::try_from(e.duration_since(t).as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn instant_at(&self, at: u64) -> Instant {
+        let (e, ms) = self.epoch;
+        if at >= ms {
+            e + Duration::from_millis(at - ms)
+        } else {
+            e.checked_sub(Duration::from_millis(ms - at)).unwrap_or(e)
+        }
+    }
+
+    fn op(&mut self, op: StoreOp) {
+        if self.persist {
+            self.store_ops.push(op);
+        }
+    }
+
+    fn is_persisted(&self, sid: SessionId) -> bool {
+        self.persist && self.sessions.get(&sid).is_some_and(|s| s.persisted)
+    }
+
+    fn stored_message(&self, d: &Delivery) -> StoredMessage {
+        let m = &d.message;
+        StoredMessage {
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: d.qos,
+            retain: d.retain,
+            properties: m.properties.clone(),
+            expires_at_ms: m.expires_at.map(|t| self.unix_ms(t)),
+            subscription_ids: d.subscription_ids.clone(),
+        }
+    }
+
+    /// A message loaded from the store.
+    fn loaded_message(&self, m: StoredMessage) -> (Arc<Message>, Vec<u32>) {
+        let message = Message {
+            topic: m.topic,
+            payload: m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            properties: m.properties,
+            expires_at: m.expires_at_ms.map(|t| self.instant_at(t)),
+            origin: None,
+        };
+        (Arc::new(message), m.subscription_ids)
+    }
+
+    /// Loads what a durable store holds (at start-up, before any connection). Every session
+    /// is offline; its expiry runs from when it went offline (or from now, if the broker
+    /// stopped while it was connected).
+    pub fn restore(&mut self, snapshot: Snapshot, now: Instant) {
+        let now_ms = self.unix_ms(now);
+        for m in snapshot.retained {
+            let (message, _) = self.loaded_message(m);
+            if !message.is_expired(now) {
+                self.retained.insert(&message.topic.clone(), message);
+            }
+        }
+        for stored in snapshot.sessions {
+            let sid = self.new_session(&stored.client_id);
+            let offline_ms = stored.offline_since_ms.unwrap_or(now_ms);
+            let expires_at = (stored.expiry_interval != u32::MAX).then(|| {
+                self.instant_at(offline_ms.saturating_add(u64::from(stored.expiry_interval) * 1000))
+            });
+            let mut subs = Vec::new();
+            for (raw, options, id) in stored.subscriptions {
+                if let Ok(filter) = Filter::parse(&raw) {
+                    subs.push((raw, filter, SubData { options, id }));
+                }
+            }
+            let mut queue = Vec::new();
+            let mut max_seq = 0;
+            for (seq, m, state) in stored.messages {
+                max_seq = max_seq.max(seq);
+                let (message, subscription_ids) = self.loaded_message(m);
+                let delivery = Delivery {
+                    qos: message.qos,
+                    retain: message.retain,
+                    message,
+                    subscription_ids,
+                    seq: Some(seq),
+                };
+                queue.push((seq, delivery, state));
+            }
+            let will = stored.will.map(|(will, at)| PendingWill {
+                at: self.instant_at(at),
+                will,
+            });
+            for (_, filter, data) in &subs {
+                self.subs.insert(filter, sid, data.clone());
+            }
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            session.persisted = true;
+            session.expiry_interval = stored.expiry_interval;
+            session.expires_at = expires_at;
+            session.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+            session.next_store_seq = max_seq + 1;
+            for (raw, filter, data) in subs {
+                session.subscriptions.insert(raw, (filter, data));
+            }
+            for (seq, delivery, state) in queue {
+                let pid = match state {
+                    StoredState::Queued => None,
+                    StoredState::Sent(p) => PacketId::new(p).map(|p| (p, false)),
+                    StoredState::Released(p) => PacketId::new(p).map(|p| (p, true)),
+                };
+                match pid {
+                    Some((pid, released)) if !session.inflight.contains_key(&pid.get()) => {
+                        let state = if released {
+                            OutState::Released
+                        } else if delivery.qos == QoS::ExactlyOnce {
+                            OutState::Unreceived
+                        } else {
+                            OutState::Unacked
+                        };
+                        session.inflight.insert(
+                            pid.get(),
+                            Inflight {
+                                delivery,
+                                state,
+                                seq,
+                            },
+                        );
+                        session.next_seq = session.next_seq.max(seq + 1);
+                    }
+                    _ => session.queue.push_back(delivery),
+                }
+            }
+            if let Some(w) = &will {
+                self.timers.insert((w.at, sid));
+            }
+            if let Some(at) = expires_at {
+                self.timers.insert((at, sid));
+            }
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.pending_will = will;
+            }
         }
     }
 
@@ -396,7 +576,25 @@ impl Broker {
         session.expiry_interval = expiry;
         session.expires_at = None;
         // A will waiting for its delay is not sent when the session is resumed [MQTT-3.1.3-9].
-        session.pending_will = None;
+        let had_will = session.pending_will.take().is_some();
+        let was_persisted = session.persisted;
+        session.persisted = self.persist && expiry > 0;
+        let now_persisted = session.persisted;
+        if now_persisted {
+            self.op(StoreOp::SessionUpsert {
+                client_id: client_id.clone(),
+                expiry_interval: expiry,
+            });
+            if had_will {
+                self.op(StoreOp::WillRemove {
+                    client_id: client_id.clone(),
+                });
+            }
+        } else if was_persisted {
+            self.op(StoreOp::SessionRemove {
+                client_id: client_id.clone(),
+            });
+        }
 
         // Keep alive.
         let mut keep_alive = connect.keep_alive;
@@ -532,8 +730,9 @@ impl Broker {
                         self.stats.messages_sent += 1;
                         self.send(conn_id, Packet::Publish(p));
                     } else if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.inflight.remove(&id);
+                        let seq = s.inflight.remove(&id).and_then(|f| f.delivery.seq);
                         self.stats.messages_dropped += 1;
+                        self.forget_stored(sid, seq);
                     }
                 }
             }
@@ -687,6 +886,14 @@ impl Broker {
                 if !reason.is_error() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.incoming_qos2.insert(pid.get());
+                        if s.persisted {
+                            let client_id = s.client_id.clone();
+                            let packet_id = pid.get();
+                            self.op(StoreOp::IncomingQos2Add {
+                                client_id,
+                                packet_id,
+                            });
+                        }
                     }
                 }
                 self.send(conn_id, Packet::PubRec(ack));
@@ -696,11 +903,26 @@ impl Broker {
 
     fn store_retained(&mut self, message: &Arc<Message>) {
         if message.payload.is_empty() {
-            self.retained.remove(&message.topic);
+            if self.retained.remove(&message.topic).is_some() {
+                self.op(StoreOp::RetainedRemove {
+                    topic: message.topic.clone(),
+                });
+            }
         } else if self.retained.len() < self.config.max_retained_messages
             || self.retained.get(&message.topic).is_some()
         {
             self.retained.insert(&message.topic, Arc::clone(message));
+            if self.persist {
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: message.qos,
+                    retain: true,
+                    subscription_ids: Vec::new(),
+                    seq: None,
+                };
+                let stored = self.stored_message(&delivery);
+                self.op(StoreOp::RetainedSet { message: stored });
+            }
         } else {
             tracing::warn!(topic = %message.topic, "retained message not stored: limit reached");
         }
@@ -764,6 +986,7 @@ impl Broker {
                 qos: qos.min(message.qos),
                 retain: rap && message.retain,
                 subscription_ids: ids,
+                seq: None,
             };
             self.deliver(sid, delivery, now);
         }
@@ -795,6 +1018,23 @@ impl Broker {
             tracing::debug!(client_id = %session.client_id, "session queue full: message dropped");
             return;
         }
+        let mut delivery = delivery;
+        if self.persist && session.persisted {
+            let seq = session.next_store_seq;
+            session.next_store_seq += 1;
+            delivery.seq = Some(seq);
+            let client_id = session.client_id.clone();
+            let message = self.stored_message(&delivery);
+            self.op(StoreOp::MessagePut {
+                client_id,
+                seq,
+                message,
+                state: StoredState::Queued,
+            });
+        }
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         session.queue.push_back(delivery);
         if conn_id.is_some() {
             self.fill_window(sid, now);
@@ -834,6 +1074,8 @@ impl Broker {
                     };
                     let seq = session.next_seq;
                     session.next_seq += 1;
+                    let store_seq = delivery.seq;
+                    let client_id = store_seq.map(|_| session.client_id.clone());
                     session.inflight.insert(
                         pid.get(),
                         Inflight {
@@ -842,11 +1084,30 @@ impl Broker {
                             seq,
                         },
                     );
+                    if let (Some(seq), Some(client_id)) = (store_seq, client_id) {
+                        let state = StoredState::Sent(pid.get());
+                        self.op(StoreOp::MessageState {
+                            client_id,
+                            seq,
+                            state,
+                        });
+                    }
                     self.stats.messages_sent += 1;
                     self.send(conn_id, Packet::Publish(p));
                 }
-                None => self.stats.messages_dropped += 1,
+                None => {
+                    self.stats.messages_dropped += 1;
+                    self.forget_stored(sid, delivery.seq);
+                }
             }
+        }
+    }
+
+    /// Removes a finished outgoing message from the store.
+    fn forget_stored(&mut self, sid: SessionId, seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        if let Some(client_id) = self.sessions.get(&sid).map(|s| s.client_id.clone()) {
+            self.op(StoreOp::MessageRemove { client_id, seq });
         }
     }
 
@@ -924,7 +1185,8 @@ impl Broker {
             .get(&id)
             .is_some_and(|f| f.state == OutState::Unacked)
         {
-            session.inflight.remove(&id);
+            let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
+            self.forget_stored(sid, seq);
             self.fill_window(sid, now);
         }
     }
@@ -940,10 +1202,20 @@ impl Broker {
         match session.inflight.get_mut(&id) {
             Some(f) if f.state == OutState::Unreceived || f.state == OutState::Released => {
                 if a.reason_code.is_error() {
-                    session.inflight.remove(&id);
+                    let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
+                    self.forget_stored(sid, seq);
                     self.fill_window(sid, now);
                 } else {
                     f.state = OutState::Released;
+                    if let Some(seq) = f.delivery.seq {
+                        let client_id = session.client_id.clone();
+                        let state = StoredState::Released(id);
+                        self.op(StoreOp::MessageState {
+                            client_id,
+                            seq,
+                            state,
+                        });
+                    }
                     self.send(conn_id, Packet::PubRel(PubAck::new(a.packet_id)));
                 }
             }
@@ -963,7 +1235,16 @@ impl Broker {
             return;
         };
         let mut comp = PubAck::new(a.packet_id);
-        if !session.incoming_qos2.remove(&a.packet_id.get()) {
+        if session.incoming_qos2.remove(&a.packet_id.get()) {
+            if session.persisted {
+                let client_id = session.client_id.clone();
+                let packet_id = a.packet_id.get();
+                self.op(StoreOp::IncomingQos2Remove {
+                    client_id,
+                    packet_id,
+                });
+            }
+        } else {
             comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }
         self.send(conn_id, Packet::PubComp(comp));
@@ -982,7 +1263,8 @@ impl Broker {
             .get(&id)
             .is_some_and(|f| f.state == OutState::Released)
         {
-            session.inflight.remove(&id);
+            let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
+            self.forget_stored(sid, seq);
             self.fill_window(sid, now);
         }
     }
@@ -1050,6 +1332,15 @@ impl Broker {
                 retained_to_send.push((filter.filter.clone(), options.qos, sub_id));
             }
             if let Some(session) = self.sessions.get_mut(&sid) {
+                if session.persisted {
+                    let op = StoreOp::SubscriptionSet {
+                        client_id: session.client_id.clone(),
+                        filter: raw.clone(),
+                        options: data.options,
+                        id: data.id,
+                    };
+                    self.store_ops.push(op);
+                }
                 session.subscriptions.insert(raw, (filter, data));
             }
             codes.push(ReasonCode(options.qos as u8));
@@ -1082,6 +1373,7 @@ impl Broker {
                     message,
                     retain: true,
                     subscription_ids: sub_id.into_iter().collect(),
+                    seq: None,
                 };
                 self.deliver(sid, delivery, now);
             }
@@ -1103,6 +1395,17 @@ impl Broker {
             {
                 Some((filter, _)) => {
                     self.subs.remove(&filter, &sid);
+                    if self.is_persisted(sid) {
+                        let client_id = self
+                            .sessions
+                            .get(&sid)
+                            .map(|s| s.client_id.clone())
+                            .unwrap_or_default();
+                        self.op(StoreOp::SubscriptionRemove {
+                            client_id,
+                            filter: raw.clone(),
+                        });
+                    }
                     ReasonCode::SUCCESS
                 }
                 None if Filter::parse(&raw).is_err() => ReasonCode::TOPIC_FILTER_INVALID,
@@ -1140,6 +1443,13 @@ impl Broker {
             let max = self.config.max_session_expiry;
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.expiry_interval = expiry.min(max);
+                if s.persisted && s.expiry_interval > 0 {
+                    let op = StoreOp::SessionUpsert {
+                        client_id: s.client_id.clone(),
+                        expiry_interval: s.expiry_interval,
+                    };
+                    self.store_ops.push(op);
+                }
             }
         }
         // A normal DISCONNECT discards the will [MQTT-3.1.2-10]; 0x04 asks for it.
@@ -1169,6 +1479,8 @@ impl Broker {
         }
         session.conn = None;
         let expiry = session.expiry_interval;
+        let persisted = session.persisted && expiry > 0;
+        let client_id = session.client_id.clone();
         let mut publish_now = None;
         if let Some(will) = conn.will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
@@ -1176,9 +1488,24 @@ impl Broker {
                 publish_now = Some(will);
             } else {
                 let at = now + Duration::from_secs(u64::from(delay.min(expiry)));
-                session.pending_will = Some(PendingWill { at, will });
+                if persisted {
+                    let at_ms = self.unix_ms(at);
+                    let op = StoreOp::WillSet {
+                        client_id: client_id.clone(),
+                        will: will.clone(),
+                        at_ms,
+                    };
+                    self.store_ops.push(op);
+                }
+                if let Some(session) = self.sessions.get_mut(&sid) {
+                    session.pending_will = Some(PendingWill { at, will });
+                }
                 self.timers.insert((at, sid));
             }
+        }
+        if persisted {
+            let at_ms = self.unix_ms(now);
+            self.op(StoreOp::SessionOffline { client_id, at_ms });
         }
         if expiry == 0 {
             self.end_session(sid, now);
@@ -1214,6 +1541,11 @@ impl Broker {
         for (filter, _) in session.subscriptions.values() {
             self.subs.remove(filter, &sid);
         }
+        if session.persisted {
+            self.op(StoreOp::SessionRemove {
+                client_id: session.client_id.clone(),
+            });
+        }
         if let Some(p) = session.pending_will {
             self.publish_will(sid, p.will, now);
         }
@@ -1236,6 +1568,10 @@ impl Broker {
             }
             if session.pending_will.as_ref().is_some_and(|w| w.at <= now) {
                 if let Some(p) = session.pending_will.take() {
+                    if session.persisted {
+                        let client_id = session.client_id.clone();
+                        self.op(StoreOp::WillRemove { client_id });
+                    }
                     self.publish_will(sid, p.will, now);
                 }
             }
@@ -1273,7 +1609,8 @@ impl Broker {
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
         ];
-        for (name, value) in items {
+        let store = self.store_bytes.map(|b| ("store/bytes", b.to_string()));
+        for (name, value) in items.into_iter().chain(store) {
             let message = Arc::new(Message {
                 topic: format!("$SYS/broker/{name}"),
                 payload: Bytes::from(value),

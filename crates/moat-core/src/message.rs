@@ -96,4 +96,6 @@ pub struct Delivery {
     pub retain: bool,
     /// The identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
+    /// Its key in the durable store, for messages of persistent sessions.
+    pub seq: Option<u64>,
 }

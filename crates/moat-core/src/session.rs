@@ -61,6 +61,10 @@ pub(crate) struct Session {
     pub(crate) next_seq: u64,
     /// Incoming QoS 2 packet ids received (PUBREC sent) and not yet released.
     pub(crate) incoming_qos2: HashSet<u16>,
+    /// Whether the durable store holds this session.
+    pub(crate) persisted: bool,
+    /// The next store key for an outgoing message.
+    pub(crate) next_store_seq: u64,
 }
 
 impl Session {
@@ -77,6 +81,8 @@ impl Session {
             next_packet_id: PacketId::MIN,
             next_seq: 0,
             incoming_qos2: HashSet::new(),
+            persisted: false,
+            next_store_seq: 1,
         }
     }
 

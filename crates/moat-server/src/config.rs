@@ -69,6 +69,15 @@ impl ListenerConfig {
     }
 }
 
+/// Where and how sessions, queued and retained messages are kept durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The store directory.
+    pub dir: std::path::PathBuf,
+    /// Group commit (many messages per fsync) or one fsync per message.
+    pub durability: moat_store::Durability,
+}
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -78,6 +87,8 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     /// The password file and the ACL.
     pub auth: AuthConfig,
+    /// The durable store; `None` keeps everything in memory.
+    pub store: Option<StoreConfig>,
     /// A client must send CONNECT within this time after the connection opens.
     pub connect_timeout: Duration,
     /// Open connections at most (over all listeners); more are closed at once.
@@ -105,6 +116,7 @@ impl Default for ServerConfig {
             )],
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
+            store: None,
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_outbox_packets: 1_000,

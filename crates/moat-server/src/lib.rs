@@ -33,8 +33,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
 pub use auth::AuthConfig;
-pub use config::{ListenerConfig, ListenerKind, ServerConfig};
+pub use config::{ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
 pub use moat_auth::Proof;
+pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
 use crate::auth::{AclAuthorizer, AuthState};
@@ -66,6 +67,9 @@ pub enum ServerError {
         /// Its kind.
         kind: ListenerKind,
     },
+    /// The durable store cannot be opened or read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
     /// The password file or the ACL is invalid.
     #[error("{0}")]
     Auth(#[from] moat_auth::LoadError),
@@ -100,6 +104,7 @@ pub struct Server {
     listeners: Vec<Bound>,
     reload: Arc<Notify>,
     auth: Arc<AuthState>,
+    store: Option<(moat_store::DiskStore, moat_core::store::Snapshot)>,
 }
 
 impl Server {
@@ -112,6 +117,23 @@ impl Server {
             return Err(ServerError::NoListeners);
         }
         let auth = Arc::new(AuthState::load(config.auth.clone())?);
+        // The store is opened and read before anything listens: a corrupt store refuses to
+        // start (never a silent empty broker).
+        let store = match &config.store {
+            Some(s) => {
+                let store = moat_store::DiskStore::open(&s.dir, s.durability)?;
+                let snapshot = moat_core::store::Store::load(&store)?;
+                info!(
+                    path = %store.path().display(),
+                    created = store.created(),
+                    sessions = snapshot.sessions.len(),
+                    retained = snapshot.retained.len(),
+                    "store opened"
+                );
+                Some((store, snapshot))
+            }
+            None => None,
+        };
         let mut listeners = Vec::new();
         for l in &config.listeners {
             // TLS material is checked before anything is bound: a bad file refuses to start.
@@ -150,6 +172,7 @@ impl Server {
             listeners,
             reload: Arc::new(Notify::new()),
             auth,
+            store,
         })
     }
 
@@ -193,7 +216,21 @@ impl Server {
             tokio::time::Instant::now().into_std(),
         );
         broker.set_authorizer(Box::new(AclAuthorizer(Arc::clone(&self.auth))));
-        let router = Router::new(broker, rx, config.max_outbox_packets, Arc::clone(&stats));
+        let fatal = CancellationToken::new();
+        let store = match self.store {
+            Some((store, snapshot)) => {
+                let now = tokio::time::Instant::now().into_std();
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                broker.enable_persistence(now, unix_ms);
+                broker.restore(snapshot, now);
+                Some(store)
+            }
+            None => None,
+        };
+        let router = Router::new(broker, rx, config.max_outbox_packets, Arc::clone(&stats))
+            .with_store(store, fatal.clone());
         let router_task = tokio::spawn(router.run(router_stop.clone()));
 
         let shared = Arc::new(Shared {

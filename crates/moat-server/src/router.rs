@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use moat_codec::{Connect, Packet, QoS};
+use moat_core::store::{Store, StoreOp};
 use moat_core::{Action, Broker, ClientInfo, ConnId, ConnectOutcome};
+use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +53,15 @@ pub(crate) struct Router {
     pub(crate) max_outbox_packets: usize,
     pub(crate) stats: Arc<ServerStats>,
     actions: Vec<Action>,
+    /// The durable store: each batch's ops are made durable before its actions (PUBACK,
+    /// PUBREC...) go out.
+    store: Option<DiskStore>,
+    store_ops: Vec<StoreOp>,
+    /// Messages handled per batch: 256 with group commit, 1 with fsync-each.
+    batch_limit: usize,
+    /// Cancelled when the store fails: the server stops rather than acknowledge what it
+    /// cannot keep.
+    fatal: CancellationToken,
 }
 
 impl Router {
@@ -67,6 +78,56 @@ impl Router {
             max_outbox_packets,
             stats,
             actions: Vec::new(),
+            store: None,
+            store_ops: Vec::new(),
+            batch_limit: 256,
+            fatal: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn with_store(mut self, store: Option<DiskStore>, fatal: CancellationToken) -> Self {
+        if let Some(s) = &store {
+            if s.durability() == Durability::FsyncEach {
+                self.batch_limit = 1;
+            }
+        }
+        self.store = store;
+        self.fatal = fatal;
+        self
+    }
+
+    /// Makes the ops of the current batch durable. Returns false if the store failed.
+    async fn commit(&mut self) -> bool {
+        self.broker.drain_store_ops_into(&mut self.store_ops);
+        if self.store_ops.is_empty() {
+            return true;
+        }
+        let Some(mut store) = self.store.take() else {
+            self.store_ops.clear();
+            return true;
+        };
+        let ops = std::mem::take(&mut self.store_ops);
+        let result = tokio::task::spawn_blocking(move || {
+            let r = store.apply(&ops);
+            (store, ops, r)
+        })
+        .await;
+        match result {
+            Ok((store, mut ops, Ok(()))) => {
+                self.broker.set_store_bytes(store.disk_usage());
+                self.store = Some(store);
+                ops.clear();
+                self.store_ops = ops;
+                true
+            }
+            Ok((_, _, Err(e))) => {
+                tracing::error!(error = %e, "the store failed: stopping without acknowledging what it could not keep");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store task failed: stopping");
+                false
+            }
         }
     }
 
@@ -81,7 +142,7 @@ impl Router {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = self.rx.recv_many(&mut batch, 256) => {
+                n = self.rx.recv_many(&mut batch, self.batch_limit) => {
                     if n == 0 {
                         break;
                     }
@@ -95,6 +156,13 @@ impl Router {
                         None => std::future::pending().await,
                     }
                 } => self.broker.tick(now()),
+            }
+            if !self.commit().await {
+                // Nothing of this batch is acknowledged; everyone is disconnected.
+                self.actions.clear();
+                self.broker.take_actions();
+                self.fatal.cancel();
+                break;
             }
             self.apply_actions();
         }
