@@ -1,13 +1,790 @@
 //! `moat bench`: a bounded load generator.
+//!
+//! Two modes:
+//! - publish/subscribe (default): `--pub N` publishers and `--sub M` subscribers, each its own
+//!   connection. Every payload starts with the send time (8 bytes, nanoseconds since the
+//!   bench started, big endian) and a sequence number (8 bytes: the publisher's index in the
+//!   top 24 bits, its counter below), padded to `--size`. Subscribers record the latency in an
+//!   HDR histogram and track each publisher's sequence for losses, duplicates and
+//!   out-of-order deliveries.
+//! - connection storm (`--storm`): `--connections N` connect / CONNACK / DISCONNECT cycles,
+//!   `--concurrency C` at a time, over TCP or TLS (full handshakes, no resumption), for
+//!   connections per second and connect latency.
+//!
+//! Always bounded: the duration is capped at 600 s, the message count at 10,000,000, the
+//! connections at 20,000; only the address given (default 127.0.0.1:1883) is contacted.
+//! Exit 1 when connections fail or (QoS 1 and 2) messages are lost.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use moat_client::transport::{self, Target};
+use moat_client::{Client, ConnectOptions, ProtocolVersion, Publish, QoS, SubscriptionOptions};
+use serde_json::json;
+use tokio::sync::{watch, Semaphore};
+
+use crate::pubsub::common::{self, TlsArgs};
+
+/// The longest run.
+const MAX_DURATION_SECS: u64 = 600;
+/// The most messages in one run.
+const MAX_COUNT: u64 = 10_000_000;
+/// The most connections (storm) or clients (publishers + subscribers).
+const MAX_CONNECTIONS: u32 = 20_000;
+/// The smallest payload: timestamp and sequence.
+const HEADER: usize = 16;
+/// The largest payload.
+const MAX_SIZE: usize = 16 * 1024 * 1024;
+/// Sequence gaps remembered per publisher (beyond, a late arrival counts as a duplicate).
+const MAX_GAPS: usize = 1_000_000;
 
 /// Flags of `moat bench`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct BenchArgs {}
+pub(crate) struct BenchArgs {
+    /// Broker URL: mqtt://, mqtts://, ws://, wss://.
+    #[arg(short = 'L', long = "url", default_value = "mqtt://127.0.0.1:1883")]
+    url: String,
+    /// Publishers (one connection each).
+    #[arg(long = "pub", default_value_t = 1)]
+    publishers: u32,
+    /// Subscribers (one connection each); each subscribes to every publisher's topic.
+    #[arg(long = "sub", default_value_t = 1)]
+    subscribers: u32,
+    /// QoS of publishes and subscriptions.
+    #[arg(short = 'q', long, value_parser = common::parse_qos, default_value = "0")]
+    qos: QoS,
+    /// Payload size in bytes (at least 16).
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Topic; %i is the publisher's index (subscribers use + there).
+    #[arg(short = 't', long, default_value = "bench/%i")]
+    topic: String,
+    /// Target rate in messages per second over all publishers; 0: as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Run for this many seconds (at most 600; default 10 unless --count is given).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Send this many messages in all (at most 10,000,000).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds to wait for the last messages after publishing ends.
+    #[arg(long, default_value_t = 5)]
+    drain: u64,
+    /// Connection-storm mode: connect, CONNACK, disconnect, --connections times.
+    #[arg(long)]
+    storm: bool,
+    /// Connections for --storm (at most 20,000).
+    #[arg(long, default_value_t = 100)]
+    connections: u32,
+    /// Connections in progress at once for --storm.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u32,
+    /// MQTT version: mqttv311 (default) or mqttv5.
+    #[arg(short = 'V', long = "protocol-version", value_parser = common::parse_version, default_value = "mqttv311")]
+    version: ProtocolVersion,
+    /// User name.
+    #[arg(short = 'u', long)]
+    username: Option<String>,
+    /// Password (visible to `ps`: prefer --password-file).
+    #[arg(short = 'P', long = "pw")]
+    password: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
 
 /// Runs `moat bench`.
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("moat bench is not built yet")
+    let plan = Plan::new(&args)?;
+    let rt = common::runtime(2)?;
+    let result = if args.storm {
+        rt.block_on(storm(&plan, &args))?
+    } else {
+        rt.block_on(pubsub(&plan, &args))?
+    };
+    Ok(result)
+}
+
+/// What every connection shares.
+struct Plan {
+    target: Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    opts: ConnectOptions,
+    run_id: String,
+    progress: bool,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let tls_opts = args.tls.options()?;
+        let target = transport::parse_url(&args.url)?;
+        if args.size < HEADER || args.size > MAX_SIZE {
+            bail!("--size must be from {HEADER} to {MAX_SIZE} bytes (16 hold the timestamp and sequence)");
+        }
+        if args
+            .duration
+            .is_some_and(|d| d == 0 || d > MAX_DURATION_SECS)
+        {
+            bail!("--duration must be from 1 to {MAX_DURATION_SECS} seconds");
+        }
+        if args.count.is_some_and(|c| c == 0 || c > MAX_COUNT) {
+            bail!("--count must be from 1 to {MAX_COUNT}");
+        }
+        if args.storm {
+            if args.connections == 0 || args.connections > MAX_CONNECTIONS {
+                bail!("--connections must be from 1 to {MAX_CONNECTIONS}");
+            }
+            if args.concurrency == 0 || args.concurrency > 1000 {
+                bail!("--concurrency must be from 1 to 1000");
+            }
+        } else {
+            if args.publishers == 0
+                || args.publishers.saturating_add(args.subscribers) > MAX_CONNECTIONS
+            {
+                bail!("--pub must be at least 1, and --pub plus --sub at most {MAX_CONNECTIONS}");
+            }
+            if args.publishers >= 1 << 24 {
+                bail!("too many publishers");
+            }
+        }
+        let tls = if target.scheme.is_tls() {
+            Some(transport::client_config(&tls_opts, None)?)
+        } else {
+            None
+        };
+        let password = match (&args.password, &args.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(common::read_password_file(f)?),
+            (None, None) => target.password.clone(),
+        };
+        let mut opts = ConnectOptions::new("")
+            .protocol(args.version)
+            .keep_alive(60);
+        opts.username = args.username.clone().or_else(|| target.username.clone());
+        opts.password = password.map(Bytes::from);
+        opts.max_inflight = 64;
+        opts.incoming_capacity = 4096;
+        Ok(Self {
+            target,
+            tls,
+            opts,
+            run_id: common::random_suffix(),
+            progress: !args.json && !args.quiet && std::io::stderr().is_terminal(),
+        })
+    }
+
+    async fn connect(&self, id: String) -> anyhow::Result<Client> {
+        let io = transport::open_with(&self.target, self.tls.as_ref(), Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!(common::explain_transport_error(&e, &self.target)))?;
+        let mut opts = self.opts.clone();
+        opts.client_id = id;
+        let (client, _) = Client::connect(io, opts).await.map_err(|e| {
+            anyhow::anyhow!(common::explain_client_error(
+                &e,
+                self.opts.username.is_some(),
+                self.opts.password.is_some()
+            ))
+        })?;
+        Ok(client)
+    }
+}
+
+/// Counters the progress line reads.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    received: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One subscriber's findings.
+struct SubResult {
+    latency: Histogram<u64>,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    unique: u64,
+}
+
+/// Per-publisher sequence tracking.
+#[derive(Default)]
+struct Sequence {
+    highest: Option<u64>,
+    gaps: HashSet<u64>,
+}
+
+impl Sequence {
+    /// Records `n`: returns (new, out of order).
+    fn record(&mut self, n: u64) -> (bool, bool) {
+        match self.highest {
+            None => {
+                for missing in 0..n.min(MAX_GAPS as u64) {
+                    self.gaps.insert(missing);
+                }
+                self.highest = Some(n);
+                (true, false)
+            }
+            Some(h) if n > h => {
+                for missing in (h + 1)..n {
+                    if self.gaps.len() >= MAX_GAPS {
+                        break;
+                    }
+                    self.gaps.insert(missing);
+                }
+                self.highest = Some(n);
+                (true, false)
+            }
+            Some(_) => {
+                if self.gaps.remove(&n) {
+                    (true, true)
+                } else {
+                    (false, false)
+                }
+            }
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 1 hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let live = Arc::new(Live::default());
+    let filter = args.topic.replace("%i", "+");
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Subscribers first, subscribed before anything is published.
+    let mut subs = Vec::new();
+    for i in 0..args.subscribers {
+        let client = plan
+            .connect(format!("moat-bench-{}-s{i}", plan.run_id))
+            .await
+            .with_context(|| format!("subscriber {i} could not connect to {}", plan.target))?;
+        let opts = SubscriptionOptions {
+            qos: args.qos,
+            ..SubscriptionOptions::default()
+        };
+        let suback = client
+            .subscribe(&[(filter.as_str(), opts)])
+            .await
+            .with_context(|| format!("subscriber {i} could not subscribe"))?;
+        if let Some(rc) = suback.reason_codes.first().filter(|rc| rc.is_error()) {
+            bail!(
+                "the broker refused the subscription to {filter}: {} (0x{:02X}); check its ACL",
+                rc.description(),
+                rc.0
+            );
+        }
+        subs.push(tokio::spawn(subscriber(
+            client,
+            start,
+            Arc::clone(&live),
+            stop_rx.clone(),
+        )));
+    }
+
+    let mut pubs = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..args.publishers {
+        let client = plan
+            .connect(format!("moat-bench-{}-p{i}", plan.run_id))
+            .await
+            .with_context(|| format!("publisher {i} could not connect to {}", plan.target))?;
+        clients.push(Arc::new(client));
+    }
+    let deadline = match (args.duration, args.count) {
+        (Some(d), _) => Some(Instant::now() + Duration::from_secs(d)),
+        (None, Some(_)) => Some(Instant::now() + Duration::from_secs(MAX_DURATION_SECS)),
+        (None, None) => Some(Instant::now() + Duration::from_secs(10)),
+    };
+    let publishers = u64::from(args.publishers);
+    let pub_start = Instant::now();
+    for (i, client) in clients.iter().enumerate() {
+        let index = i as u64;
+        let count = args
+            .count
+            .map(|c| c / publishers + u64::from(index < c % publishers));
+        let rate = (args.rate > 0).then(|| args.rate as f64 / publishers as f64);
+        pubs.push(tokio::spawn(publisher(
+            Arc::clone(client),
+            PublisherJob {
+                index,
+                topic: args.topic.replace("%i", &i.to_string()),
+                qos: args.qos,
+                size: args.size,
+                count,
+                rate,
+                deadline,
+                start,
+            },
+            Arc::clone(&live),
+        )));
+    }
+
+    let progress = plan.progress.then(|| {
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let t0 = Instant::now();
+            loop {
+                tick.tick().await;
+                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                let sent = live.sent.load(Ordering::Relaxed);
+                let received = live.received.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{secs:6.1} s  sent {sent:>10} ({:>9.0}/s)  received {received:>10} ({:>9.0}/s)  errors {}   ",
+                    sent as f64 / secs,
+                    received as f64 / secs,
+                    live.errors.load(Ordering::Relaxed)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    });
+
+    let mut sent = 0;
+    for p in pubs {
+        sent += p.await.unwrap_or(0);
+    }
+    let pub_elapsed = pub_start.elapsed();
+    // Drain: wait for the expected deliveries, or for the flow to stop.
+    let expected = sent * u64::from(args.subscribers);
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain);
+    let mut last = live.received.load(Ordering::Relaxed);
+    let mut still = Instant::now();
+    while Instant::now() < drain_deadline {
+        let now = live.received.load(Ordering::Relaxed);
+        if now >= expected {
+            break;
+        }
+        if now != last {
+            last = now;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_secs(1) && args.qos == QoS::AtMostOnce {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recv_elapsed = pub_start.elapsed();
+    let _ = stop_tx.send(true);
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let mut latency = new_histogram();
+    let (mut received, mut duplicates, mut out_of_order, mut unique) = (0, 0, 0, 0);
+    for s in subs {
+        if let Ok(r) = s.await {
+            let _ = latency.add(&r.latency);
+            received += r.received;
+            duplicates += r.duplicates;
+            out_of_order += r.out_of_order;
+            unique += r.unique;
+        }
+    }
+    for c in clients {
+        let _ = c.disconnect().await;
+    }
+    let losses = expected.saturating_sub(unique);
+    let errors = live.errors.load(Ordering::Relaxed);
+    let per_sec = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let q = |p: f64| latency.value_at_quantile(p);
+    let report = json!({
+        "mode": "pubsub",
+        "url": plan.target.to_string(),
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "qos": args.qos as u8,
+        "size": args.size,
+        "topic": args.topic,
+        "target_rate": args.rate,
+        "sent": sent,
+        "publish_errors": errors,
+        "expected": expected,
+        "received": received,
+        "losses": losses,
+        "duplicates": duplicates,
+        "out_of_order": out_of_order,
+        "publish_secs": pub_elapsed.as_secs_f64(),
+        "elapsed_secs": recv_elapsed.as_secs_f64(),
+        "sent_per_sec": per_sec(sent, pub_elapsed),
+        "received_per_sec": per_sec(received, recv_elapsed),
+        "latency_us": {
+            "p50": q(0.50),
+            "p90": q(0.90),
+            "p99": q(0.99),
+            "max": latency.max(),
+            "mean": latency.mean(),
+            "samples": latency.len(),
+        },
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "moat bench {}: {} publisher(s), {} subscriber(s), QoS {}, {}-byte payloads, topic {}",
+            plan.target, args.publishers, args.subscribers, args.qos as u8, args.size, args.topic
+        );
+        println!(
+            "sent      {sent} msgs in {:.2} s: {:.0} msgs/s{}",
+            pub_elapsed.as_secs_f64(),
+            per_sec(sent, pub_elapsed),
+            if errors > 0 {
+                format!(" ({errors} publish errors)")
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "received  {received} of {expected} expected in {:.2} s: {:.0} msgs/s",
+            recv_elapsed.as_secs_f64(),
+            per_sec(received, recv_elapsed)
+        );
+        if !latency.is_empty() {
+            println!(
+                "latency   p50 {}  p90 {}  p99 {}  max {}",
+                us(q(0.50)),
+                us(q(0.90)),
+                us(q(0.99)),
+                us(latency.max())
+            );
+        }
+        println!("losses {losses}  duplicates {duplicates}  out of order {out_of_order}");
+    }
+    let problem = errors > 0 || (args.qos != QoS::AtMostOnce && losses > 0);
+    Ok(if problem {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1} ms", v as f64 / 1000.0)
+    } else {
+        format!("{:.3} ms", v as f64 / 1000.0)
+    }
+}
+
+struct PublisherJob {
+    index: u64,
+    topic: String,
+    qos: QoS,
+    size: usize,
+    count: Option<u64>,
+    rate: Option<f64>,
+    deadline: Option<Instant>,
+    start: Instant,
+}
+
+/// Publishes until the count or the deadline; returns how many were sent.
+async fn publisher(client: Arc<Client>, job: PublisherJob, live: Arc<Live>) -> u64 {
+    let window = Arc::new(Semaphore::new(64));
+    let began = Instant::now();
+    let mut n: u64 = 0;
+    let padding = vec![0u8; job.size - HEADER];
+    loop {
+        if job.count.is_some_and(|c| n >= c) || job.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(rate) = job.rate {
+            // Messages due by now; sleep in 1 ms steps (the timer's resolution) when ahead.
+            let due = (began.elapsed().as_secs_f64() * rate) as u64 + 1;
+            if n >= due {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
+        let mut payload = BytesMut::with_capacity(job.size);
+        payload.put_u64(u64::try_from(job.start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        payload.put_u64((job.index << 40) | n);
+        payload.put_slice(&padding);
+        let publish = Publish {
+            dup: false,
+            qos: job.qos,
+            retain: false,
+            topic: job.topic.clone(),
+            packet_id: None,
+            properties: moat_client::Properties::default(),
+            payload: payload.freeze(),
+        };
+        n += 1;
+        if job.qos == QoS::AtMostOnce {
+            match client.publish_with(publish).await {
+                Ok(_) => live.sent.fetch_add(1, Ordering::Relaxed),
+                Err(_) => {
+                    live.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            };
+        } else {
+            let Ok(permit) = Arc::clone(&window).acquire_owned().await else {
+                break;
+            };
+            let client = Arc::clone(&client);
+            let live = Arc::clone(&live);
+            let mut flow = Box::pin(async move {
+                match client.publish_with(publish).await {
+                    Ok(_) => live.sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
+                };
+                drop(permit);
+            });
+            // The first poll queues the message with the client's task, so messages go out in
+            // sequence order; the acknowledgement is awaited in a task of its own.
+            let finished =
+                std::future::poll_fn(|cx| Poll::Ready(flow.as_mut().poll(cx).is_ready())).await;
+            if !finished {
+                tokio::spawn(flow);
+            }
+        }
+    }
+    // Wait for the acknowledgements still in flight.
+    let _ = window.acquire_many(64).await;
+    n
+}
+
+async fn subscriber(
+    client: Client,
+    start: Instant,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) -> SubResult {
+    let mut result = SubResult {
+        latency: new_histogram(),
+        received: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        unique: 0,
+    };
+    let mut sequences: HashMap<u64, Sequence> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            m = client.recv() => m,
+            _ = stop.changed() => break,
+        };
+        let Ok(Some(m)) = message else { break };
+        result.received += 1;
+        live.received.fetch_add(1, Ordering::Relaxed);
+        let Some((sent_at, seq)) = header(&m.payload) else {
+            continue;
+        };
+        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let _ = result
+            .latency
+            .record((now.saturating_sub(sent_at) / 1000).max(1));
+        let (new, late) = sequences
+            .entry(seq >> 40)
+            .or_default()
+            .record(seq & ((1 << 40) - 1));
+        if new {
+            result.unique += 1;
+        } else {
+            result.duplicates += 1;
+        }
+        if late {
+            result.out_of_order += 1;
+        }
+    }
+    let _ = client.disconnect().await;
+    result
+}
+
+fn header(payload: &[u8]) -> Option<(u64, u64)> {
+    let ts = u64::from_be_bytes(payload.get(0..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((ts, seq))
+}
+
+async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = Arc::new(Plan {
+        target: plan.target.clone(),
+        tls: plan.tls.clone(),
+        opts: plan.opts.clone(),
+        run_id: plan.run_id.clone(),
+        progress: plan.progress,
+    });
+    let total = args.connections;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration.unwrap_or(MAX_DURATION_SECS));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.min(total) {
+        let plan = Arc::clone(&plan);
+        let next = Arc::clone(&next);
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram();
+            let mut failed = 0u64;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= u64::from(total) || Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                match plan
+                    .connect(format!("moat-storm-{}-{i}", plan.run_id))
+                    .await
+                {
+                    Ok(client) => {
+                        let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+                        let _ = client.disconnect().await;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (hist, failed, first_error)
+        }));
+    }
+    let progress = plan.progress.then(|| {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let secs = start.elapsed().as_secs_f64().max(0.001);
+                let n = done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{secs:6.1} s  connections {n:>7} of {total} ({:>7.0}/s)   ",
+                    n as f64 / secs
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    });
+    let mut latency = new_histogram();
+    let mut failed = 0;
+    let mut first_error = None;
+    for t in tasks {
+        if let Ok((h, f, e)) = t.await {
+            let _ = latency.add(&h);
+            failed += f;
+            if first_error.is_none() {
+                first_error = e;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let succeeded = latency.len();
+    let rate = succeeded as f64 / elapsed.as_secs_f64().max(1e-9);
+    let q = |p: f64| latency.value_at_quantile(p);
+    let report = json!({
+        "mode": "storm",
+        "url": plan.target.to_string(),
+        "tls": plan.target.scheme.is_tls(),
+        "connections": total,
+        "concurrency": args.concurrency,
+        "succeeded": succeeded,
+        "failed": failed,
+        "elapsed_secs": elapsed.as_secs_f64(),
+        "connections_per_sec": rate,
+        "connect_latency_us": {
+            "p50": q(0.50),
+            "p90": q(0.90),
+            "p99": q(0.99),
+            "max": latency.max(),
+            "mean": latency.mean(),
+        },
+        "first_error": first_error,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "moat bench --storm {}: {total} connections, {} at a time{}",
+            plan.target,
+            args.concurrency,
+            if plan.target.scheme.is_tls() {
+                ", full TLS handshakes"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "connected {succeeded} ({failed} failed) in {:.2} s: {rate:.0} connections/s",
+            elapsed.as_secs_f64()
+        );
+        if succeeded > 0 {
+            println!(
+                "connect + CONNACK latency  p50 {}  p90 {}  p99 {}  max {}",
+                us(q(0.50)),
+                us(q(0.90)),
+                us(q(0.99)),
+                us(latency.max())
+            );
+        }
+        if let Some(e) = &first_error {
+            println!("first error: {e}");
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_count_duplicates_and_reordering() {
+        let mut s = Sequence::default();
+        assert_eq!(s.record(0), (true, false));
+        assert_eq!(s.record(1), (true, false));
+        assert_eq!(s.record(3), (true, false));
+        assert_eq!(s.record(2), (true, true));
+        assert_eq!(s.record(2), (false, false));
+        assert_eq!(s.record(3), (false, false));
+        let mut late_start = Sequence::default();
+        assert_eq!(late_start.record(2), (true, false));
+        assert_eq!(late_start.record(0), (true, true));
+    }
+
+    #[test]
+    fn payload_header_round_trips() {
+        let mut b = BytesMut::new();
+        b.put_u64(123);
+        b.put_u64((5 << 40) | 9);
+        b.put_slice(&[0; 4]);
+        let (ts, seq) = header(&b).unwrap();
+        assert_eq!(ts, 123);
+        assert_eq!((seq >> 40, seq & ((1 << 40) - 1)), (5, 9));
+        assert_eq!(header(&[0; 15]), None);
+    }
 }

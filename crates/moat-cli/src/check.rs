@@ -687,7 +687,8 @@ impl Checker {
         let has_credentials = self.username.is_some() || self.client_cert.is_some();
         match e {
             ClientError::Refused(rc) => {
-                let (cause, fix) = common::refusal(*rc, has_credentials);
+                let (cause, fix) =
+                    common::refusal_with(*rc, has_credentials, self.password.is_some());
                 Problem::new(cause, fix)
             }
             ClientError::Timeout(_) => Problem::new(
@@ -793,7 +794,11 @@ impl Checker {
             properties: Properties::default(),
             payload: payload.clone(),
         };
-        match tokio::time::timeout(self.limit, client.publish_with(publish)).await {
+        let outcome = match tokio::time::timeout(self.limit, client.publish_with(publish)).await {
+            Ok(Err(ClientError::PublishRejected(rc))) => Ok(Ok(rc)),
+            other => other,
+        };
+        match outcome {
             Ok(Ok(rc)) if rc.is_error() => {
                 self.report.fail(
                     step,

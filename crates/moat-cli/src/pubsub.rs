@@ -258,7 +258,7 @@ pub(crate) fn run_sub(args: SubArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 return Ok(fail(
                     quiet,
-                    &common::explain_client_error(&e, plan.has_credentials),
+                    &common::explain_client_error(&e, plan.has_credentials, plan.has_password),
                 ))
             }
         };
@@ -306,7 +306,7 @@ pub(crate) fn run_sub(args: SubArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     break fail(
                         quiet,
-                        &common::explain_client_error(&e, plan.has_credentials),
+                        &common::explain_client_error(&e, plan.has_credentials, plan.has_password),
                     )
                 }
             };
@@ -377,7 +377,11 @@ async fn publish(
         properties: Properties::default(),
         payload,
     };
-    match client.publish_with(publish).await {
+    let outcome = match client.publish_with(publish).await {
+        Err(moat_client::ClientError::PublishRejected(rc)) => Ok(rc),
+        other => other,
+    };
+    match outcome {
         Ok(rc) if rc.is_error() => Err(format!(
             "the broker refused the message to {topic}: {} (0x{:02X})\n  fix: the broker's ACL \
              may not allow this client to publish there",
@@ -395,7 +399,7 @@ async fn publish(
             }
             Ok(())
         }
-        Err(e) => Err(common::explain_client_error(&e, false)),
+        Err(e) => Err(common::explain_client_error(&e, false, false)),
     }
 }
 
@@ -412,6 +416,7 @@ struct Prepared {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     opts: ConnectOptions,
     has_credentials: bool,
+    has_password: bool,
     debug: bool,
     timeout: Duration,
 }
@@ -470,11 +475,13 @@ impl Prepared {
             });
         }
         let has_credentials = opts.username.is_some() || tls_opts.cert.is_some();
+        let has_password = opts.password.is_some();
         Ok(Self {
             target,
             tls,
             opts,
             has_credentials,
+            has_password,
             debug: conn.debug,
             timeout: Duration::from_secs(conn.connect_timeout.max(1)),
         })
@@ -501,7 +508,11 @@ impl Prepared {
                 }
                 Ok(client)
             }
-            Err(e) => Err(common::explain_client_error(&e, self.has_credentials)),
+            Err(e) => Err(common::explain_client_error(
+                &e,
+                self.has_credentials,
+                self.has_password,
+            )),
         }
     }
 }

@@ -129,12 +129,31 @@ pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime>
 }
 
 /// Cause and fix for a CONNACK refusal.
-pub(crate) fn refusal(rc: ReasonCode, has_credentials: bool) -> (String, String) {
-    let cause = format!(
+///
+/// `has_credentials`: a user name (or a client certificate) was given; `has_password`: a
+/// password was given. mosquitto answers a wrong password with "not authorized", so with a
+/// password that code is worded as the likely bad password.
+pub(crate) fn refusal_with(
+    rc: ReasonCode,
+    has_credentials: bool,
+    has_password: bool,
+) -> (String, String) {
+    let mut cause = format!(
         "the broker refused the connection: {} (reason code 0x{:02X})",
         rc.description(),
         rc.0
     );
+    if rc == ReasonCode::NOT_AUTHORIZED && has_password {
+        cause.push_str(
+            ": most likely a bad user name or password (mosquitto answers a wrong password so), \
+             or the broker refuses this user",
+        );
+        let fix = "check the user name and password (-u/-P); on moat reset it with \
+                   `moat user passwd NAME`, on mosquitto with `mosquitto_passwd`; then check that \
+                   the broker allows this user"
+            .to_owned();
+        return (cause, fix);
+    }
     let fix = match rc {
         ReasonCode::BAD_USER_NAME_OR_PASSWORD => {
             "check the user name and password (-u/-P); on moat add or reset the user with \
@@ -182,10 +201,14 @@ pub(crate) fn refusal(rc: ReasonCode, has_credentials: bool) -> (String, String)
 
 /// Plain words (with a fix where there is one) for a failure of an established or
 /// establishing MQTT connection.
-pub(crate) fn explain_client_error(err: &ClientError, has_credentials: bool) -> String {
+pub(crate) fn explain_client_error(
+    err: &ClientError,
+    has_credentials: bool,
+    has_password: bool,
+) -> String {
     match err {
         ClientError::Refused(rc) => {
-            let (cause, fix) = refusal(*rc, has_credentials);
+            let (cause, fix) = refusal_with(*rc, has_credentials, has_password);
             format!("{cause}\n  fix: {fix}")
         }
         ClientError::Io(e) => match transport::rustls_error(e) {
@@ -328,10 +351,10 @@ mod tests {
 
     #[test]
     fn refusals_in_plain_words() {
-        let (cause, fix) = refusal(ReasonCode::BAD_USER_NAME_OR_PASSWORD, true);
+        let (cause, fix) = refusal_with(ReasonCode::BAD_USER_NAME_OR_PASSWORD, true, true);
         assert!(cause.contains("bad user name or password"), "{cause}");
         assert!(fix.contains("moat user add"), "{fix}");
-        let (cause, fix) = refusal(ReasonCode::NOT_AUTHORIZED, false);
+        let (cause, fix) = refusal_with(ReasonCode::NOT_AUTHORIZED, false, false);
         assert!(cause.contains("not authorized"), "{cause}");
         assert!(fix.contains("anonymous"), "{fix}");
     }
