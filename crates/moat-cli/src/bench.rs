@@ -116,11 +116,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&args)?;
     let rt = common::runtime(2)?;
     let result = if args.storm {
-        rt.block_on(storm(&plan, &args))?
+        rt.block_on(storm(&plan, &args))
     } else {
-        rt.block_on(pubsub(&plan, &args))?
+        rt.block_on(pubsub(&plan, &args))
     };
-    Ok(result)
+    // Usage errors were caught above (exit 2); what fails now is the broker or the network.
+    Ok(result.unwrap_or_else(|e| {
+        eprintln!("moat bench: {e:#}");
+        ExitCode::from(1)
+    }))
 }
 
 /// What every connection shares.

@@ -767,11 +767,17 @@ pub async fn websocket<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // WS-STUB: replaced by crate::ws::connect once ws.rs lands.
-    let _ = (io, target, limit);
-    Err(TransportError::Config(
-        "WebSocket support is not built yet".into(),
-    ))
+    let ws = timeout(
+        limit,
+        crate::ws::connect(io, &target.authority(), &target.path),
+    )
+    .await
+    .map_err(|_| TransportError::Timeout {
+        what: "the WebSocket upgrade",
+        after: limit,
+    })?
+    .map_err(TransportError::WebSocket)?;
+    Ok(Box::new(ws))
 }
 
 /// Opens a transport to `target`: resolve, TCP, TLS for `mqtts`/`wss` (configured from
