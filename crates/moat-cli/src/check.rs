@@ -1161,7 +1161,20 @@ fn chain_problem(
         }
     }
     let issuer = issuer_name(&current);
-    if current.der() != leaf.der() || current.self_signed {
+    if current.self_signed {
+        return Some(Problem::new(
+            format!(
+                "unknown CA: the broker's chain ends at the root CA {}, which is not in \
+                 {ca_words}{holds}",
+                current.short_name()
+            ),
+            format!(
+                "give that root CA ({}) with --cafile (ask the broker's operator for it)",
+                current.short_name()
+            ),
+        ));
+    }
+    if current.der() != leaf.der() {
         return Some(Problem::new(
             format!(
                 "unknown CA: the broker's chain ends at {}, issued by {issuer}, which is not in \

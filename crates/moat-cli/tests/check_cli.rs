@@ -389,3 +389,68 @@ fn usage_errors_exit_2() {
     let out = run(moat().args(["check", "mqtts://127.0.0.1", "--cafile", "/nonexistent.pem"]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn websocket_listeners_and_a_wrong_path() {
+    let pki = TestPki::new("Check CA");
+    let (cert, key) = pki.server("server", &["127.0.0.1"]);
+    let config = format!(
+        "[[listeners]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n[[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let broker = Moat::start(&config, pki.path());
+    let t = check_ok(&broker.url("ws"), &[]);
+    assert!(t.contains("✓ WebSocket upgrade: /mqtt"), "{t}");
+    let t = check_ok(&broker.url("wss"), &["--cafile", p(&pki.ca_pem)]);
+    assert!(t.contains("✓ TLS handshake"), "{t}");
+    assert!(t.contains("✓ WebSocket upgrade"), "{t}");
+    let wrong = format!("ws://127.0.0.1:{}/wrong", broker.port("ws"));
+    check_fails(&wrong, &[], &["✗ WebSocket upgrade", "check the path"]);
+}
+
+#[test]
+fn mosquitto_sending_its_root_with_an_unknown_ca() {
+    let pki = TestPki::new("Broker CA");
+    let other = TestPki::new("Client Side CA");
+    let (cert, key) = pki.server("server", &["127.0.0.1"]);
+    let broker = Mosquitto::start(
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            pki.ca_pem.display(),
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    check_fails(
+        &url,
+        &["--cafile", p(&other.ca_pem)],
+        &["unknown CA", "CN=Broker CA", "CN=Client Side CA"],
+    );
+    check_ok(&url, &["--cafile", p(&pki.ca_pem)]);
+}
+
+#[test]
+fn cn_only_certificate_dialed_by_its_cn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::openssl_v1_server(dir.path(), "localhost");
+    let broker = Mosquitto::start(
+        &format!(
+            "allow_anonymous true\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+            d = dir.path().display()
+        ),
+        &[],
+    );
+    let url = format!("mqtts://localhost:{}", broker.port);
+    check_fails(
+        &url,
+        &["--cafile", p(&dir.path().join("ca.pem"))],
+        &[
+            "names localhost only in its CN and has no SAN",
+            "modern TLS clients ignore the CN",
+            "moat cert server --ca DIR --host localhost",
+        ],
+    );
+}
