@@ -499,6 +499,21 @@ mod tests {
         }
     }
 
+    /// The example in README.md is a valid config (guards against doc drift).
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\ndata_dir")
+            .expect("README has the config example");
+        let body = &readme[start + "```toml\n".len()..];
+        let end = body.find("```").expect("closed block");
+        let file = ConfigFile::parse(&body[..end]).expect("README example parses");
+        let s = file.validate().expect("README example validates");
+        assert_eq!(s.server.listeners.len(), 3);
+        assert_eq!(s.server.broker.max_keep_alive, 60);
+    }
+
     #[test]
     fn print_config_round_trips() {
         let text = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1884\"\n\
