@@ -42,8 +42,8 @@ mod client;
 mod error;
 mod framed;
 mod options;
-pub mod ws;
 pub mod transport;
+pub mod ws;
 
 pub use client::{connect_tcp, Client};
 pub use error::ClientError;

@@ -15,7 +15,7 @@ fn publish(size: usize, qos: QoS) -> Packet {
         qos,
         retain: false,
         topic: "sensors/building-1/floor-3/temperature".into(),
-        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::MIN),
+        packet_id: (qos != QoS::AtMostOnce).then_some(PacketId::MIN),
         properties: Properties::default(),
         payload: Bytes::from(vec![0x5a; size]),
     })
@@ -35,7 +35,12 @@ fn encode_publish_qos0_v5(bencher: Bencher, size: usize) {
 #[divan::bench(args = [64, 1024, 65536])]
 fn decode_publish_qos1_v311(bencher: Bencher, size: usize) {
     let mut wire = BytesMut::new();
-    moat_codec::encode(&publish(size, QoS::AtLeastOnce), ProtocolVersion::V3_1_1, &mut wire).unwrap();
+    moat_codec::encode(
+        &publish(size, QoS::AtLeastOnce),
+        ProtocolVersion::V3_1_1,
+        &mut wire,
+    )
+    .unwrap();
     let wire = wire.freeze();
     let mut codec = Codec::new(1 << 20);
     codec.set_version(ProtocolVersion::V3_1_1);
@@ -56,13 +61,15 @@ fn decode_100_pubacks_v5(bencher: Bencher) {
     let wire = wire.freeze();
     let mut codec = Codec::new(1 << 20);
     codec.set_version(ProtocolVersion::V5);
-    bencher.counter(divan::counter::ItemsCount::new(100usize)).bench_local(|| {
-        let mut buf = BytesMut::from(&wire[..]);
-        let mut n = 0;
-        while let Some(p) = codec.decode(&mut buf).unwrap() {
-            black_box(p);
-            n += 1;
-        }
-        n
-    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(100usize))
+        .bench_local(|| {
+            let mut buf = BytesMut::from(&wire[..]);
+            let mut n = 0;
+            while let Some(p) = codec.decode(&mut buf).unwrap() {
+                black_box(p);
+                n += 1;
+            }
+            n
+        });
 }

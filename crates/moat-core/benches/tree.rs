@@ -15,7 +15,11 @@ fn tree(n: u32) -> SubscriptionTree<u32, ()> {
     let mut t = SubscriptionTree::new();
     for i in 0..n {
         t.insert(&Filter::parse(&format!("devices/{i}/cmd")).unwrap(), i, ());
-        t.insert(&Filter::parse(&format!("devices/{i}/config/#")).unwrap(), i, ());
+        t.insert(
+            &Filter::parse(&format!("devices/{i}/config/#")).unwrap(),
+            i,
+            (),
+        );
     }
     t.insert(&Filter::parse("devices/+/telemetry").unwrap(), n, ());
     t.insert(&Filter::parse("$SYS/#").unwrap(), n + 1, ());
