@@ -748,10 +748,10 @@ impl Broker {
         }
         match packet {
             Packet::Publish(p) => self.handle_publish(conn_id, p, now),
-            Packet::PubAck(a) => self.handle_puback(conn_id, a, now),
+            Packet::PubAck(a) => self.complete_outgoing(conn_id, &a, OutState::Unacked, now),
             Packet::PubRec(a) => self.handle_pubrec(conn_id, a, now),
             Packet::PubRel(a) => self.handle_pubrel(conn_id, a),
-            Packet::PubComp(a) => self.handle_pubcomp(conn_id, a, now),
+            Packet::PubComp(a) => self.complete_outgoing(conn_id, &a, OutState::Released, now),
             Packet::Subscribe(s) => self.handle_subscribe(conn_id, s, now),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(conn_id, u),
             Packet::PingReq => self.send(conn_id, Packet::PingResp),
@@ -1172,7 +1172,8 @@ impl Broker {
         Some(p)
     }
 
-    fn handle_puback(&mut self, conn_id: ConnId, a: PubAck, now: Instant) {
+    /// PUBACK (for QoS 1) or PUBCOMP (for QoS 2) ends an outgoing flow in state `expected`.
+    fn complete_outgoing(&mut self, conn_id: ConnId, a: &PubAck, expected: OutState, now: Instant) {
         let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
             return;
         };
@@ -1183,7 +1184,7 @@ impl Broker {
         if session
             .inflight
             .get(&id)
-            .is_some_and(|f| f.state == OutState::Unacked)
+            .is_some_and(|f| f.state == expected)
         {
             let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
             self.forget_stored(sid, seq);
@@ -1248,25 +1249,6 @@ impl Broker {
             comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }
         self.send(conn_id, Packet::PubComp(comp));
-    }
-
-    fn handle_pubcomp(&mut self, conn_id: ConnId, a: PubAck, now: Instant) {
-        let Some(sid) = self.conns.get(&conn_id).map(|c| c.session) else {
-            return;
-        };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let id = a.packet_id.get();
-        if session
-            .inflight
-            .get(&id)
-            .is_some_and(|f| f.state == OutState::Released)
-        {
-            let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
-            self.forget_stored(sid, seq);
-            self.fill_window(sid, now);
-        }
     }
 
     fn handle_subscribe(&mut self, conn_id: ConnId, s: Subscribe, now: Instant) {
