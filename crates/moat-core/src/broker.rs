@@ -94,6 +94,15 @@ pub struct Stats {
     pub messages_dropped: u64,
 }
 
+/// What routing a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    NoSubscribers,
+    Delivered,
+    /// At least one subscriber's queue was full.
+    QueueFull,
+}
+
 /// Per-connection protocol state.
 #[derive(Debug)]
 struct Conn {
@@ -869,8 +878,12 @@ impl Broker {
             if retain {
                 self.store_retained(&message);
             }
-            if !self.route(&message, now) && v5 {
-                reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            match self.route(&message, now) {
+                Routed::NoSubscribers if v5 => reason = ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                // A subscriber's queue is full: the v5 publisher learns that not everyone got
+                // it (v3 has no way to say so; the drop is counted either way).
+                Routed::QueueFull if v5 => reason = ReasonCode::QUOTA_EXCEEDED,
+                _ => {}
             }
         }
         let Some(pid) = pid else { return };
@@ -928,8 +941,8 @@ impl Broker {
         }
     }
 
-    /// Delivers a message to every matching subscription. Returns false if none matched.
-    fn route(&mut self, message: &Arc<Message>, now: Instant) -> bool {
+    /// Delivers a message to every matching subscription.
+    fn route(&mut self, message: &Arc<Message>, now: Instant) -> Routed {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let sessions = &self.sessions;
@@ -967,6 +980,7 @@ impl Broker {
             }
         });
         let matched = !scratch.is_empty();
+        let mut overflow = false;
         scratch.sort_unstable_by_key(|e| e.0);
         let mut i = 0;
         while i < scratch.len() {
@@ -988,16 +1002,23 @@ impl Broker {
                 subscription_ids: ids,
                 seq: None,
             };
-            self.deliver(sid, delivery, now);
+            if !self.deliver(sid, delivery, now) {
+                overflow = true;
+            }
         }
         self.scratch = scratch;
-        matched
+        match (matched, overflow) {
+            (false, _) => Routed::NoSubscribers,
+            (true, true) => Routed::QueueFull,
+            (true, false) => Routed::Delivered,
+        }
     }
 
-    /// Sends a delivery to a session, or queues it.
-    fn deliver(&mut self, sid: SessionId, delivery: Delivery, now: Instant) {
+    /// Sends a delivery to a session, or queues it. Returns false if the session's queue was
+    /// full and a QoS 1/2 message was dropped for it.
+    fn deliver(&mut self, sid: SessionId, delivery: Delivery, now: Instant) -> bool {
         let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
+            return true;
         };
         let conn_id = session.conn;
         if delivery.qos == QoS::AtMostOnce {
@@ -1011,12 +1032,12 @@ impl Broker {
                     None => self.stats.messages_dropped += 1,
                 }
             }
-            return;
+            return true;
         }
         if session.queue.len() >= self.config.max_queued_messages {
             self.stats.messages_dropped += 1;
             tracing::debug!(client_id = %session.client_id, "session queue full: message dropped");
-            return;
+            return false;
         }
         let mut delivery = delivery;
         if self.persist && session.persisted {
@@ -1033,12 +1054,13 @@ impl Broker {
             });
         }
         let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
+            return true;
         };
         session.queue.push_back(delivery);
         if conn_id.is_some() {
             self.fill_window(sid, now);
         }
+        true
     }
 
     /// Sends queued messages while the in-flight window has room.

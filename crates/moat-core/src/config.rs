@@ -16,7 +16,8 @@ pub struct BrokerConfig {
     pub max_inflight: u16,
     /// How many QoS 1/2 messages wait per session (offline, or behind a full in-flight window).
     /// On overflow the new message is dropped for that session and counted in
-    /// `$SYS/broker/messages/dropped`; the publisher's acknowledgement is not affected.
+    /// `$SYS/broker/messages/dropped`; a v5 publisher gets 0x97 (quota exceeded) in its
+    /// PUBACK/PUBREC, a v3 publisher cannot be told.
     pub max_queued_messages: usize,
     /// The highest topic alias clients may use (v5 Topic Alias Maximum in CONNACK).
     pub topic_alias_maximum: u16,
@@ -43,7 +44,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 256,
-            max_queued_messages: 10_000,
+            max_queued_messages: 100_000,
             topic_alias_maximum: 64,
             max_keep_alive: 60,
             max_session_expiry: u32::MAX,
@@ -66,7 +67,7 @@ mod tests {
         assert_eq!(c.max_packet_size, 1_048_576);
         assert_eq!(c.receive_maximum, 1024);
         assert_eq!(c.max_inflight, 256);
-        assert_eq!(c.max_queued_messages, 10_000);
+        assert_eq!(c.max_queued_messages, 100_000);
         assert_eq!(c.topic_alias_maximum, 64);
         assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.max_session_expiry, u32::MAX);

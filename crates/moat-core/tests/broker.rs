@@ -830,3 +830,31 @@ fn unsupported_authentication_method_is_refused() {
     let (_, ack, _) = h.connect_with(c);
     assert_eq!(ack.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD);
 }
+
+#[test]
+fn queue_overflow_tells_v5_publishers_quota_exceeded() {
+    let config = BrokerConfig {
+        max_queued_messages: 1,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let s = h.connect("q", V3, false);
+    h.subscribe(s, vec![sub("q", QoS::AtLeastOnce)]);
+    h.broker.connection_lost(s, h.now);
+    let p = h.connect("p5", V5, true);
+    h.send(p, Packet::Publish(publish("q", "1", QoS::AtLeastOnce, 1)));
+    h.send(p, Packet::Publish(publish("q", "2", QoS::AtLeastOnce, 2)));
+    let codes: Vec<ReasonCode> = h
+        .take(p)
+        .into_iter()
+        .filter_map(|p| {
+            if let Packet::PubAck(a) = p {
+                Some(a.reason_code)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(codes, vec![ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED]);
+}
