@@ -155,7 +155,11 @@ EOF
 python3 - "$OUT" "$table" <<'PY'
 import sys, re
 path, table = sys.argv[1], sys.argv[2]
-text = open(path).read()
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n"
+
 pat = re.compile(r"<!-- bench-vs-mosquitto:start -->.*?<!-- bench-vs-mosquitto:end -->", re.S)
 if pat.search(text):
     text = pat.sub(lambda _: table, text)
