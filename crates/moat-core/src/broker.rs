@@ -156,7 +156,12 @@ pub struct Broker {
     epoch: (Instant, u64),
     /// Bytes the durable store uses on disk, for `$SYS`.
     store_bytes: Option<u64>,
+    /// When expired retained and queued messages are next swept away.
+    next_sweep: Option<Instant>,
 }
+
+/// How often expired retained and queued messages are removed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +206,7 @@ impl Broker {
             store_ops: Vec::new(),
             epoch: (now, 0),
             store_bytes: None,
+            next_sweep: Some(now + SWEEP_INTERVAL),
         }
     }
 
@@ -357,7 +363,11 @@ impl Broker {
                         );
                         session.next_seq = session.next_seq.max(seq + 1);
                     }
-                    _ => session.queue.push_back(delivery),
+                    _ => {
+                        session.queued_bytes +=
+                            delivery.message.payload.len() + delivery.message.topic.len();
+                        session.queue.push_back(delivery);
+                    }
                 }
             }
             if let Some(w) = &will {
@@ -415,10 +425,10 @@ impl Broker {
     /// The next time [`Broker::tick`] has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(t, _)| *t);
-        match (timer, self.next_sys) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.next_sys, self.next_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {
@@ -1034,7 +1044,10 @@ impl Broker {
             }
             return true;
         }
-        if session.queue.len() >= self.config.max_queued_messages {
+        let size = delivery.message.payload.len() + delivery.message.topic.len();
+        if session.queue.len() >= self.config.max_queued_messages
+            || session.queued_bytes + size > self.config.max_queued_bytes
+        {
             self.stats.messages_dropped += 1;
             tracing::debug!(client_id = %session.client_id, "session queue full: message dropped");
             return false;
@@ -1056,6 +1069,7 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return true;
         };
+        session.queued_bytes += size;
         session.queue.push_back(delivery);
         if conn_id.is_some() {
             self.fill_window(sid, now);
@@ -1077,11 +1091,11 @@ impl Broker {
             if session.inflight.len() >= window {
                 return;
             }
-            let Some(delivery) = session.queue.pop_front() else {
+            let Some(delivery) = session.pop_queued() else {
                 return;
             };
             let Some(pid) = session.allocate_packet_id() else {
-                session.queue.push_front(delivery);
+                session.push_queued_front(delivery);
                 return;
             };
             match self.build_publish(conn_id, &delivery, Some(pid), now) {
@@ -1591,6 +1605,46 @@ impl Broker {
                 self.next_sys = Some(now + interval);
                 self.publish_sys(now);
             }
+        }
+        if self.next_sweep.is_none_or(|at| at <= now) {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+            self.sweep_expired(now);
+        }
+    }
+
+    /// Removes expired retained messages and expired queued messages (they would be dropped
+    /// when their turn came; this frees their memory and store space earlier).
+    fn sweep_expired(&mut self, now: Instant) {
+        let mut expired_topics = Vec::new();
+        self.retained.for_each_match("#", |topic, m| {
+            if m.is_expired(now) {
+                expired_topics.push(topic.to_owned());
+            }
+        });
+        for topic in expired_topics {
+            self.retained.remove(&topic);
+            self.op(StoreOp::RetainedRemove { topic });
+        }
+        let mut removed = Vec::new();
+        for (sid, session) in &mut self.sessions {
+            if !session.queue.iter().any(|d| d.message.is_expired(now)) {
+                continue;
+            }
+            let before = session.queue.len();
+            let mut kept = std::collections::VecDeque::with_capacity(before);
+            while let Some(d) = session.pop_queued() {
+                if d.message.is_expired(now) {
+                    removed.push((*sid, d.seq));
+                } else {
+                    session.queued_bytes += d.message.payload.len() + d.message.topic.len();
+                    kept.push_back(d);
+                }
+            }
+            session.queue = kept;
+        }
+        self.stats.messages_dropped += removed.len() as u64;
+        for (sid, seq) in removed {
+            self.forget_stored(sid, seq);
         }
     }
 

@@ -19,6 +19,9 @@ pub struct BrokerConfig {
     /// `$SYS/broker/messages/dropped`; a v5 publisher gets 0x97 (quota exceeded) in its
     /// PUBACK/PUBREC, a v3 publisher cannot be told.
     pub max_queued_messages: usize,
+    /// Payload and topic bytes that wait per session at most; overflow as for
+    /// `max_queued_messages`.
+    pub max_queued_bytes: usize,
     /// The highest topic alias clients may use (v5 Topic Alias Maximum in CONNACK).
     pub topic_alias_maximum: u16,
     /// The longest keep-alive the broker accepts, in seconds. v5 clients asking for more are
@@ -45,6 +48,7 @@ impl Default for BrokerConfig {
             receive_maximum: 1024,
             max_inflight: 256,
             max_queued_messages: 100_000,
+            max_queued_bytes: 256 * 1024 * 1024,
             topic_alias_maximum: 64,
             max_keep_alive: 60,
             max_session_expiry: u32::MAX,
@@ -68,6 +72,7 @@ mod tests {
         assert_eq!(c.receive_maximum, 1024);
         assert_eq!(c.max_inflight, 256);
         assert_eq!(c.max_queued_messages, 100_000);
+        assert_eq!(c.max_queued_bytes, 268_435_456);
         assert_eq!(c.topic_alias_maximum, 64);
         assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.max_session_expiry, u32::MAX);

@@ -57,6 +57,8 @@ pub(crate) struct Session {
     pub(crate) inflight: HashMap<u16, Inflight>,
     /// Outgoing QoS 1/2 messages not yet sent.
     pub(crate) queue: VecDeque<Delivery>,
+    /// Payload and topic bytes in `queue`.
+    pub(crate) queued_bytes: usize,
     pub(crate) next_packet_id: PacketId,
     pub(crate) next_seq: u64,
     /// Incoming QoS 2 packet ids received (PUBREC sent) and not yet released.
@@ -78,6 +80,7 @@ impl Session {
             pending_will: None,
             inflight: HashMap::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             next_packet_id: PacketId::MIN,
             next_seq: 0,
             incoming_qos2: HashSet::new(),
@@ -98,6 +101,20 @@ impl Session {
                 return Some(id);
             }
         }
+    }
+
+    /// Takes the oldest queued message.
+    pub(crate) fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        let size = d.message.payload.len() + d.message.topic.len();
+        self.queued_bytes = self.queued_bytes.saturating_sub(size);
+        Some(d)
+    }
+
+    /// Puts a message back at the head of the queue.
+    pub(crate) fn push_queued_front(&mut self, d: Delivery) {
+        self.queued_bytes += d.message.payload.len() + d.message.topic.len();
+        self.queue.push_front(d);
     }
 
     /// In-flight packet ids in the order they were first sent.

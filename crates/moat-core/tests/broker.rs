@@ -858,3 +858,54 @@ fn queue_overflow_tells_v5_publishers_quota_exceeded() {
         .collect();
     assert_eq!(codes, vec![ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED]);
 }
+
+#[test]
+fn expired_retained_and_queued_messages_are_swept() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("sweep", V5, false);
+    c.properties.session_expiry_interval = Some(3600);
+    let (s, _, _) = h.connect_with(c);
+    h.subscribe(s, vec![sub("e/#", QoS::AtLeastOnce)]);
+    h.broker.connection_lost(s, h.now);
+    let p = h.connect("p", V5, true);
+    let mut m = publish("e/1", "short-lived", QoS::AtLeastOnce, 1);
+    m.retain = true;
+    m.properties.message_expiry_interval = Some(5);
+    h.send(p, Packet::Publish(m));
+    assert_eq!(h.broker.retained_count(), 1);
+    let dropped = h.broker.stats().messages_dropped;
+    h.advance(40);
+    assert_eq!(
+        h.broker.retained_count(),
+        0,
+        "expired retained message swept"
+    );
+    assert_eq!(
+        h.broker.stats().messages_dropped,
+        dropped + 1,
+        "expired queued message swept"
+    );
+}
+
+#[test]
+fn queue_byte_limit_applies() {
+    let config = BrokerConfig {
+        max_queued_bytes: 100,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let s = h.connect("b", V3, false);
+    h.subscribe(s, vec![sub("b", QoS::AtLeastOnce)]);
+    h.broker.connection_lost(s, h.now);
+    let p = h.connect("p", V3, true);
+    for i in 1..=3 {
+        h.send(
+            p,
+            Packet::Publish(publish("b", &"x".repeat(40), QoS::AtLeastOnce, i)),
+        );
+    }
+    // 41 bytes each (payload and topic): two fit in 100, the third does not.
+    let (_, _, queued) = h.connect_with(connect_packet("b", V3, false));
+    assert_eq!(publishes(&queued).len(), 2);
+}

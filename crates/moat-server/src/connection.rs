@@ -26,6 +26,10 @@ use crate::outbox::Outbox;
 use crate::router::ToRouter;
 use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
 
+/// The smallest and largest read (bytes) of a connection.
+const MIN_READ: usize = 1024;
+const MAX_READ: usize = 64 * 1024;
+
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -273,9 +277,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let write_timeout = self.shared.config.write_timeout;
         let mut pending = VecDeque::new();
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        // Read size: grows while reads fill the buffer (a busy publisher: many packets per
+        // syscall), shrinks back when the client goes quiet (little memory per idle client).
+        let mut read_hint = MIN_READ;
         loop {
             // A client that does not read what it is sent is not read from either.
             let paused = outbox.len() >= max_outbox;
+            if self.rbuf.capacity() - self.rbuf.len() < read_hint {
+                self.rbuf.reserve(read_hint);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
                 () = outbox.ready.notified() => {
@@ -310,6 +321,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 read = self.io.read_buf(&mut self.rbuf), if !paused => {
                     match read {
                         Ok(0) => return End::Closed,
+                        Ok(n) if n >= spare => read_hint = (read_hint * 2).min(MAX_READ),
+                        Ok(n) if n < read_hint / 4 => read_hint = (read_hint / 2).max(MIN_READ),
                         Ok(_) => {}
                         Err(e) => return End::Io(e),
                     }
@@ -337,8 +350,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                             }
                         }
                     }
-                    if self.rbuf.capacity() > 64 * 1024 && self.rbuf.is_empty() {
-                        self.rbuf = BytesMut::with_capacity(1024);
+                    if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * read_hint {
+                        self.rbuf = BytesMut::new();
                     }
                 }
                 () = async {
