@@ -109,6 +109,10 @@ pub(crate) struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Subscribers keep persistent sessions (v3 clean session off, v5 session expiry 300 s),
+    /// so QoS 1/2 deliveries go through the broker's durable store.
+    #[arg(long)]
+    persistent: bool,
 }
 
 /// Runs `moat bench`.
@@ -134,6 +138,7 @@ struct Plan {
     opts: ConnectOptions,
     run_id: String,
     progress: bool,
+    persistent: bool,
 }
 
 impl Plan {
@@ -192,15 +197,24 @@ impl Plan {
             opts,
             run_id: common::random_suffix(),
             progress: !args.json && !args.quiet && std::io::stderr().is_terminal(),
+            persistent: args.persistent,
         })
     }
 
     async fn connect(&self, id: String) -> anyhow::Result<Client> {
+        self.connect_as(id, false).await
+    }
+
+    /// Connects; a subscriber of a `--persistent` run keeps its session.
+    async fn connect_as(&self, id: String, subscriber: bool) -> anyhow::Result<Client> {
         let io = transport::open_with(&self.target, self.tls.as_ref(), Duration::from_secs(10))
             .await
             .map_err(|e| anyhow::anyhow!(common::explain_transport_error(&e, &self.target)))?;
         let mut opts = self.opts.clone();
         opts.client_id = id;
+        if subscriber && self.persistent {
+            opts = opts.clean_start(false).session_expiry(300);
+        }
         let (client, _) = Client::connect(io, opts).await.map_err(|e| {
             anyhow::anyhow!(common::explain_client_error(
                 &e,
@@ -284,7 +298,7 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut subs = Vec::new();
     for i in 0..args.subscribers {
         let client = plan
-            .connect(format!("moat-bench-{}-s{i}", plan.run_id))
+            .connect_as(format!("moat-bench-{}-s{i}", plan.run_id), true)
             .await
             .with_context(|| format!("subscriber {i} could not connect to {}", plan.target))?;
         let opts = SubscriptionOptions {
@@ -631,6 +645,7 @@ async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         opts: plan.opts.clone(),
         run_id: plan.run_id.clone(),
         progress: plan.progress,
+        persistent: plan.persistent,
     });
     let total = args.connections;
     let next = Arc::new(AtomicU64::new(0));

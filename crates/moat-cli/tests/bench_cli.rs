@@ -43,6 +43,29 @@ fn qos_1_delivers_everything_in_order() {
     assert!(r["sent_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
 }
 
+/// Persistent subscribers: every QoS 1 delivery goes through the durable store.
+#[test]
+fn persistent_subscribers_through_the_store() {
+    let broker = Moat::start(ANON, Path::new("."));
+    let url = broker.url("local");
+    let r = bench_json(&[
+        "-L",
+        &url,
+        "--pub",
+        "1",
+        "--sub",
+        "1",
+        "--count",
+        "1000",
+        "-q",
+        "1",
+        "--persistent",
+    ]);
+    assert_eq!(u(&r, "received"), 1000, "{r}");
+    assert_eq!(u(&r, "losses"), 0, "{r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+}
+
 #[test]
 fn qos_0_and_2_and_a_target_rate() {
     let broker = Moat::start(ANON, Path::new("."));
