@@ -255,15 +255,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn write_now(&mut self, packet: &Packet, version: ProtocolVersion) {
         self.wbuf.clear();
         if moat_codec::encode(packet, version, &mut self.wbuf).is_ok() {
-            let io = &mut self.io;
-            let buf = &self.wbuf;
-            let write = async move {
-                io.write_all(buf).await?;
-                io.flush().await
-            };
-            let _ = timeout(self.shared.config.write_timeout, write).await;
+            let _ = self.write_wbuf().await;
         }
         self.wbuf.clear();
+    }
+
+    /// Writes everything in `wbuf` and flushes (TLS and WebSocket streams buffer) within the
+    /// write timeout.
+    async fn write_wbuf(&mut self) -> Result<(), End> {
+        let io = &mut self.io;
+        let buf = &self.wbuf;
+        let write = async move {
+            io.write_all(buf).await?;
+            io.flush().await
+        };
+        match timeout(self.shared.config.write_timeout, write).await {
+            Err(_) => Err(End::WriteTimeout),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     async fn run_connected(
@@ -297,16 +307,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                         }
                     }
                     if !self.wbuf.is_empty() {
-                        let io = &mut self.io;
-                        let buf = &self.wbuf;
-                        let write = async move {
-                            io.write_all(buf).await?;
-                            io.flush().await
-                        };
-                        match timeout(write_timeout, write).await {
-                            Err(_) => return End::WriteTimeout,
-                            Ok(Err(e)) => return End::Io(e),
-                            Ok(Ok(())) => {}
+                        if let Err(end) = self.write_wbuf().await {
+                            return end;
                         }
                         self.wbuf.clear();
                         if self.wbuf.capacity() > 64 * 1024 {
