@@ -15,24 +15,29 @@
 //! connections at 20,000; only the address given (default 127.0.0.1:1883) is contacted.
 //! Exit 1 when connections fail or (QoS 1 and 2) messages are lost.
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use moat_client::moat_codec::Subscribe;
 use moat_client::transport::{self, Target};
-use moat_client::{Client, ConnectOptions, ProtocolVersion, Publish, QoS, SubscriptionOptions};
+use moat_client::{
+    Client, ConnectOptions, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions,
+};
 use serde_json::json;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::pubsub::common::{self, TlsArgs};
+
+mod wire;
+
+use wire::{Connected, PublisherJob};
 
 /// The longest run.
 const MAX_DURATION_SECS: u64 = 600;
@@ -118,7 +123,10 @@ pub(crate) struct BenchArgs {
 /// Runs `moat bench`.
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&args)?;
-    let rt = common::runtime(2)?;
+    // One worker per core the bench may use (`taskset -c 1` leaves one): two workers on one
+    // core would only add thread switches.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = common::runtime(cores.min(2))?;
     let result = if args.storm {
         rt.block_on(storm(&plan, &args))
     } else {
@@ -198,6 +206,71 @@ impl Plan {
             run_id: common::random_suffix(),
             progress: !args.json && !args.quiet && std::io::stderr().is_terminal(),
             persistent: args.persistent,
+        })
+    }
+
+    /// Opens a connection for the load generator: CONNECT / CONNACK, and for a subscriber
+    /// SUBSCRIBE / SUBACK, then the stream is handed over as it is.
+    async fn open(&self, id: String, subscribe: Option<(&str, QoS)>) -> anyhow::Result<Connected> {
+        let io = transport::open_with(&self.target, self.tls.as_ref(), Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!(common::explain_transport_error(&e, &self.target)))?;
+        let mut opts = self.opts.clone();
+        opts.client_id = id;
+        if subscribe.is_some() && self.persistent {
+            opts = opts.clean_start(false).session_expiry(300);
+        }
+        let (mut framed, connack) = moat_client::connect_framed(io, &opts).await.map_err(|e| {
+            anyhow::anyhow!(common::explain_client_error(
+                &e,
+                self.opts.username.is_some(),
+                self.opts.password.is_some()
+            ))
+        })?;
+        let v5 = opts.protocol.is_v5();
+        if let Some((filter, qos)) = subscribe {
+            let sub = Packet::Subscribe(Subscribe {
+                packet_id: PacketId::MIN,
+                properties: moat_client::Properties::default(),
+                filters: vec![(
+                    filter.to_owned(),
+                    SubscriptionOptions {
+                        qos,
+                        ..SubscriptionOptions::default()
+                    },
+                )],
+            });
+            framed.send(&sub).await?;
+            let suback = loop {
+                match tokio::time::timeout(Duration::from_secs(10), framed.recv()).await {
+                    Err(_) => bail!("no SUBACK within 10 s"),
+                    Ok(Ok(Some(Packet::SubAck(a)))) => break a,
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => bail!("the broker closed the connection after SUBSCRIBE"),
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+            };
+            if let Some(rc) = suback.reason_codes.first().filter(|rc| rc.is_error()) {
+                bail!(
+                    "the broker refused the subscription to {filter}: {} (0x{:02X}); check its ACL",
+                    rc.description(),
+                    rc.0
+                );
+            }
+        }
+        let keep_alive = connack
+            .properties
+            .server_keep_alive
+            .filter(|_| v5)
+            .unwrap_or(opts.keep_alive);
+        let version = framed.version();
+        let (io, leftover) = framed.into_parts();
+        Ok(Connected {
+            io,
+            leftover,
+            version,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            receive_maximum: connack.properties.receive_maximum.filter(|_| v5),
         })
     }
 
@@ -297,41 +370,28 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     // Subscribers first, subscribed before anything is published.
     let mut subs = Vec::new();
     for i in 0..args.subscribers {
-        let client = plan
-            .connect_as(format!("moat-bench-{}-s{i}", plan.run_id), true)
+        let conn = plan
+            .open(
+                format!("moat-bench-{}-s{i}", plan.run_id),
+                Some((filter.as_str(), args.qos)),
+            )
             .await
             .with_context(|| format!("subscriber {i} could not connect to {}", plan.target))?;
-        let opts = SubscriptionOptions {
-            qos: args.qos,
-            ..SubscriptionOptions::default()
-        };
-        let suback = client
-            .subscribe(&[(filter.as_str(), opts)])
-            .await
-            .with_context(|| format!("subscriber {i} could not subscribe"))?;
-        if let Some(rc) = suback.reason_codes.first().filter(|rc| rc.is_error()) {
-            bail!(
-                "the broker refused the subscription to {filter}: {} (0x{:02X}); check its ACL",
-                rc.description(),
-                rc.0
-            );
-        }
-        subs.push(tokio::spawn(subscriber(
-            client,
+        subs.push(tokio::spawn(wire::subscriber(
+            conn,
             start,
             Arc::clone(&live),
             stop_rx.clone(),
         )));
     }
 
-    let mut pubs = Vec::new();
-    let mut clients = Vec::new();
+    let mut conns = Vec::new();
     for i in 0..args.publishers {
-        let client = plan
-            .connect(format!("moat-bench-{}-p{i}", plan.run_id))
+        let conn = plan
+            .open(format!("moat-bench-{}-p{i}", plan.run_id), None)
             .await
             .with_context(|| format!("publisher {i} could not connect to {}", plan.target))?;
-        clients.push(Arc::new(client));
+        conns.push(conn);
     }
     let deadline = match (args.duration, args.count) {
         (Some(d), _) => Some(Instant::now() + Duration::from_secs(d)),
@@ -340,14 +400,15 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let publishers = u64::from(args.publishers);
     let pub_start = Instant::now();
-    for (i, client) in clients.iter().enumerate() {
+    let mut pubs = Vec::new();
+    for (i, conn) in conns.into_iter().enumerate() {
         let index = i as u64;
         let count = args
             .count
             .map(|c| c / publishers + u64::from(index < c % publishers));
         let rate = (args.rate > 0).then(|| args.rate as f64 / publishers as f64);
-        pubs.push(tokio::spawn(publisher(
-            Arc::clone(client),
+        pubs.push(tokio::spawn(wire::publisher(
+            conn,
             PublisherJob {
                 index,
                 topic: args.topic.replace("%i", &i.to_string()),
@@ -357,6 +418,7 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 rate,
                 deadline,
                 start,
+                drain: Duration::from_secs(args.drain),
             },
             Arc::clone(&live),
         )));
@@ -422,9 +484,6 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             out_of_order += r.out_of_order;
             unique += r.unique;
         }
-    }
-    for c in clients {
-        let _ = c.disconnect().await;
     }
     let losses = expected.saturating_sub(unique);
     let errors = live.errors.load(Ordering::Relaxed);
@@ -506,130 +565,6 @@ fn us(v: u64) -> String {
     } else {
         format!("{:.3} ms", v as f64 / 1000.0)
     }
-}
-
-struct PublisherJob {
-    index: u64,
-    topic: String,
-    qos: QoS,
-    size: usize,
-    count: Option<u64>,
-    rate: Option<f64>,
-    deadline: Option<Instant>,
-    start: Instant,
-}
-
-/// Publishes until the count or the deadline; returns how many were sent.
-async fn publisher(client: Arc<Client>, job: PublisherJob, live: Arc<Live>) -> u64 {
-    let window = Arc::new(Semaphore::new(64));
-    let began = Instant::now();
-    let mut n: u64 = 0;
-    let padding = vec![0u8; job.size - HEADER];
-    loop {
-        if job.count.is_some_and(|c| n >= c) || job.deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if let Some(rate) = job.rate {
-            // Messages due by now; sleep in 1 ms steps (the timer's resolution) when ahead.
-            let due = (began.elapsed().as_secs_f64() * rate) as u64 + 1;
-            if n >= due {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        }
-        let mut payload = BytesMut::with_capacity(job.size);
-        payload.put_u64(u64::try_from(job.start.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        payload.put_u64((job.index << 40) | n);
-        payload.put_slice(&padding);
-        let publish = Publish {
-            dup: false,
-            qos: job.qos,
-            retain: false,
-            topic: job.topic.clone(),
-            packet_id: None,
-            properties: moat_client::Properties::default(),
-            payload: payload.freeze(),
-        };
-        n += 1;
-        if job.qos == QoS::AtMostOnce {
-            match client.publish_with(publish).await {
-                Ok(_) => live.sent.fetch_add(1, Ordering::Relaxed),
-                Err(_) => {
-                    live.errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            };
-        } else {
-            let Ok(permit) = Arc::clone(&window).acquire_owned().await else {
-                break;
-            };
-            let client = Arc::clone(&client);
-            let live = Arc::clone(&live);
-            let mut flow = Box::pin(async move {
-                match client.publish_with(publish).await {
-                    Ok(_) => live.sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
-                };
-                drop(permit);
-            });
-            // The first poll queues the message with the client's task, so messages go out in
-            // sequence order; the acknowledgement is awaited in a task of its own.
-            let finished =
-                std::future::poll_fn(|cx| Poll::Ready(flow.as_mut().poll(cx).is_ready())).await;
-            if !finished {
-                tokio::spawn(flow);
-            }
-        }
-    }
-    // Wait for the acknowledgements still in flight.
-    let _ = window.acquire_many(64).await;
-    n
-}
-
-async fn subscriber(
-    client: Client,
-    start: Instant,
-    live: Arc<Live>,
-    mut stop: watch::Receiver<bool>,
-) -> SubResult {
-    let mut result = SubResult {
-        latency: new_histogram(),
-        received: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        unique: 0,
-    };
-    let mut sequences: HashMap<u64, Sequence> = HashMap::new();
-    loop {
-        let message = tokio::select! {
-            m = client.recv() => m,
-            _ = stop.changed() => break,
-        };
-        let Ok(Some(m)) = message else { break };
-        result.received += 1;
-        live.received.fetch_add(1, Ordering::Relaxed);
-        let Some((sent_at, seq)) = header(&m.payload) else {
-            continue;
-        };
-        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let _ = result
-            .latency
-            .record((now.saturating_sub(sent_at) / 1000).max(1));
-        let (new, late) = sequences
-            .entry(seq >> 40)
-            .or_default()
-            .record(seq & ((1 << 40) - 1));
-        if new {
-            result.unique += 1;
-        } else {
-            result.duplicates += 1;
-        }
-        if late {
-            result.out_of_order += 1;
-        }
-    }
-    let _ = client.disconnect().await;
-    result
 }
 
 fn header(payload: &[u8]) -> Option<(u64, u64)> {
@@ -780,6 +715,7 @@ async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{BufMut, BytesMut};
 
     #[test]
     fn sequences_count_duplicates_and_reordering() {

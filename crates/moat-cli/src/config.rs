@@ -82,6 +82,7 @@ pub(crate) struct LimitsFile {
     pub(crate) max_inflight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
     pub(crate) max_queued_bytes: Option<usize>,
+    pub(crate) flow_control_queued: Option<usize>,
     pub(crate) topic_alias_maximum: Option<u16>,
     pub(crate) max_keep_alive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
@@ -350,6 +351,9 @@ impl LimitsFile {
         if let Some(v) = nonzero(self.max_queued_bytes, "max_queued_bytes")? {
             b.max_queued_bytes = v;
         }
+        if let Some(v) = nonzero(self.flow_control_queued, "flow_control_queued")? {
+            b.flow_control_queued = v;
+        }
         if let Some(v) = self.topic_alias_maximum {
             b.topic_alias_maximum = v;
         }
@@ -480,6 +484,7 @@ impl Settings {
                 max_inflight: Some(b.max_inflight),
                 max_queued_messages: Some(b.max_queued_messages),
                 max_queued_bytes: Some(b.max_queued_bytes),
+                flow_control_queued: Some(b.flow_control_queued),
                 topic_alias_maximum: Some(b.topic_alias_maximum),
                 max_keep_alive: Some(b.max_keep_alive),
                 max_session_expiry: Some(b.max_session_expiry),

@@ -101,11 +101,7 @@ impl Client {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut framed = Framed::with_codec(io, Codec::new(opts.max_packet_size));
-        framed.set_version(opts.protocol);
-        let connack = timeout(opts.connect_timeout, handshake(&mut framed, &opts))
-            .await
-            .map_err(|_| ClientError::Timeout("CONNACK"))??;
+        let (framed, connack) = connect_framed(io, &opts).await?;
 
         let v5 = opts.protocol.is_v5();
         let keep_alive = connack
@@ -361,6 +357,27 @@ impl Drop for Client {
 }
 
 /// Sends CONNECT and reads the answer.
+/// CONNECT / CONNACK over `io` without starting a connection task: returns the [`Framed`]
+/// stream (its version set to `opts.protocol`) for code that drives the packets itself, such
+/// as `moat bench`'s load generator.
+///
+/// # Errors
+/// As [`Client::connect`].
+pub async fn connect_framed<IO>(
+    io: IO,
+    opts: &ConnectOptions,
+) -> Result<(Framed<IO>, ConnAck), ClientError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut framed = Framed::with_codec(io, Codec::new(opts.max_packet_size));
+    framed.set_version(opts.protocol);
+    let connack = timeout(opts.connect_timeout, handshake(&mut framed, opts))
+        .await
+        .map_err(|_| ClientError::Timeout("CONNACK"))??;
+    Ok((framed, connack))
+}
+
 async fn handshake<IO>(
     framed: &mut Framed<IO>,
     opts: &ConnectOptions,

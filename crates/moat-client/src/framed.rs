@@ -89,6 +89,11 @@ impl<IO> Framed<IO> {
     pub fn into_inner(self) -> IO {
         self.io
     }
+
+    /// Returns the transport and the bytes received but not yet decoded.
+    pub fn into_parts(self) -> (IO, BytesMut) {
+        (self.io, self.read_buf)
+    }
 }
 
 impl Framed<TcpStream> {

@@ -45,7 +45,7 @@ mod options;
 pub mod transport;
 pub mod ws;
 
-pub use client::{connect_tcp, Client};
+pub use client::{connect_framed, connect_tcp, Client};
 pub use error::ClientError;
 pub use framed::Framed;
 pub use options::ConnectOptions;

@@ -1,7 +1,7 @@
 //! The broker state machine.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,6 +124,9 @@ struct Conn {
     problem_info: bool,
     /// Session expiry given in CONNECT was 0 (DISCONNECT may then not raise it).
     connect_expiry_zero: bool,
+    /// PUBACK/PUBREC held back (flow control), in the order they must go out, each with the
+    /// congested session it waits for (`None`: it only waits for the ones before it).
+    held_acks: VecDeque<(Packet, Option<SessionId>)>,
 }
 
 /// The broker: all sessions, subscriptions and retained messages, driven by the server.
@@ -149,6 +152,9 @@ pub struct Broker {
     hasher: RandomState,
     /// Reused while routing: (session, qos, retain, subscription id).
     scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
+    /// Set while routing: a connected session the message was queued for whose queue is at
+    /// `flow_control_queued` (the publisher's acknowledgement then waits for it).
+    congested: Option<SessionId>,
     /// Whether durable-store ops are produced.
     persist: bool,
     store_ops: Vec<StoreOp>,
@@ -202,6 +208,7 @@ impl Broker {
             next_sys,
             hasher: RandomState::new(),
             scratch: Vec::new(),
+            congested: None,
             persist: false,
             store_ops: Vec::new(),
             epoch: (now, 0),
@@ -640,6 +647,7 @@ impl Broker {
             alias_max_out: props.topic_alias_maximum.unwrap_or(0),
             problem_info: props.request_problem_information.unwrap_or(1) == 1,
             connect_expiry_zero: requested_expiry == 0,
+            held_acks: VecDeque::new(),
         };
         let want_response_info = props.request_response_information == Some(1);
         self.conns.insert(conn_id, conn);
@@ -854,7 +862,7 @@ impl Broker {
         // QoS 2 duplicate: acknowledge again, deliver once.
         if let (QoS::ExactlyOnce, Some(pid)) = (p.qos, p.packet_id) {
             if session.incoming_qos2.contains(&pid.get()) {
-                self.send(conn_id, Packet::PubRec(PubAck::new(pid)));
+                self.send_ack(conn_id, Packet::PubRec(PubAck::new(pid)), None);
                 return;
             }
             if session.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
@@ -882,6 +890,7 @@ impl Broker {
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         }
         let (qos, pid) = (p.qos, p.packet_id);
+        self.congested = None;
         if reason == ReasonCode::SUCCESS {
             let retain = p.retain;
             let message = Arc::new(Message::from_publish(p, Some(sid), now));
@@ -896,6 +905,7 @@ impl Broker {
                 _ => {}
             }
         }
+        let blocker = self.congested.take();
         let Some(pid) = pid else { return };
         let ack = PubAck {
             packet_id: pid,
@@ -904,7 +914,7 @@ impl Broker {
         };
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(conn_id, Packet::PubAck(ack)),
+            QoS::AtLeastOnce => self.send_ack(conn_id, Packet::PubAck(ack), blocker),
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
@@ -919,8 +929,79 @@ impl Broker {
                         }
                     }
                 }
-                self.send(conn_id, Packet::PubRec(ack));
+                self.send_ack(conn_id, Packet::PubRec(ack), blocker);
             }
+        }
+    }
+
+    /// Sends a PUBACK/PUBREC to a publisher, or holds it back behind a congested subscriber
+    /// (`blocker`) or behind acknowledgements already held for this connection (they go out in
+    /// the order the PUBLISH packets came [MQTT-4.6.0-2], [MQTT-4.6.0-3]).
+    fn send_ack(&mut self, conn_id: ConnId, ack: Packet, blocker: Option<SessionId>) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if blocker.is_none() && conn.held_acks.is_empty() {
+            self.send(conn_id, ack);
+            return;
+        }
+        conn.held_acks.push_back((ack, blocker));
+        if conn.held_acks.len() == 1 {
+            if let Some(session) = blocker.and_then(|b| self.sessions.get_mut(&b)) {
+                if !session.ack_waiters.contains(&conn_id) {
+                    session.ack_waiters.push(conn_id);
+                }
+            }
+        }
+    }
+
+    /// Whether acknowledgements held for `sid` must still wait: it is connected and its queue
+    /// is above half the flow-control mark.
+    fn still_congested(&self, sid: SessionId) -> bool {
+        self.sessions.get(&sid).is_some_and(|s| {
+            s.conn.is_some() && s.queue.len() > self.config.flow_control_queued / 2
+        })
+    }
+
+    /// Sends a connection's held acknowledgements up to the first that must still wait (and
+    /// registers the connection with the session it waits for).
+    fn release_acks(&mut self, conn_id: ConnId) {
+        loop {
+            let Some(conn) = self.conns.get(&conn_id) else {
+                return;
+            };
+            let Some((_, blocker)) = conn.held_acks.front() else {
+                return;
+            };
+            if let Some(b) = *blocker {
+                if self.still_congested(b) {
+                    if let Some(session) = self.sessions.get_mut(&b) {
+                        if !session.ack_waiters.contains(&conn_id) {
+                            session.ack_waiters.push(conn_id);
+                        }
+                    }
+                    return;
+                }
+            }
+            let Some((ack, _)) = self
+                .conns
+                .get_mut(&conn_id)
+                .and_then(|c| c.held_acks.pop_front())
+            else {
+                return;
+            };
+            self.send(conn_id, ack);
+        }
+    }
+
+    /// `sid` is no longer congested (drained, offline or gone): its waiters may go on.
+    fn wake_ack_waiters(&mut self, sid: SessionId) {
+        let waiters = match self.sessions.get_mut(&sid) {
+            Some(s) if !s.ack_waiters.is_empty() => std::mem::take(&mut s.ack_waiters),
+            _ => return,
+        };
+        for conn in waiters {
+            self.release_acks(conn);
         }
     }
 
@@ -1073,12 +1154,30 @@ impl Broker {
         session.queue.push_back(delivery);
         if conn_id.is_some() {
             self.fill_window(sid, now);
+            let mark = self.config.flow_control_queued;
+            if mark > 0
+                && self.congested.is_none()
+                && self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.queue.len() >= mark)
+            {
+                self.congested = Some(sid);
+            }
         }
         true
     }
 
-    /// Sends queued messages while the in-flight window has room.
+    /// Sends queued messages while the in-flight window has room; publishers waiting for this
+    /// session go on once its queue is down to half the flow-control mark.
     fn fill_window(&mut self, sid: SessionId, now: Instant) {
+        self.send_queued(sid, now);
+        if !self.still_congested(sid) {
+            self.wake_ack_waiters(sid);
+        }
+    }
+
+    fn send_queued(&mut self, sid: SessionId, now: Instant) {
         loop {
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
@@ -1496,6 +1595,11 @@ impl Broker {
             return;
         }
         session.conn = None;
+        // Publishers do not wait for an offline session.
+        self.wake_ack_waiters(sid);
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let expiry = session.expiry_interval;
         let persisted = session.persisted && expiry > 0;
         let client_id = session.client_id.clone();
@@ -1550,9 +1654,12 @@ impl Broker {
 
     /// Removes a session and its subscriptions; a pending will is published [MQTT-3.1.3-9].
     fn end_session(&mut self, sid: SessionId, now: Instant) {
-        let Some(session) = self.sessions.remove(&sid) else {
+        let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
+        for conn in std::mem::take(&mut session.ack_waiters) {
+            self.release_acks(conn);
+        }
         if self.by_client_id.get(&session.client_id) == Some(&sid) {
             self.by_client_id.remove(&session.client_id);
         }
@@ -1631,7 +1738,7 @@ impl Broker {
                 continue;
             }
             let before = session.queue.len();
-            let mut kept = std::collections::VecDeque::with_capacity(before);
+            let mut kept = VecDeque::with_capacity(before);
             while let Some(d) = session.pop_queued() {
                 if d.message.is_expired(now) {
                     removed.push((*sid, d.seq));

@@ -22,6 +22,13 @@ pub struct BrokerConfig {
     /// Payload and topic bytes that wait per session at most; overflow as for
     /// `max_queued_messages`.
     pub max_queued_bytes: usize,
+    /// Flow control: once a connected subscriber has this many messages queued, the
+    /// PUBACK/PUBREC for each new QoS 1/2 message routed to it is held back until its queue is
+    /// down to half. Publishers then wait within their own in-flight window instead of the
+    /// broker dropping acknowledged messages; every connection is still read (acknowledgements,
+    /// pings), so two clients publishing to each other cannot deadlock. Offline sessions are
+    /// not waited for (they fill up to `max_queued_messages`).
+    pub flow_control_queued: usize,
     /// The highest topic alias clients may use (v5 Topic Alias Maximum in CONNACK).
     pub topic_alias_maximum: u16,
     /// The longest keep-alive the broker accepts, in seconds. v5 clients asking for more are
@@ -49,6 +56,7 @@ impl Default for BrokerConfig {
             max_inflight: 256,
             max_queued_messages: 100_000,
             max_queued_bytes: 256 * 1024 * 1024,
+            flow_control_queued: 1000,
             topic_alias_maximum: 64,
             max_keep_alive: 60,
             max_session_expiry: u32::MAX,
@@ -73,6 +81,7 @@ mod tests {
         assert_eq!(c.max_inflight, 256);
         assert_eq!(c.max_queued_messages, 100_000);
         assert_eq!(c.max_queued_bytes, 268_435_456);
+        assert_eq!(c.flow_control_queued, 1000);
         assert_eq!(c.topic_alias_maximum, 64);
         assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.max_session_expiry, u32::MAX);

@@ -67,6 +67,8 @@ pub(crate) struct Session {
     pub(crate) persisted: bool,
     /// The next store key for an outgoing message.
     pub(crate) next_store_seq: u64,
+    /// Publishers whose acknowledgements wait for this session's queue to shrink.
+    pub(crate) ack_waiters: Vec<ConnId>,
 }
 
 impl Session {
@@ -86,6 +88,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             persisted: false,
             next_store_seq: 1,
+            ack_waiters: Vec::new(),
         }
     }
 

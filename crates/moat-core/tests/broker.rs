@@ -909,3 +909,80 @@ fn queue_byte_limit_applies() {
     let (_, _, queued) = h.connect_with(connect_packet("b", V3, false));
     assert_eq!(publishes(&queued).len(), 2);
 }
+
+fn acks_of(packets: &[Packet]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(a) | Packet::PubRec(a) => Some(a.packet_id.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A connected subscriber that falls behind holds back its publishers' acknowledgements
+/// (in order, also those for other topics) until its queue is down to half the mark: the
+/// publisher waits, nothing acknowledged is dropped. Going offline releases them.
+#[test]
+fn flow_control_holds_acks_for_a_slow_subscriber() {
+    let config = BrokerConfig {
+        max_inflight: 2,
+        flow_control_queued: 4,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(config);
+    let slow = h.connect("slow", V3, true);
+    h.subscribe(slow, vec![sub("slow", QoS::AtLeastOnce)]);
+    let p = h.connect("p", V3, true);
+    // 2 in flight, then the queue grows: 1, 2, 3, 4 (the 6th message reaches the mark).
+    for i in 1..=5 {
+        h.send(
+            p,
+            Packet::Publish(publish("slow", "m", QoS::AtLeastOnce, i)),
+        );
+    }
+    assert_eq!(acks_of(&h.take(p)), vec![1, 2, 3, 4, 5]);
+    h.send(
+        p,
+        Packet::Publish(publish("slow", "m", QoS::AtLeastOnce, 6)),
+    );
+    // Behind it: a message nobody waits for, and a QoS 2 one.
+    h.send(
+        p,
+        Packet::Publish(publish("other", "m", QoS::AtLeastOnce, 7)),
+    );
+    h.send(
+        p,
+        Packet::Publish(publish("other", "m", QoS::ExactlyOnce, 8)),
+    );
+    // QoS 0 is never held.
+    h.send(p, Packet::Publish(publish("slow", "m", QoS::AtMostOnce, 0)));
+    assert_eq!(acks_of(&h.take(p)), Vec::<u16>::new());
+    // The subscriber acknowledges: its queue (4) drains by one per PUBACK; at 2 (half the
+    // mark) the held acknowledgements go out, in order.
+    let sent = publishes(&h.take(slow))
+        .iter()
+        .filter_map(|m| m.packet_id)
+        .collect::<Vec<_>>();
+    assert_eq!(sent.len(), 2);
+    h.send(slow, Packet::PubAck(PubAck::new(sent[0])));
+    assert_eq!(acks_of(&h.take(p)), Vec::<u16>::new(), "queue 3 > 2");
+    h.send(slow, Packet::PubAck(PubAck::new(sent[1])));
+    assert_eq!(acks_of(&h.take(p)), vec![6, 7, 8]);
+
+    // Congested again; then the subscriber goes away: its publishers are released.
+    for i in 9..=14 {
+        h.send(
+            p,
+            Packet::Publish(publish("slow", "m", QoS::AtLeastOnce, i)),
+        );
+    }
+    let held = acks_of(&h.take(p));
+    assert!(!held.contains(&14), "{held:?}");
+    h.broker.connection_lost(slow, h.now);
+    let rest = acks_of(&h.take(p));
+    let all: Vec<u16> = held.into_iter().chain(rest).collect();
+    assert_eq!(all, (9..=14).collect::<Vec<_>>());
+    assert_eq!(h.broker.stats().messages_dropped, 0);
+}
