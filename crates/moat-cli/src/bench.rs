@@ -11,6 +11,9 @@
 //!   `--concurrency C` at a time, over TCP or TLS (full handshakes, no resumption), for
 //!   connections per second and connect latency.
 //!
+//! - idle connections (`--idle`): `--connections N` clients connect and stay idle for
+//!   `--hold` seconds; with `--broker-pid` the broker's resident memory per idle connection.
+//!
 //! Always bounded: the duration is capped at 600 s, the message count at 10,000,000, the
 //! connections at 20,000; only the address given (default 127.0.0.1:1883) is contacted.
 //! Exit 1 when connections fail or (QoS 1 and 2) messages are lost.
@@ -35,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::pubsub::common::{self, TlsArgs};
 
+mod idle;
 mod wire;
 
 use wire::{Connected, PublisherJob};
@@ -88,10 +92,23 @@ pub(crate) struct BenchArgs {
     /// Connection-storm mode: connect, CONNACK, disconnect, --connections times.
     #[arg(long)]
     storm: bool,
-    /// Connections for --storm (at most 20,000).
+    /// Idle mode: open --connections connections, hold them idle for --hold seconds.
+    #[arg(long, conflicts_with = "storm")]
+    idle: bool,
+    /// Seconds to hold the idle connections before measuring and closing them.
+    #[arg(long, default_value_t = 2)]
+    hold: u64,
+    /// The broker's process id (Linux): --idle reports its memory per idle connection.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+    /// TLS session resumption: connections after the first resume a session (TLS 1.3 tickets)
+    /// instead of a full handshake.
+    #[arg(long)]
+    resume: bool,
+    /// Connections for --storm and --idle (at most 20,000).
     #[arg(long, default_value_t = 100)]
     connections: u32,
-    /// Connections in progress at once for --storm.
+    /// Connections in progress at once for --storm and --idle.
     #[arg(long, default_value_t = 16)]
     concurrency: u32,
     /// MQTT version: mqttv311 (default) or mqttv5.
@@ -127,7 +144,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // core would only add thread switches.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = common::runtime(cores.min(2))?;
-    let result = if args.storm {
+    let result = if args.idle {
+        rt.block_on(idle::idle(Arc::new(plan), &args))
+    } else if args.storm {
         rt.block_on(storm(&plan, &args))
     } else {
         rt.block_on(pubsub(&plan, &args))
@@ -151,7 +170,8 @@ struct Plan {
 
 impl Plan {
     fn new(args: &BenchArgs) -> anyhow::Result<Self> {
-        let tls_opts = args.tls.options()?;
+        let mut tls_opts = args.tls.options()?;
+        tls_opts.resumption = args.resume;
         let target = transport::parse_url(&args.url)?;
         if args.size < HEADER || args.size > MAX_SIZE {
             bail!("--size must be from {HEADER} to {MAX_SIZE} bytes (16 hold the timestamp and sequence)");
@@ -165,7 +185,7 @@ impl Plan {
         if args.count.is_some_and(|c| c == 0 || c > MAX_COUNT) {
             bail!("--count must be from 1 to {MAX_COUNT}");
         }
-        if args.storm {
+        if args.storm || args.idle {
             if args.connections == 0 || args.connections > MAX_CONNECTIONS {
                 bail!("--connections must be from 1 to {MAX_CONNECTIONS}");
             }
@@ -682,10 +702,10 @@ async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "moat bench --storm {}: {total} connections, {} at a time{}",
             plan.target,
             args.concurrency,
-            if plan.target.scheme.is_tls() {
-                ", full TLS handshakes"
-            } else {
-                ""
+            match (plan.target.scheme.is_tls(), args.resume) {
+                (true, false) => ", full TLS handshakes",
+                (true, true) => ", TLS sessions resumed after the first",
+                (false, _) => "",
             }
         );
         println!(

@@ -109,7 +109,8 @@ struct Conn {
     session: SessionId,
     protocol: ProtocolVersion,
     info: ClientInfo,
-    will: Option<LastWill>,
+    /// Boxed: most connections have none, and the connection table keeps its entries small.
+    will: Option<Box<LastWill>>,
     /// The client's Receive Maximum.
     receive_maximum: u16,
     /// The client's Maximum Packet Size.
@@ -384,7 +385,7 @@ impl Broker {
                 self.timers.insert((at, sid));
             }
             if let Some(session) = self.sessions.get_mut(&sid) {
-                session.pending_will = will;
+                session.pending_will = will.map(Box::new);
             }
         }
     }
@@ -639,7 +640,7 @@ impl Broker {
             session: sid,
             protocol: connect.protocol,
             info,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             aliases_in: HashMap::new(),
@@ -724,7 +725,7 @@ impl Broker {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             // With a delay, the will of a resumed session is never due [MQTT-3.1.3-9].
             if delay == 0 || !resumed {
-                self.publish_will(conn.session, will, now);
+                self.publish_will(conn.session, *will, now);
             }
         }
     }
@@ -1614,13 +1615,13 @@ impl Broker {
                     let at_ms = self.unix_ms(at);
                     let op = StoreOp::WillSet {
                         client_id: client_id.clone(),
-                        will: will.clone(),
+                        will: (*will).clone(),
                         at_ms,
                     };
                     self.store_ops.push(op);
                 }
                 if let Some(session) = self.sessions.get_mut(&sid) {
-                    session.pending_will = Some(PendingWill { at, will });
+                    session.pending_will = Some(Box::new(PendingWill { at, will: *will }));
                 }
                 self.timers.insert((at, sid));
             }
@@ -1639,7 +1640,7 @@ impl Broker {
             self.timers.insert((at, sid));
         }
         if let Some(will) = publish_now {
-            self.publish_will(sid, will, now);
+            self.publish_will(sid, *will, now);
         }
     }
 

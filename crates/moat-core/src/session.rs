@@ -52,7 +52,8 @@ pub(crate) struct Session {
     pub(crate) expiry_interval: u32,
     /// Set while disconnected: when the session ends.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) pending_will: Option<PendingWill>,
+    /// Boxed: most sessions have none, and the session table keeps its entries small.
+    pub(crate) pending_will: Option<Box<PendingWill>>,
     /// Outgoing QoS 1/2 messages awaiting acknowledgement, by packet id.
     pub(crate) inflight: HashMap<u16, Inflight>,
     /// Outgoing QoS 1/2 messages not yet sent.

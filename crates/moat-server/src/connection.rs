@@ -3,7 +3,6 @@
 //!
 //! Everything here runs inside the connection's own task, never in the accept loop.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,19 @@ use crate::outbox::Outbox;
 use crate::router::ToRouter;
 use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
 
-/// The smallest and largest read (bytes) of a connection.
-const MIN_READ: usize = 1024;
+/// The smallest and largest read (bytes) of a connection. An idle connection keeps a buffer of
+/// the smallest size; a busy one doubles it on every full read.
+const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
+
+/// A connection's byte stream (TCP, TLS, WebSocket), boxed: the connection task's future
+/// then has one small size whatever the transport, and an idle connection costs little.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed [`Io`].
+pub(crate) type BoxIo = Box<dyn Io>;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -50,6 +59,15 @@ pub(crate) struct TlsConn {
     pub(crate) source: IdentitySource,
     /// Cancelled when the listener's certificate is removed or a CRL revokes the peer.
     pub(crate) guard: ConnectionGuard,
+}
+
+/// What [`Connection::forward_packets`] stopped at. Boxed payloads keep it small: it is held
+/// while the connection task waits.
+enum Forwarded {
+    AllBuffered,
+    RouterFull(Box<ToRouter>),
+    RouterGone,
+    Malformed(Box<DecodeError>),
 }
 
 /// Why a connection ended, for the log.
@@ -89,16 +107,14 @@ impl std::fmt::Display for End {
 }
 
 /// Serves one connection until it ends.
-pub(crate) async fn serve<IO>(
-    io: IO,
+pub(crate) async fn serve(
+    io: BoxIo,
     conn: ConnId,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
-    tls: Option<TlsConn>,
+    tls: Option<Box<TlsConn>>,
     shared: Arc<Shared>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     if let Some(t) = &tls {
         let span = tracing::Span::current();
         span.record("tls", true);
@@ -111,25 +127,29 @@ pub(crate) async fn serve<IO>(
     }
     let mut c = Connection {
         io,
-        rbuf: BytesMut::with_capacity(1024),
+        rbuf: BytesMut::with_capacity(MIN_READ),
         wbuf: BytesMut::new(),
         codec: Codec::new(shared.config.broker.max_packet_size),
         conn,
         shared: Arc::clone(&shared),
     };
     let end = tokio::select! {
-        end = c.run(peer, &listener, tls.as_ref()) => end,
+        end = c.run(peer, &listener, tls.as_deref()) => end,
         () = shared.hard_stop.cancelled() => End::Stopped,
     };
     match &end {
         End::Closed | End::ClosedByBroker | End::Io(_) => debug!(reason = %end, "connection ended"),
         other => info!(reason = %other, "connection ended"),
     }
-    let _ = shared.router.send(ToRouter::Closed { conn }).await;
+    if let Err(mpsc::error::TrySendError::Full(msg)) =
+        shared.router.try_send(ToRouter::Closed { conn })
+    {
+        let _ = Box::pin(shared.router.send(msg)).await;
+    }
 }
 
-struct Connection<IO> {
-    io: IO,
+struct Connection {
+    io: BoxIo,
     rbuf: BytesMut,
     wbuf: BytesMut,
     codec: Codec,
@@ -137,17 +157,36 @@ struct Connection<IO> {
     shared: Arc<Shared>,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+impl Connection {
     async fn run(
         &mut self,
         peer: SocketAddr,
         listener: &ListenerConfig,
         tls: Option<&TlsConn>,
     ) -> End {
+        // CONNECT, authentication and the router's answer run in a future of their own on the
+        // heap: it is gone once the client is connected, and the task keeps only the loop.
+        let established = Box::pin(self.establish(peer, listener, tls)).await;
+        let (outbox, keep_alive, version) = match established {
+            Ok(e) => e,
+            Err(end) => return end,
+        };
+        self.run_connected(&outbox, keep_alive, version, tls.map(|t| &t.guard))
+            .await
+    }
+
+    /// CONNECT under the timeout, authentication, and the router's CONNACK decision. Returns
+    /// the outbox, the keep-alive to enforce and the protocol version.
+    async fn establish(
+        &mut self,
+        peer: SocketAddr,
+        listener: &ListenerConfig,
+        tls: Option<&TlsConn>,
+    ) -> Result<(Arc<Outbox>, Option<Duration>, ProtocolVersion), End> {
         let config = Arc::clone(&self.shared.config);
         let connect = match timeout(config.connect_timeout, self.read_connect()).await {
-            Err(_) => return End::ConnectTimeout,
-            Ok(Err(end)) => return end,
+            Err(_) => return Err(End::ConnectTimeout),
+            Ok(Err(end)) => return Err(end),
             Ok(Ok(connect)) => connect,
         };
         let version = connect.protocol;
@@ -179,7 +218,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             Err(failure) => {
                 let code = failure.reason_code();
                 self.refuse(version, code).await;
-                return End::Refused(code);
+                return Err(End::Refused(code));
             }
         };
 
@@ -198,10 +237,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             reply,
         };
         if self.shared.router.send(msg).await.is_err() {
-            return End::Stopped;
+            return Err(End::Stopped);
         }
         let Ok(outcome) = outcome.await else {
-            return End::Stopped;
+            return Err(End::Stopped);
         };
         if outcome.accepted {
             tracing::Span::current().record("client_id", outcome.client_id.as_str());
@@ -209,8 +248,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         let keep_alive = (outcome.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
-        self.run_connected(&outbox, keep_alive, version, tls.map(|t| &t.guard))
-            .await
+        Ok((outbox, keep_alive, version))
     }
 
     /// Reads until CONNECT is decoded. Anything else first is a protocol violation.
@@ -252,6 +290,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let _ = self.io.shutdown().await;
     }
 
+    /// Decodes the buffered packets and hands them to the router until the buffer holds no
+    /// whole packet, the router's channel is full, or a packet is malformed.
+    fn forward_packets(&mut self) -> Forwarded {
+        loop {
+            let packet = match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Forwarded::AllBuffered,
+                Err(e) => return Forwarded::Malformed(Box::new(e)),
+            };
+            let msg = ToRouter::Packet {
+                conn: self.conn,
+                packet,
+            };
+            match self.shared.router.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    return Forwarded::RouterFull(Box::new(msg))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Forwarded::RouterGone,
+            }
+        }
+    }
+
+    /// Sends a v5 DISCONNECT with `code` (callers box this future: the packet then never sits
+    /// in the connection task's own state).
+    async fn disconnect_v5(&mut self, code: ReasonCode) {
+        let d = Packet::Disconnect(Disconnect {
+            reason_code: code,
+            properties: Properties::default(),
+        });
+        self.write_now(&d, ProtocolVersion::V5).await;
+    }
+
     async fn write_now(&mut self, packet: &Packet, version: ProtocolVersion) {
         self.wbuf.clear();
         if moat_codec::encode(packet, version, &mut self.wbuf).is_ok() {
@@ -285,7 +356,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     ) -> End {
         let max_outbox = self.shared.config.max_outbox_packets;
         let write_timeout = self.shared.config.write_timeout;
-        let mut pending = VecDeque::new();
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         // Read size: grows while reads fill the buffer (a busy publisher: many packets per
         // syscall), shrinks back when the client goes quiet (little memory per idle client).
@@ -300,11 +370,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             tokio::select! {
                 biased;
                 () = outbox.ready.notified() => {
-                    let closed = outbox.drain_into(&mut pending);
-                    for packet in pending.drain(..) {
+                    let (mut batch, closed) = outbox.take_all();
+                    let n = batch.len();
+                    for packet in batch.drain(..) {
                         if let Err(e) = moat_codec::encode(&packet, version, &mut self.wbuf) {
                             warn!(error = %e, "packet not encodable; dropped");
                         }
+                    }
+                    // A busy connection (bursts that fill its buffer) reuses the buffer; a
+                    // quiet one frees it.
+                    if batch.capacity() > 16 && n * 4 >= batch.capacity() {
+                        outbox.recycle(batch);
                     }
                     if !self.wbuf.is_empty() {
                         if let Err(end) = self.write_wbuf().await {
@@ -331,24 +407,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     if let Some(k) = keep_alive {
                         deadline = Some(Instant::now() + k);
                     }
+                    // Decoding and handing packets over is synchronous; only a full router
+                    // channel or a decode error waits, in a boxed future: no packet is kept
+                    // across an await in this task's own (long-lived) state.
                     loop {
-                        match self.codec.decode(&mut self.rbuf) {
-                            Ok(Some(packet)) => {
-                                let msg = ToRouter::Packet { conn: self.conn, packet };
-                                if self.shared.router.send(msg).await.is_err() {
+                        match self.forward_packets() {
+                            Forwarded::AllBuffered => break,
+                            Forwarded::RouterFull(msg) => {
+                                let router = &self.shared.router;
+                                if Box::pin(router.send(*msg)).await.is_err() {
                                     return End::Stopped;
                                 }
                             }
-                            Ok(None) => break,
-                            Err(e) => {
+                            Forwarded::RouterGone => return End::Stopped,
+                            Forwarded::Malformed(e) => {
                                 if version.is_v5() {
-                                    let d = Packet::Disconnect(Disconnect {
-                                        reason_code: e.reason_code(),
-                                        properties: Properties::default(),
-                                    });
-                                    self.write_now(&d, version).await;
+                                    let code = e.reason_code();
+                                    Box::pin(self.disconnect_v5(code)).await;
                                 }
-                                return End::Decode(e);
+                                return End::Decode(*e);
                             }
                         }
                     }
@@ -363,21 +440,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     }
                 } => {
                     if version.is_v5() {
-                        let d = Packet::Disconnect(Disconnect {
-                            reason_code: ReasonCode::ADMINISTRATIVE_ACTION,
-                            properties: Properties::default(),
-                        });
-                        self.write_now(&d, version).await;
+                        let code = ReasonCode::ADMINISTRATIVE_ACTION;
+                        Box::pin(self.disconnect_v5(code)).await;
                     }
                     return End::CertificateWithdrawn;
                 }
                 () = sleep_until_opt(deadline) => {
                     if version.is_v5() {
-                        let d = Packet::Disconnect(Disconnect {
-                            reason_code: ReasonCode::KEEP_ALIVE_TIMEOUT,
-                            properties: Properties::default(),
-                        });
-                        self.write_now(&d, version).await;
+                        let code = ReasonCode::KEEP_ALIVE_TIMEOUT;
+                        Box::pin(self.disconnect_v5(code)).await;
                     }
                     return End::KeepAlive;
                 }

@@ -404,13 +404,12 @@ async fn accept_loop(
         let listener = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
-        tracker.spawn(
-            async move {
-                handle(stream, conn, peer, listener, tls, shared).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let fut = async move {
+            handle(stream, conn, peer, listener, tls, shared).await;
+            drop(permit);
+        }
+        .instrument(span);
+        tracker.spawn(fut);
     }
 }
 
@@ -426,33 +425,41 @@ async fn handle(
 ) {
     let timeout = shared.config.handshake_timeout;
     let max_packet = shared.config.broker.max_packet_size;
-    match (listener.kind, tls) {
-        (ListenerKind::Tcp, _) => {
-            connection::serve(stream, conn, peer, listener, None, shared).await
-        }
+    // The handshakes run boxed: their state is freed once they are done, and the task's own
+    // future stays the size of the MQTT loop.
+    let (io, info): (connection::BoxIo, _) = match (listener.kind, tls) {
+        (ListenerKind::Tcp, _) => (Box::new(stream), None),
         (ListenerKind::Ws, _) => {
-            let Some(ws) = ws_upgrade(stream, &listener, timeout, max_packet).await else {
+            let Some(ws) = Box::pin(ws_upgrade(stream, &listener, timeout, max_packet)).await
+            else {
                 return;
             };
-            connection::serve(ws, conn, peer, listener, None, shared).await;
+            (Box::new(ws), None)
         }
         (ListenerKind::Tls, Some(live)) => {
-            let Some((stream, info)) = tls_accept(stream, peer, &live, timeout).await else {
+            let Some((stream, info)) = Box::pin(tls_accept(stream, peer, &live, timeout)).await
+            else {
                 return;
             };
-            connection::serve(stream, conn, peer, listener, Some(info), shared).await;
+            (Box::new(stream), Some(Box::new(info)))
         }
         (ListenerKind::Wss, Some(live)) => {
-            let Some((stream, info)) = tls_accept(stream, peer, &live, timeout).await else {
+            let Some((stream, info)) = Box::pin(tls_accept(stream, peer, &live, timeout)).await
+            else {
                 return;
             };
-            let Some(ws) = ws_upgrade(stream, &listener, timeout, max_packet).await else {
+            let Some(ws) = Box::pin(ws_upgrade(stream, &listener, timeout, max_packet)).await
+            else {
                 return;
             };
-            connection::serve(ws, conn, peer, listener, Some(info), shared).await;
+            (Box::new(ws), Some(Box::new(info)))
         }
-        (kind, None) => error!(?kind, "TLS listener without TLS state"),
-    }
+        (kind, None) => {
+            error!(?kind, "TLS listener without TLS state");
+            return;
+        }
+    };
+    connection::serve(io, conn, peer, listener, info, shared).await;
 }
 
 async fn ws_upgrade<IO>(

@@ -56,11 +56,22 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Moves every waiting packet into `out`; returns whether the outbox is closed.
-    pub(crate) fn drain_into(&self, out: &mut VecDeque<Packet>) -> bool {
+    /// Takes every waiting packet; returns them and whether the outbox is closed. The outbox
+    /// is left without a buffer (an idle connection holds none); [`Outbox::recycle`] gives a
+    /// busy connection's buffer back.
+    pub(crate) fn take_all(&self) -> (VecDeque<Packet>, bool) {
         let mut inner = self.lock();
-        out.append(&mut inner.packets);
+        let packets = std::mem::take(&mut inner.packets);
         self.len.store(0, Ordering::Relaxed);
-        inner.closed
+        (packets, inner.closed)
+    }
+
+    /// Gives an emptied buffer back for the next packets, if the outbox has none yet.
+    pub(crate) fn recycle(&self, mut buffer: VecDeque<Packet>) {
+        buffer.clear();
+        let mut inner = self.lock();
+        if inner.packets.capacity() == 0 {
+            inner.packets = buffer;
+        }
     }
 }
