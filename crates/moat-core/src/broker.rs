@@ -137,9 +137,10 @@ struct Conn {
 pub struct Broker {
     config: BrokerConfig,
     authorizer: Box<dyn Authorizer>,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client_id: HashMap<String, SessionId>,
-    conns: HashMap<ConnId, Conn>,
+    conns: HashMap<ConnId, Box<Conn>>,
     subs: SubscriptionTree<SessionId, SubData>,
     retained: RetainedTree<Arc<Message>>,
     /// (deadline, session): session expiry and will delay timers, checked against the
@@ -651,7 +652,7 @@ impl Broker {
             held_acks: VecDeque::new(),
         };
         let want_response_info = props.request_response_information == Some(1);
-        self.conns.insert(conn_id, conn);
+        self.conns.insert(conn_id, Box::new(conn));
         self.stats.clients_connected += 1;
 
         let mut properties = Properties::default();
@@ -694,7 +695,7 @@ impl Broker {
         let sid = SessionId(self.next_session);
         self.next_session += 1;
         self.sessions
-            .insert(sid, Session::new(client_id.to_owned()));
+            .insert(sid, Box::new(Session::new(client_id.to_owned())));
         self.by_client_id.insert(client_id.to_owned(), sid);
         sid
     }

@@ -13,15 +13,18 @@ use moat_codec::{
     ReasonCode,
 };
 use moat_core::{ClientInfo, ConnId};
+use std::task::{ready, Context, Poll};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::AuthState;
 use crate::config::{ListenerConfig, ServerConfig};
-use crate::outbox::Outbox;
+use crate::outbox::{CloseReason, Outbox};
 use crate::router::ToRouter;
 use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
 
@@ -32,9 +35,24 @@ const MAX_READ: usize = 64 * 1024;
 
 /// A connection's byte stream (TCP, TLS, WebSocket), boxed: the connection task's future
 /// then has one small size whatever the transport, and an idle connection costs little.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready once a read would find data (or the end of the stream), so that an idle
+    /// connection needs no read buffer. Transports that cannot tell are ready at once.
+    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+impl Io for TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Self::poll_read_ready(self, cx)
+    }
+}
+
+// rustls and the WebSocket layer may hold decoded bytes the socket no longer shows: they read
+// into a buffer at once.
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Io for moat_ws::WsStream<IO> {}
 
 /// A boxed [`Io`].
 pub(crate) type BoxIo = Box<dyn Io>;
@@ -68,6 +86,15 @@ enum Forwarded {
     RouterFull(Box<ToRouter>),
     RouterGone,
     Malformed(Box<DecodeError>),
+}
+
+/// Aborts a helper task when the connection ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a connection ended, for the log.
@@ -106,15 +133,22 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Serves one connection until it ends.
+/// Serves one connection until it ends: the connection task's whole future. The transport
+/// handshakes run boxed (their state is freed once done), so what stays for the life of the
+/// connection is this function's state and the MQTT loop's.
 pub(crate) async fn serve(
-    io: BoxIo,
+    stream: TcpStream,
     conn: ConnId,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
-    tls: Option<Box<TlsConn>>,
+    live_tls: Option<Arc<moat_tls::LiveTls>>,
     shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let transport = crate::open_transport(stream, peer, &listener, live_tls, &shared);
+    let Some((io, tls)) = Box::pin(transport).await else {
+        return;
+    };
     if let Some(t) = &tls {
         let span = tracing::Span::current();
         span.record("tls", true);
@@ -131,6 +165,7 @@ pub(crate) async fn serve(
         wbuf: BytesMut::new(),
         codec: Codec::new(shared.config.broker.max_packet_size),
         conn,
+        client_id: None,
         shared: Arc::clone(&shared),
     };
     let end = tokio::select! {
@@ -139,7 +174,14 @@ pub(crate) async fn serve(
     };
     match &end {
         End::Closed | End::ClosedByBroker | End::Io(_) => debug!(reason = %end, "connection ended"),
-        other => info!(reason = %other, "connection ended"),
+        other => info!(
+            id = conn.0,
+            listener = %listener.name,
+            %peer,
+            client_id = c.client_id.as_deref().unwrap_or(""),
+            reason = %other,
+            "connection ended"
+        ),
     }
     if let Err(mpsc::error::TrySendError::Full(msg)) =
         shared.router.try_send(ToRouter::Closed { conn })
@@ -154,6 +196,8 @@ struct Connection {
     wbuf: BytesMut,
     codec: Codec,
     conn: ConnId,
+    /// Set once connected, for the log.
+    client_id: Option<Box<str>>,
     shared: Arc<Shared>,
 }
 
@@ -166,11 +210,11 @@ impl Connection {
     ) -> End {
         // CONNECT, authentication and the router's answer run in a future of their own on the
         // heap: it is gone once the client is connected, and the task keeps only the loop.
-        let established = Box::pin(self.establish(peer, listener, tls)).await;
-        let (outbox, keep_alive, version) = match established {
-            Ok(e) => e,
-            Err(end) => return end,
-        };
+        let (outbox, keep_alive, version) =
+            match Box::pin(self.establish(peer, listener, tls)).await {
+                Ok(e) => e,
+                Err(end) => return end,
+            };
         self.run_connected(&outbox, keep_alive, version, tls.map(|t| &t.guard))
             .await
     }
@@ -244,6 +288,7 @@ impl Connection {
         };
         if outcome.accepted {
             tracing::Span::current().record("client_id", outcome.client_id.as_str());
+            self.client_id = Some(outcome.client_id.as_str().into());
             debug!(keep_alive = outcome.keep_alive, %version, "connected");
         }
         let keep_alive = (outcome.keep_alive > 0)
@@ -288,6 +333,29 @@ impl Connection {
         });
         self.write_now(&ack, version).await;
         let _ = self.io.shutdown().await;
+    }
+
+    /// Reads what the transport has, up to the buffer's spare room (at least `hint`). Without
+    /// a buffer (an idle connection), waits until the transport has data before making one.
+    /// Returns the bytes read and the room there was.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        hint: usize,
+    ) -> Poll<std::io::Result<(usize, usize)>> {
+        if self.rbuf.capacity() == 0 {
+            ready!(self.io.poll_read_ready(cx))?;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < hint {
+            self.rbuf.reserve(hint);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            std::pin::Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        Poll::Ready(Ok((n, spare)))
     }
 
     /// Decodes the buffered packets and hands them to the router until the buffer holds no
@@ -349,24 +417,38 @@ impl Connection {
 
     async fn run_connected(
         &mut self,
-        outbox: &Outbox,
+        outbox: &Arc<Outbox>,
         keep_alive: Option<Duration>,
         version: ProtocolVersion,
         tls_guard: Option<&ConnectionGuard>,
     ) -> End {
         let max_outbox = self.shared.config.max_outbox_packets;
         let write_timeout = self.shared.config.write_timeout;
-        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        // Keep-alive is checked by the router's sweep (once a second), a withdrawn certificate
+        // by a small watcher task: both end the connection through its outbox, so this loop
+        // waits on the outbox and the socket only.
+        outbox.set_keep_alive(keep_alive);
+        let _watcher = tls_guard.map(|g| {
+            let withdrawn = g.cancelled();
+            let outbox = Arc::clone(outbox);
+            AbortOnDrop(
+                tokio::spawn(async move {
+                    withdrawn.await;
+                    outbox.close_because(CloseReason::CertificateWithdrawn);
+                })
+                .abort_handle(),
+            )
+        });
         // Read size: grows while reads fill the buffer (a busy publisher: many packets per
         // syscall), shrinks back when the client goes quiet (little memory per idle client).
         let mut read_hint = MIN_READ;
+        if self.rbuf.is_empty() {
+            // Nothing came after CONNECT: no read buffer until something does.
+            self.rbuf = BytesMut::new();
+        }
         loop {
             // A client that does not read what it is sent is not read from either.
             let paused = outbox.len() >= max_outbox;
-            if self.rbuf.capacity() - self.rbuf.len() < read_hint {
-                self.rbuf.reserve(read_hint);
-            }
-            let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
                 () = outbox.ready.notified() => {
@@ -387,26 +469,39 @@ impl Connection {
                             return end;
                         }
                         self.wbuf.clear();
-                        if self.wbuf.capacity() > 64 * 1024 {
+                        // Small bursts (a quiet client) or a huge one: let the buffer go.
+                        if n < 16 || self.wbuf.capacity() > 64 * 1024 {
                             self.wbuf = BytesMut::new();
                         }
                     }
                     if closed {
-                        let _ = timeout(write_timeout, self.io.shutdown()).await;
-                        return End::ClosedByBroker;
+                        let (code, end) = match outbox.close_reason() {
+                            CloseReason::Broker => {
+                                let _ = timeout(write_timeout, self.io.shutdown()).await;
+                                return End::ClosedByBroker;
+                            }
+                            CloseReason::KeepAlive => {
+                                (ReasonCode::KEEP_ALIVE_TIMEOUT, End::KeepAlive)
+                            }
+                            CloseReason::CertificateWithdrawn => {
+                                (ReasonCode::ADMINISTRATIVE_ACTION, End::CertificateWithdrawn)
+                            }
+                        };
+                        if version.is_v5() {
+                            Box::pin(self.disconnect_v5(code)).await;
+                        }
+                        return end;
                     }
                 }
-                read = self.io.read_buf(&mut self.rbuf), if !paused => {
+                read = std::future::poll_fn(|cx| self.poll_read_some(cx, read_hint)), if !paused => {
                     match read {
-                        Ok(0) => return End::Closed,
-                        Ok(n) if n >= spare => read_hint = (read_hint * 2).min(MAX_READ),
-                        Ok(n) if n < read_hint / 4 => read_hint = (read_hint / 2).max(MIN_READ),
+                        Ok((0, _)) => return End::Closed,
+                        Ok((n, spare)) if n >= spare => read_hint = (read_hint * 2).min(MAX_READ),
+                        Ok((n, _)) if n < read_hint / 4 => read_hint = (read_hint / 2).max(MIN_READ),
                         Ok(_) => {}
                         Err(e) => return End::Io(e),
                     }
-                    if let Some(k) = keep_alive {
-                        deadline = Some(Instant::now() + k);
-                    }
+                    outbox.touch();
                     // Decoding and handing packets over is synchronous; only a full router
                     // channel or a decode error waits, in a boxed future: no packet is kept
                     // across an await in this task's own (long-lived) state.
@@ -429,37 +524,14 @@ impl Connection {
                             }
                         }
                     }
-                    if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * read_hint {
+                    // Quiet (or much smaller reads than the buffer): let the buffer go.
+                    if self.rbuf.is_empty()
+                        && (read_hint == MIN_READ || self.rbuf.capacity() > 2 * read_hint)
+                    {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                () = async {
-                    match tls_guard {
-                        Some(g) => g.cancelled().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if version.is_v5() {
-                        let code = ReasonCode::ADMINISTRATIVE_ACTION;
-                        Box::pin(self.disconnect_v5(code)).await;
-                    }
-                    return End::CertificateWithdrawn;
-                }
-                () = sleep_until_opt(deadline) => {
-                    if version.is_v5() {
-                        let code = ReasonCode::KEEP_ALIVE_TIMEOUT;
-                        Box::pin(self.disconnect_v5(code)).await;
-                    }
-                    return End::KeepAlive;
-                }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug_span, error, info, warn, Instrument};
 
 pub use auth::AuthConfig;
 pub use config::{ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
@@ -391,7 +391,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
-        let span = info_span!(
+        // A debug-level span: at the default level it costs an idle connection nothing, and
+        // the events that matter at info level carry the connection's fields themselves.
+        let span = debug_span!(
             "conn",
             id = conn.0,
             listener = %listener.name,
@@ -404,62 +406,49 @@ async fn accept_loop(
         let listener = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
-        let fut = async move {
-            handle(stream, conn, peer, listener, tls, shared).await;
-            drop(permit);
+        let task = connection::serve(stream, conn, peer, listener, tls, shared, permit);
+        if span.is_disabled() {
+            tracker.spawn(task);
+        } else {
+            tracker.spawn(task.instrument(span));
         }
-        .instrument(span);
-        tracker.spawn(fut);
     }
 }
 
 /// Runs the transport's handshakes (TLS, WebSocket), each under its own timeout, inside the
-/// connection's task, then serves MQTT.
-async fn handle(
+/// connection's task. `None` when one failed (it is logged and counted).
+pub(crate) async fn open_transport(
     stream: TcpStream,
-    conn: ConnId,
     peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     tls: Option<Arc<LiveTls>>,
-    shared: Arc<Shared>,
-) {
+    shared: &Shared,
+) -> Option<(connection::BoxIo, Option<Box<TlsConn>>)> {
     let timeout = shared.config.handshake_timeout;
     let max_packet = shared.config.broker.max_packet_size;
-    // The handshakes run boxed: their state is freed once they are done, and the task's own
-    // future stays the size of the MQTT loop.
+    // This whole function runs boxed: the handshakes' state is freed once they are done, and
+    // the task's own future stays the size of the MQTT loop.
     let (io, info): (connection::BoxIo, _) = match (listener.kind, tls) {
         (ListenerKind::Tcp, _) => (Box::new(stream), None),
         (ListenerKind::Ws, _) => {
-            let Some(ws) = Box::pin(ws_upgrade(stream, &listener, timeout, max_packet)).await
-            else {
-                return;
-            };
+            let ws = ws_upgrade(stream, listener, timeout, max_packet).await?;
             (Box::new(ws), None)
         }
         (ListenerKind::Tls, Some(live)) => {
-            let Some((stream, info)) = Box::pin(tls_accept(stream, peer, &live, timeout)).await
-            else {
-                return;
-            };
+            let (stream, info) = tls_accept(stream, peer, &live, timeout).await?;
             (Box::new(stream), Some(Box::new(info)))
         }
         (ListenerKind::Wss, Some(live)) => {
-            let Some((stream, info)) = Box::pin(tls_accept(stream, peer, &live, timeout)).await
-            else {
-                return;
-            };
-            let Some(ws) = Box::pin(ws_upgrade(stream, &listener, timeout, max_packet)).await
-            else {
-                return;
-            };
+            let (stream, info) = tls_accept(stream, peer, &live, timeout).await?;
+            let ws = ws_upgrade(stream, listener, timeout, max_packet).await?;
             (Box::new(ws), Some(Box::new(info)))
         }
         (kind, None) => {
             error!(?kind, "TLS listener without TLS state");
-            return;
+            return None;
         }
     };
-    connection::serve(io, conn, peer, listener, info, shared).await;
+    Some((io, info))
 }
 
 async fn ws_upgrade<IO>(

@@ -2,10 +2,15 @@
 //!
 //! The router pushes, the connection task drains everything at once and writes it with one
 //! syscall where it can. A std `Mutex` is enough: it is never held across an `.await`.
+//!
+//! The outbox is also how the rest of the server tells a connection to end (the router, the
+//! keep-alive sweep, a withdrawn TLS certificate): the connection task waits on one thing
+//! only, so an idle connection's task stays small.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use moat_codec::Packet;
 use tokio::sync::Notify;
@@ -16,6 +21,23 @@ struct Inner {
     closed: bool,
 }
 
+/// Why the broker ends a connection (after writing what is queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The core asked (takeover, DISCONNECT sent, shutdown).
+    Broker,
+    /// Nothing read for 1.5 times the keep-alive.
+    KeepAlive,
+    /// The listener's certificate was removed, or a CRL revoked the client's.
+    CertificateWithdrawn,
+}
+
+/// Milliseconds on the server's coarse clock (since the first call).
+pub(crate) fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Packets for one connection, and whether it should close after writing them.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
@@ -23,6 +45,12 @@ pub(crate) struct Outbox {
     len: AtomicUsize,
     /// Wakes the connection task when packets arrive or the outbox closes.
     pub(crate) ready: Notify,
+    /// [`CloseReason`] as a number (0: none yet).
+    reason: AtomicU8,
+    /// When the connection last read something ([`clock_ms`]).
+    last_read_ms: AtomicU64,
+    /// 1.5 times the keep-alive in milliseconds; 0: none.
+    keep_alive_ms: AtomicU64,
 }
 
 impl Outbox {
@@ -52,8 +80,57 @@ impl Outbox {
 
     /// Asks the connection to close after writing what is queued.
     pub(crate) fn close(&self) {
+        self.close_because(CloseReason::Broker);
+    }
+
+    /// Asks the connection to close, saying why (the first reason given stays).
+    pub(crate) fn close_because(&self, reason: CloseReason) {
+        let code = match reason {
+            CloseReason::Broker => 1,
+            CloseReason::KeepAlive => 2,
+            CloseReason::CertificateWithdrawn => 3,
+        };
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
         self.lock().closed = true;
         self.ready.notify_one();
+    }
+
+    /// Why the outbox was closed.
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        match self.reason.load(Ordering::Relaxed) {
+            2 => CloseReason::KeepAlive,
+            3 => CloseReason::CertificateWithdrawn,
+            _ => CloseReason::Broker,
+        }
+    }
+
+    /// Starts keep-alive checking: the connection must read something at least every `limit`.
+    pub(crate) fn set_keep_alive(&self, limit: Option<std::time::Duration>) {
+        self.touch();
+        let ms = limit.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.keep_alive_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The connection read something.
+    pub(crate) fn touch(&self) {
+        self.last_read_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Closes the outbox (reason keep-alive) if the connection read nothing for longer than
+    /// its keep-alive allows. Returns whether it did.
+    pub(crate) fn expire_if_idle(&self, now_ms: u64) -> bool {
+        let limit = self.keep_alive_ms.load(Ordering::Relaxed);
+        if limit == 0 || self.reason.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let last = self.last_read_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) <= limit {
+            return false;
+        }
+        self.close_because(CloseReason::KeepAlive);
+        true
     }
 
     /// Takes every waiting packet; returns them and whether the outbox is closed. The outbox

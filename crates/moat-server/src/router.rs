@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
 
+/// How often keep-alives are checked: a dead client is found within 1.5 times its keep-alive
+/// plus this.
+const KEEP_ALIVE_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Messages from connection tasks to the router.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // most messages are packets; boxing them costs more
@@ -134,6 +138,10 @@ impl Router {
     /// Runs until `shutdown` is cancelled (then disconnects everyone) or every sender is gone.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(256);
+        // Keep-alive: one sweep a second over every connection instead of a timer per
+        // connection (an expired one is closed through its outbox).
+        let mut sweep = tokio::time::interval(KEEP_ALIVE_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .broker
@@ -156,6 +164,12 @@ impl Router {
                         None => std::future::pending().await,
                     }
                 } => self.broker.tick(now()),
+                _ = sweep.tick() => {
+                    let now_ms = crate::outbox::clock_ms();
+                    for outbox in self.outboxes.values() {
+                        outbox.expire_if_idle(now_ms);
+                    }
+                }
             }
             if !self.commit().await {
                 // Nothing of this batch is acknowledged; everyone is disconnected.
