@@ -1,7 +1,7 @@
 //! The broker state machine.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +27,8 @@ pub struct ConnId(pub u64);
 /// What the server knows about a connection when it hands CONNECT to the broker.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    /// The listener's name.
-    pub listener: String,
+    /// The listener's name (shared by its connections).
+    pub listener: Arc<str>,
     /// The peer's address, if known.
     pub peer: Option<SocketAddr>,
     /// The authenticated user name (from CONNECT or a certificate identity), if any.
@@ -116,9 +116,9 @@ struct Conn {
     /// The client's Maximum Packet Size.
     max_packet_size: u32,
     /// Topic aliases the client set: alias -> topic.
-    aliases_in: HashMap<u16, String>,
+    aliases_in: BTreeMap<u16, String>,
     /// Topic aliases the broker set towards the client: topic -> alias.
-    aliases_out: HashMap<String, u16>,
+    aliases_out: BTreeMap<String, u16>,
     /// The client's Topic Alias Maximum.
     alias_max_out: u16,
     /// The client's Request Problem Information.
@@ -644,8 +644,8 @@ impl Broker {
             will: connect.will.map(Box::new),
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases_in: BTreeMap::new(),
+            aliases_out: BTreeMap::new(),
             alias_max_out: props.topic_alias_maximum.unwrap_or(0),
             problem_info: props.request_problem_information.unwrap_or(1) == 1,
             connect_expiry_zero: requested_expiry == 0,
@@ -1579,6 +1579,14 @@ impl Broker {
         }
         self.actions.push(Action::Close(conn_id));
         self.connection_lost(conn_id, now);
+    }
+
+    /// The client id of a connection's session (for logs).
+    pub fn client_id(&self, conn_id: ConnId) -> Option<&str> {
+        let conn = self.conns.get(&conn_id)?;
+        self.sessions
+            .get(&conn.session)
+            .map(|s| s.client_id.as_str())
     }
 
     /// The connection is gone (closed by either side, keep-alive expired, I/O error). Publishes

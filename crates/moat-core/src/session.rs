@@ -1,6 +1,6 @@
 //! Session state: what survives a reconnect of a persistent session.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use moat_codec::{LastWill, PacketId, SubscriptionOptions};
@@ -47,7 +47,9 @@ pub(crate) struct Session {
     pub(crate) client_id: String,
     pub(crate) conn: Option<ConnId>,
     /// Raw filter string (as subscribed, `$share/...` included) -> parsed filter and data.
-    pub(crate) subscriptions: HashMap<String, (Filter, SubData)>,
+    /// Ordered maps and sets here and below: half the size of a hash map when empty (most
+    /// sessions), no hashing of client-chosen keys, and few entries per session.
+    pub(crate) subscriptions: BTreeMap<String, (Filter, SubData)>,
     /// Session expiry interval in seconds; `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
     /// Set while disconnected: when the session ends.
@@ -55,7 +57,7 @@ pub(crate) struct Session {
     /// Boxed: most sessions have none, and the session table keeps its entries small.
     pub(crate) pending_will: Option<Box<PendingWill>>,
     /// Outgoing QoS 1/2 messages awaiting acknowledgement, by packet id.
-    pub(crate) inflight: HashMap<u16, Inflight>,
+    pub(crate) inflight: BTreeMap<u16, Inflight>,
     /// Outgoing QoS 1/2 messages not yet sent.
     pub(crate) queue: VecDeque<Delivery>,
     /// Payload and topic bytes in `queue`.
@@ -63,7 +65,7 @@ pub(crate) struct Session {
     pub(crate) next_packet_id: PacketId,
     pub(crate) next_seq: u64,
     /// Incoming QoS 2 packet ids received (PUBREC sent) and not yet released.
-    pub(crate) incoming_qos2: HashSet<u16>,
+    pub(crate) incoming_qos2: BTreeSet<u16>,
     /// Whether the durable store holds this session.
     pub(crate) persisted: bool,
     /// The next store key for an outgoing message.
@@ -77,16 +79,16 @@ impl Session {
         Self {
             client_id,
             conn: None,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             expiry_interval: 0,
             expires_at: None,
             pending_will: None,
-            inflight: HashMap::new(),
+            inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             next_packet_id: PacketId::MIN,
             next_seq: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             persisted: false,
             next_store_seq: 1,
             ack_waiters: Vec::new(),

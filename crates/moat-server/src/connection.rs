@@ -20,12 +20,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::auth::AuthState;
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::outbox::{CloseReason, Outbox};
-use crate::router::ToRouter;
+use crate::router::{EndNote, ToRouter};
 use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
 
 /// The smallest and largest read (bytes) of a connection. An idle connection keeps a buffer of
@@ -133,60 +133,106 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Serves one connection until it ends: the connection task's whole future. The transport
-/// handshakes run boxed (their state is freed once done), so what stays for the life of the
-/// connection is this function's state and the MQTT loop's.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    conn: ConnId,
-    peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
-    live_tls: Option<Arc<moat_tls::LiveTls>>,
-    shared: Arc<Shared>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let transport = crate::open_transport(stream, peer, &listener, live_tls, &shared);
-    let Some((io, tls)) = Box::pin(transport).await else {
-        return;
-    };
-    if let Some(t) = &tls {
-        let span = tracing::Span::current();
-        span.record("tls", true);
-        if let Some(id) = &t.identity {
-            span.record("cert", id.fingerprint.as_str());
-            if let Some(name) = id.name(t.source).or(id.cn.as_deref()) {
-                span.record("identity", name);
+/// A connection as the accept loop hands it over.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) conn: ConnId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: Arc<ListenerConfig>,
+    /// The listener's name, shared by its connections.
+    pub(crate) listener_name: Arc<str>,
+    pub(crate) live_tls: Option<Arc<moat_tls::LiveTls>>,
+    pub(crate) shared: Arc<Shared>,
+    /// The connection's place under `max_connections`.
+    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Serves one connection until it ends: the connection task's whole future. It takes one
+/// boxed argument (an async fn keeps its arguments for its whole life), the transport
+/// handshakes run boxed (their state is freed once done), and what stays for the life of the
+/// connection is `Connection` and the MQTT loop's state.
+pub(crate) async fn serve(accepted: Box<Accepted>) {
+    let opened = async move {
+        let Accepted {
+            stream,
+            conn,
+            peer,
+            listener,
+            listener_name,
+            live_tls,
+            shared,
+            permit,
+        } = *accepted;
+        let transport = crate::open_transport(stream, peer, &listener, live_tls, &shared);
+        let (io, tls) = Box::pin(transport).await?;
+        if let Some(t) = &tls {
+            let span = tracing::Span::current();
+            span.record("tls", true);
+            if let Some(id) = &t.identity {
+                span.record("cert", id.fingerprint.as_str());
+                if let Some(name) = id.name(t.source).or(id.cn.as_deref()) {
+                    span.record("identity", name);
+                }
             }
         }
-    }
-    let mut c = Connection {
-        io,
-        rbuf: BytesMut::with_capacity(MIN_READ),
-        wbuf: BytesMut::new(),
-        codec: Codec::new(shared.config.broker.max_packet_size),
-        conn,
-        client_id: None,
-        shared: Arc::clone(&shared),
+        let max_packet_size = shared.config.broker.max_packet_size;
+        let c = Connection {
+            io,
+            rbuf: BytesMut::with_capacity(MIN_READ),
+            wbuf: BytesMut::new(),
+            codec: Codec::new(max_packet_size),
+            conn,
+            shared,
+            peer,
+            listener,
+            listener_name,
+            _permit: permit,
+        };
+        Some((c, tls))
     };
-    let end = tokio::select! {
-        end = c.run(peer, &listener, tls.as_deref()) => end,
-        () = shared.hard_stop.cancelled() => End::Stopped,
+    let Some((mut c, tls)) = Box::pin(opened).await else {
+        return;
     };
-    match &end {
-        End::Closed | End::ClosedByBroker | End::Io(_) => debug!(reason = %end, "connection ended"),
-        other => info!(
-            id = conn.0,
-            listener = %listener.name,
-            %peer,
-            client_id = c.client_id.as_deref().unwrap_or(""),
-            reason = %other,
-            "connection ended"
-        ),
+    // One level of async state for the connection's life: `c`, and the loop's (CONNECT and
+    // authentication run boxed inside `establish_or_stop`).
+    let end = 'run: {
+        let (outbox, keep_alive, version) = match c.establish_or_stop(tls.as_deref()).await {
+            Ok(established) => established,
+            Err(end) => break 'run end,
+        };
+        let guard = tls.as_deref().map(|t| &t.guard);
+        c.run_connected(&outbox, keep_alive, version, guard).await
+    };
+    let closed = closed_message(&c, end);
+    let router = &c.shared.router;
+    if let Some(msg) = try_hand_over(router, closed) {
+        let _ = Box::pin(router.send(*msg)).await;
     }
-    if let Err(mpsc::error::TrySendError::Full(msg)) =
-        shared.router.try_send(ToRouter::Closed { conn })
-    {
-        let _ = Box::pin(shared.router.send(msg)).await;
+}
+
+/// The router's notice that a connection ended. An unusual end is logged at info level by the
+/// router, which knows the client id.
+fn closed_message(c: &Connection, end: End) -> ToRouter {
+    let note = match end {
+        End::Closed | End::ClosedByBroker | End::Io(_) => {
+            debug!(reason = %end, "connection ended");
+            None
+        }
+        other => Some(Box::new(EndNote {
+            reason: other.to_string(),
+            peer: c.peer,
+            listener: Arc::clone(&c.listener_name),
+        })),
+    };
+    ToRouter::Closed { conn: c.conn, note }
+}
+
+/// Sends `msg` to the router if its channel has room; returns it (boxed, small to hold across
+/// the wait) if the channel is full.
+fn try_hand_over(router: &mpsc::Sender<ToRouter>, msg: ToRouter) -> Option<Box<ToRouter>> {
+    match router.try_send(msg) {
+        Err(mpsc::error::TrySendError::Full(msg)) => Some(Box::new(msg)),
+        _ => None,
     }
 }
 
@@ -196,27 +242,27 @@ struct Connection {
     wbuf: BytesMut,
     codec: Codec,
     conn: ConnId,
-    /// Set once connected, for the log.
-    client_id: Option<Box<str>>,
     shared: Arc<Shared>,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    listener_name: Arc<str>,
+    /// The connection's place under `max_connections`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connection {
-    async fn run(
+    /// [`Connection::establish`] in a boxed future, given up when the server stops.
+    async fn establish_or_stop(
         &mut self,
-        peer: SocketAddr,
-        listener: &ListenerConfig,
         tls: Option<&TlsConn>,
-    ) -> End {
-        // CONNECT, authentication and the router's answer run in a future of their own on the
-        // heap: it is gone once the client is connected, and the task keeps only the loop.
-        let (outbox, keep_alive, version) =
-            match Box::pin(self.establish(peer, listener, tls)).await {
-                Ok(e) => e,
-                Err(end) => return end,
-            };
-        self.run_connected(&outbox, keep_alive, version, tls.map(|t| &t.guard))
-            .await
+    ) -> Result<(Arc<Outbox>, Option<Duration>, ProtocolVersion), End> {
+        let shared = Arc::clone(&self.shared);
+        let listener = Arc::clone(&self.listener);
+        let peer = self.peer;
+        tokio::select! {
+            established = Box::pin(self.establish(peer, &listener, tls)) => established,
+            () = shared.hard_stop.cancelled() => Err(End::Stopped),
+        }
     }
 
     /// CONNECT under the timeout, authentication, and the router's CONNACK decision. Returns
@@ -267,7 +313,7 @@ impl Connection {
         };
 
         let info = ClientInfo {
-            listener: listener.name.clone(),
+            listener: Arc::clone(&self.listener_name),
             peer: Some(peer),
             username: principal.username,
         };
@@ -288,7 +334,6 @@ impl Connection {
         };
         if outcome.accepted {
             tracing::Span::current().record("client_id", outcome.client_id.as_str());
-            self.client_id = Some(outcome.client_id.as_str().into());
             debug!(keep_alive = outcome.keep_alive, %version, "connected");
         }
         let keep_alive = (outcome.keep_alive > 0)
@@ -333,6 +378,24 @@ impl Connection {
         });
         self.write_now(&ack, version).await;
         let _ = self.io.shutdown().await;
+    }
+
+    /// Encodes everything waiting in the outbox into `wbuf`. Returns whether the outbox is
+    /// closed and whether this was a small burst (fewer than 16 packets).
+    fn encode_outbox(&mut self, outbox: &Outbox, version: ProtocolVersion) -> (bool, bool) {
+        let (mut batch, closed) = outbox.take_all();
+        let n = batch.len();
+        for packet in batch.drain(..) {
+            if let Err(e) = moat_codec::encode(&packet, version, &mut self.wbuf) {
+                warn!(error = %e, "packet not encodable; dropped");
+            }
+        }
+        // A busy connection (bursts that fill its buffer) reuses the buffer; a quiet one frees
+        // it.
+        if batch.capacity() > 16 && n * 4 >= batch.capacity() {
+            outbox.recycle(batch);
+        }
+        (closed, n < 16)
     }
 
     /// Reads what the transport has, up to the buffer's spare room (at least `hint`). Without
@@ -422,8 +485,7 @@ impl Connection {
         version: ProtocolVersion,
         tls_guard: Option<&ConnectionGuard>,
     ) -> End {
-        let max_outbox = self.shared.config.max_outbox_packets;
-        let write_timeout = self.shared.config.write_timeout;
+        let shared = Arc::clone(&self.shared);
         // Keep-alive is checked by the router's sweep (once a second), a withdrawn certificate
         // by a small watcher task: both end the connection through its outbox, so this loop
         // waits on the outbox and the socket only.
@@ -448,36 +510,29 @@ impl Connection {
         }
         loop {
             // A client that does not read what it is sent is not read from either.
-            let paused = outbox.len() >= max_outbox;
+            let paused = outbox.len() >= shared.config.max_outbox_packets;
             tokio::select! {
                 biased;
+                () = shared.hard_stop.cancelled() => return End::Stopped,
                 () = outbox.ready.notified() => {
-                    let (mut batch, closed) = outbox.take_all();
-                    let n = batch.len();
-                    for packet in batch.drain(..) {
-                        if let Err(e) = moat_codec::encode(&packet, version, &mut self.wbuf) {
-                            warn!(error = %e, "packet not encodable; dropped");
-                        }
-                    }
-                    // A busy connection (bursts that fill its buffer) reuses the buffer; a
-                    // quiet one frees it.
-                    if batch.capacity() > 16 && n * 4 >= batch.capacity() {
-                        outbox.recycle(batch);
-                    }
+                    let (closed, small) = self.encode_outbox(outbox, version);
                     if !self.wbuf.is_empty() {
-                        if let Err(end) = self.write_wbuf().await {
+                        // Boxed: a write in progress (with its timeout) is the largest state of
+                        // this loop, and an idle connection should not pay for it.
+                        if let Err(end) = Box::pin(self.write_wbuf()).await {
                             return end;
                         }
                         self.wbuf.clear();
                         // Small bursts (a quiet client) or a huge one: let the buffer go.
-                        if n < 16 || self.wbuf.capacity() > 64 * 1024 {
+                        if small || self.wbuf.capacity() > 64 * 1024 {
                             self.wbuf = BytesMut::new();
                         }
                     }
                     if closed {
                         let (code, end) = match outbox.close_reason() {
                             CloseReason::Broker => {
-                                let _ = timeout(write_timeout, self.io.shutdown()).await;
+                                let limit = shared.config.write_timeout;
+                                let _ = Box::pin(timeout(limit, self.io.shutdown())).await;
                                 return End::ClosedByBroker;
                             }
                             CloseReason::KeepAlive => {

@@ -371,6 +371,7 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
 ) {
+    let listener_name: Arc<str> = Arc::from(listener.name.as_str());
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(x) => x,
@@ -406,7 +407,16 @@ async fn accept_loop(
         let listener = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
-        let task = connection::serve(stream, conn, peer, listener, tls, shared, permit);
+        let task = connection::serve(Box::new(connection::Accepted {
+            stream,
+            conn,
+            peer,
+            listener,
+            listener_name: Arc::clone(&listener_name),
+            live_tls: tls,
+            shared,
+            permit,
+        }));
         if span.is_disabled() {
             tracker.spawn(task);
         } else {

@@ -37,7 +37,17 @@ pub(crate) enum ToRouter {
     },
     Closed {
         conn: ConnId,
+        /// Set when the connection ended unusually (logged with the client id).
+        note: Option<Box<EndNote>>,
     },
+}
+
+/// How a connection ended, when that is worth an info-level line.
+#[derive(Debug)]
+pub(crate) struct EndNote {
+    pub(crate) reason: String,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) listener: Arc<str>,
 }
 
 /// Counters kept by the server (beside the core's).
@@ -204,7 +214,17 @@ impl Router {
                 let _ = reply.send(outcome);
             }
             ToRouter::Packet { conn, packet } => self.broker.handle_packet(conn, packet, now),
-            ToRouter::Closed { conn } => {
+            ToRouter::Closed { conn, note } => {
+                if let Some(n) = note {
+                    tracing::info!(
+                        id = conn.0,
+                        listener = %n.listener,
+                        peer = %n.peer,
+                        client_id = self.broker.client_id(conn).unwrap_or(""),
+                        reason = %n.reason,
+                        "connection ended"
+                    );
+                }
                 self.broker.connection_lost(conn, now);
                 self.outboxes.remove(&conn);
             }
