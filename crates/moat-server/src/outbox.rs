@@ -18,6 +18,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 struct Inner {
     packets: VecDeque<Packet>,
+    /// An empty buffer with room, swapped in by [`Outbox::take_all`] so that the router never
+    /// regrows the queue of a busy connection (packets are 400 bytes: regrowing is memmove).
+    spare: VecDeque<Packet>,
     closed: bool,
 }
 
@@ -133,22 +136,31 @@ impl Outbox {
         true
     }
 
-    /// Takes every waiting packet; returns them and whether the outbox is closed. The outbox
-    /// is left without a buffer (an idle connection holds none); [`Outbox::recycle`] gives a
-    /// busy connection's buffer back.
+    /// Takes every waiting packet; returns them and whether the outbox is closed. The spare
+    /// buffer (if any) takes their place; [`Outbox::recycle`] makes the drained one the next
+    /// spare for a busy connection, and a quiet connection keeps none.
     pub(crate) fn take_all(&self) -> (VecDeque<Packet>, bool) {
         let mut inner = self.lock();
-        let packets = std::mem::take(&mut inner.packets);
+        let spare = std::mem::take(&mut inner.spare);
+        let packets = std::mem::replace(&mut inner.packets, spare);
         self.len.store(0, Ordering::Relaxed);
         (packets, inner.closed)
     }
 
-    /// Gives an emptied buffer back for the next packets, if the outbox has none yet.
+    /// Frees the spare buffer (the connection went quiet).
+    pub(crate) fn drop_spare(&self) {
+        let mut inner = self.lock();
+        if inner.spare.capacity() > 0 {
+            inner.spare = VecDeque::new();
+        }
+    }
+
+    /// Keeps an emptied buffer as the next spare.
     pub(crate) fn recycle(&self, mut buffer: VecDeque<Packet>) {
         buffer.clear();
         let mut inner = self.lock();
-        if inner.packets.capacity() == 0 {
-            inner.packets = buffer;
+        if inner.spare.capacity() < buffer.capacity() {
+            inner.spare = buffer;
         }
     }
 }
