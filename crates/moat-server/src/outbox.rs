@@ -20,7 +20,8 @@ struct Inner {
     packets: VecDeque<Packet>,
     /// An empty buffer with room, swapped in by [`Outbox::take_all`] so that the router never
     /// regrows the queue of a busy connection (packets are 400 bytes: regrowing is memmove).
-    spare: VecDeque<Packet>,
+    /// Boxed: only busy connections have one, and every connection has an outbox.
+    spare: Option<Box<VecDeque<Packet>>>,
     closed: bool,
 }
 
@@ -141,7 +142,7 @@ impl Outbox {
     /// spare for a busy connection, and a quiet connection keeps none.
     pub(crate) fn take_all(&self) -> (VecDeque<Packet>, bool) {
         let mut inner = self.lock();
-        let spare = std::mem::take(&mut inner.spare);
+        let spare = inner.spare.take().map(|b| *b).unwrap_or_default();
         let packets = std::mem::replace(&mut inner.packets, spare);
         self.len.store(0, Ordering::Relaxed);
         (packets, inner.closed)
@@ -149,18 +150,19 @@ impl Outbox {
 
     /// Frees the spare buffer (the connection went quiet).
     pub(crate) fn drop_spare(&self) {
-        let mut inner = self.lock();
-        if inner.spare.capacity() > 0 {
-            inner.spare = VecDeque::new();
-        }
+        self.lock().spare = None;
     }
 
     /// Keeps an emptied buffer as the next spare.
     pub(crate) fn recycle(&self, mut buffer: VecDeque<Packet>) {
         buffer.clear();
         let mut inner = self.lock();
-        if inner.spare.capacity() < buffer.capacity() {
-            inner.spare = buffer;
+        if inner
+            .spare
+            .as_ref()
+            .is_none_or(|s| s.capacity() < buffer.capacity())
+        {
+            inner.spare = Some(Box::new(buffer));
         }
     }
 }
