@@ -188,10 +188,15 @@ impl Router {
                 self.fatal.cancel();
                 break;
             }
-            self.apply_actions();
+            if self.apply_actions() {
+                // A subscriber's outbox is filling up: let its task write before routing more
+                // (with many publishers the router would otherwise run batch after batch and
+                // QoS 0 would be dropped at that outbox).
+                tokio::task::yield_now().await;
+            }
         }
         self.broker.shutdown();
-        self.apply_actions();
+        let _ = self.apply_actions();
         // Whatever is still queued must not hold connections open.
         for outbox in self.outboxes.values() {
             outbox.close();
@@ -231,7 +236,10 @@ impl Router {
         }
     }
 
-    fn apply_actions(&mut self) {
+    /// Queues the core's actions on the outboxes. Returns true if an outbox is more than half
+    /// full: its connection task should get to run before the next batch.
+    fn apply_actions(&mut self) -> bool {
+        let mut pressure = false;
         self.broker.drain_actions_into(&mut self.actions);
         for action in self.actions.drain(..) {
             match action {
@@ -246,6 +254,7 @@ impl Router {
                         }
                     }
                     outbox.push(packet);
+                    pressure |= outbox.len() * 2 >= self.max_outbox_packets;
                 }
                 Action::Close(conn) => {
                     if let Some(outbox) = self.outboxes.remove(&conn) {
@@ -254,5 +263,6 @@ impl Router {
                 }
             }
         }
+        pressure
     }
 }
