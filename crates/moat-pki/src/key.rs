@@ -372,6 +372,9 @@ pub fn from_item(item: &Item, passphrase: Option<&[u8]>) -> Result<PrivateKey, K
                 pkcs8::Error::EncryptedPrivateKey(
                     pkcs8::pkcs5::Error::DecryptFailed | pkcs8::pkcs5::Error::EncryptFailed,
                 ) => KeyError::WrongPassphrase,
+                // A wrong key passes the padding check about once in 256 tries; the garbage it
+                // decrypts to is then not DER. (The scheme's parameters were parsed above.)
+                pkcs8::Error::Asn1(_) => KeyError::WrongPassphrase,
                 other => KeyError::UnsupportedEncryption(other.to_string()),
             })?;
             PrivateKey::from_pkcs8(doc.as_bytes().to_vec(), KeyFormat::EncryptedPkcs8)
