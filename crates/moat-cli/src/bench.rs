@@ -1,6 +1,6 @@
 //! `moat bench`: a bounded load generator.
 //!
-//! Two modes:
+//! Three modes:
 //! - publish/subscribe (default): `--pub N` publishers and `--sub M` subscribers, each its own
 //!   connection. Every payload starts with the send time (8 bytes, nanoseconds since the
 //!   bench started, big endian) and a sequence number (8 bytes: the publisher's index in the
@@ -8,9 +8,8 @@
 //!   HDR histogram and track each publisher's sequence for losses, duplicates and
 //!   out-of-order deliveries.
 //! - connection storm (`--storm`): `--connections N` connect / CONNACK / DISCONNECT cycles,
-//!   `--concurrency C` at a time, over TCP or TLS (full handshakes, no resumption), for
-//!   connections per second and connect latency.
-//!
+//!   `--concurrency C` at a time, over TCP or TLS (full handshakes; with `--resume`, TLS 1.3
+//!   session resumption after the first), for connections per second and connect latency.
 //! - idle connections (`--idle`): `--connections N` clients connect and stay idle for
 //!   `--hold` seconds; with `--broker-pid` the broker's resident memory per idle connection.
 //!
@@ -30,9 +29,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use moat_client::moat_codec::Subscribe;
 use moat_client::transport::{self, Target};
-use moat_client::{
-    Client, ConnectOptions, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions,
-};
+use moat_client::{ConnectOptions, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -147,7 +144,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let result = if args.idle {
         rt.block_on(idle::idle(Arc::new(plan), &args))
     } else if args.storm {
-        rt.block_on(storm(&plan, &args))
+        rt.block_on(storm(Arc::new(plan), &args))
     } else {
         rt.block_on(pubsub(&plan, &args))
     };
@@ -292,30 +289,6 @@ impl Plan {
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
             receive_maximum: connack.properties.receive_maximum.filter(|_| v5),
         })
-    }
-
-    async fn connect(&self, id: String) -> anyhow::Result<Client> {
-        self.connect_as(id, false).await
-    }
-
-    /// Connects; a subscriber of a `--persistent` run keeps its session.
-    async fn connect_as(&self, id: String, subscriber: bool) -> anyhow::Result<Client> {
-        let io = transport::open_with(&self.target, self.tls.as_ref(), Duration::from_secs(10))
-            .await
-            .map_err(|e| anyhow::anyhow!(common::explain_transport_error(&e, &self.target)))?;
-        let mut opts = self.opts.clone();
-        opts.client_id = id;
-        if subscriber && self.persistent {
-            opts = opts.clean_start(false).session_expiry(300);
-        }
-        let (client, _) = Client::connect(io, opts).await.map_err(|e| {
-            anyhow::anyhow!(common::explain_client_error(
-                &e,
-                self.opts.username.is_some(),
-                self.opts.password.is_some()
-            ))
-        })?;
-        Ok(client)
     }
 }
 
@@ -593,15 +566,7 @@ fn header(payload: &[u8]) -> Option<(u64, u64)> {
     Some((ts, seq))
 }
 
-async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let plan = Arc::new(Plan {
-        target: plan.target.clone(),
-        tls: plan.tls.clone(),
-        opts: plan.opts.clone(),
-        run_id: plan.run_id.clone(),
-        progress: plan.progress,
-        persistent: plan.persistent,
-    });
+async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let total = args.connections;
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -623,12 +588,12 @@ async fn storm(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 }
                 let t = Instant::now();
                 match plan
-                    .connect(format!("moat-storm-{}-{i}", plan.run_id))
+                    .open(format!("moat-storm-{}-{i}", plan.run_id), None)
                     .await
                 {
-                    Ok(client) => {
+                    Ok(mut conn) => {
                         let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
-                        let _ = client.disconnect().await;
+                        wire::disconnect(&mut conn.io, conn.version).await;
                     }
                     Err(e) => {
                         failed += 1;

@@ -948,13 +948,8 @@ impl Broker {
             return;
         }
         conn.held_acks.push_back((ack, blocker));
-        if conn.held_acks.len() == 1 {
-            if let Some(session) = blocker.and_then(|b| self.sessions.get_mut(&b)) {
-                if !session.ack_waiters.contains(&conn_id) {
-                    session.ack_waiters.push(conn_id);
-                }
-            }
-        }
+        // Registers the connection with the session its first held acknowledgement waits for.
+        self.release_acks(conn_id);
     }
 
     /// Whether acknowledgements held for `sid` must still wait: it is connected and its queue

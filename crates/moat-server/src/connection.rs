@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,8 +14,6 @@ use moat_codec::{
     ReasonCode,
 };
 use moat_core::{ClientInfo, ConnId};
-use std::task::{ready, Context, Poll};
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -207,7 +206,7 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
     };
     let closed = closed_message(&c, end);
     let router = &c.shared.router;
-    if let Some(msg) = try_hand_over(router, closed) {
+    if let Err(Some(msg)) = try_hand_over(router, closed) {
         let _ = Box::pin(router.send(*msg)).await;
     }
 }
@@ -229,13 +228,16 @@ fn closed_message(c: &Connection, end: End) -> ToRouter {
     ToRouter::Closed { conn: c.conn, note }
 }
 
-/// Sends `msg` to the router if its channel has room; returns it (boxed, small to hold across
-/// the wait) if the channel is full.
-fn try_hand_over(router: &mpsc::Sender<ToRouter>, msg: ToRouter) -> Option<Box<ToRouter>> {
-    match router.try_send(msg) {
-        Err(mpsc::error::TrySendError::Full(msg)) => Some(Box::new(msg)),
-        _ => None,
-    }
+/// Sends `msg` to the router if its channel has room. If it is full, returns the message
+/// (boxed: small to hold across the wait); `Err(None)`: the router is gone.
+fn try_hand_over(
+    router: &mpsc::Sender<ToRouter>,
+    msg: ToRouter,
+) -> Result<(), Option<Box<ToRouter>>> {
+    router.try_send(msg).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(msg) => Some(Box::new(msg)),
+        mpsc::error::TrySendError::Closed(_) => None,
+    })
 }
 
 struct Connection {
@@ -437,10 +439,10 @@ impl Connection {
             conn: self.conn,
             packet,
         };
-        match self.shared.router.try_send(msg) {
+        match try_hand_over(&self.shared.router, msg) {
             Ok(()) => Forwarded::One,
-            Err(mpsc::error::TrySendError::Full(msg)) => Forwarded::RouterFull(Box::new(msg)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Forwarded::RouterGone,
+            Err(Some(msg)) => Forwarded::RouterFull(msg),
+            Err(None) => Forwarded::RouterGone,
         }
     }
 

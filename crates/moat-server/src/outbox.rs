@@ -124,18 +124,16 @@ impl Outbox {
     }
 
     /// Closes the outbox (reason keep-alive) if the connection read nothing for longer than
-    /// its keep-alive allows. Returns whether it did.
-    pub(crate) fn expire_if_idle(&self, now_ms: u64) -> bool {
+    /// its keep-alive allows.
+    pub(crate) fn expire_if_idle(&self, now_ms: u64) {
         let limit = self.keep_alive_ms.load(Ordering::Relaxed);
-        if limit == 0 || self.reason.load(Ordering::Relaxed) != 0 {
-            return false;
-        }
         let last = self.last_read_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) <= limit {
-            return false;
+        if limit > 0
+            && self.reason.load(Ordering::Relaxed) == 0
+            && now_ms.saturating_sub(last) > limit
+        {
+            self.close_because(CloseReason::KeepAlive);
         }
-        self.close_because(CloseReason::KeepAlive);
-        true
     }
 
     /// Takes every waiting packet; returns them and whether the outbox is closed. The spare

@@ -16,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 use moat_client::moat_codec::{self, Codec, DEFAULT_MAX_PACKET_SIZE};
 use moat_client::transport::BoxStream;
 use moat_client::{Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{header, Live, Sequence, SubResult, HEADER};
@@ -177,17 +177,7 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
             }
         }
     }
-    wbuf.clear();
-    encode(
-        &Packet::Disconnect(moat_client::Disconnect {
-            reason_code: moat_client::ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }),
-        version,
-        &mut wbuf,
-    );
-    let _ = writer.write_all(&wbuf).await;
-    let _ = writer.shutdown().await;
+    disconnect(&mut writer, version).await;
     acks.abort();
     if reliable {
         acked.load(Ordering::Relaxed)
@@ -386,16 +376,19 @@ pub(super) async fn subscriber(
             }
         }
     }
-    wbuf.clear();
-    encode(
-        &Packet::Disconnect(moat_client::Disconnect {
-            reason_code: moat_client::ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }),
-        version,
-        &mut wbuf,
-    );
+    disconnect(&mut io, version).await;
+    result
+}
+
+/// Ends a connection cleanly: DISCONNECT (success), then the write side is shut down. Errors
+/// are ignored: the run is over either way.
+pub(super) async fn disconnect<W: AsyncWrite + Unpin>(io: &mut W, version: ProtocolVersion) {
+    let mut wbuf = BytesMut::new();
+    let bye = Packet::Disconnect(moat_client::Disconnect {
+        reason_code: moat_client::ReasonCode::SUCCESS,
+        properties: Properties::default(),
+    });
+    encode(&bye, version, &mut wbuf);
     let _ = io.write_all(&wbuf).await;
     let _ = io.shutdown().await;
-    result
 }
