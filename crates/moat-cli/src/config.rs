@@ -87,6 +87,10 @@ pub(crate) struct LimitsFile {
     pub(crate) max_keep_alive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
     pub(crate) max_retained_messages: Option<usize>,
+    pub(crate) max_retained_bytes: Option<usize>,
+    pub(crate) max_topic_levels: Option<usize>,
+    pub(crate) max_topic_length: Option<usize>,
+    pub(crate) max_subscriptions_per_client: Option<usize>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) connect_timeout_secs: Option<u64>,
     pub(crate) max_outbox_packets: Option<usize>,
@@ -366,6 +370,28 @@ impl LimitsFile {
         if let Some(v) = nonzero(self.max_retained_messages, "max_retained_messages")? {
             b.max_retained_messages = v;
         }
+        if let Some(v) = nonzero(self.max_retained_bytes, "max_retained_bytes")? {
+            b.max_retained_bytes = v;
+        }
+        if let Some(v) = nonzero(self.max_topic_levels, "max_topic_levels")? {
+            let cap = moat_core::MAX_TOPIC_LEVELS_CAP;
+            if v > cap {
+                bail!("limits.max_topic_levels: {v} is more than {cap}, the most Moat allows");
+            }
+            b.max_topic_levels = v;
+        }
+        if let Some(v) = nonzero(self.max_topic_length, "max_topic_length")? {
+            if v > 65_535 {
+                bail!("limits.max_topic_length: {v} is more than 65535, the longest topic MQTT can carry");
+            }
+            b.max_topic_length = v;
+        }
+        if let Some(v) = nonzero(
+            self.max_subscriptions_per_client,
+            "max_subscriptions_per_client",
+        )? {
+            b.max_subscriptions_per_client = v;
+        }
         if let Some(v) = nonzero(self.max_connections, "max_connections")? {
             s.max_connections = v;
         }
@@ -489,6 +515,10 @@ impl Settings {
                 max_keep_alive: Some(b.max_keep_alive),
                 max_session_expiry: Some(b.max_session_expiry),
                 max_retained_messages: Some(b.max_retained_messages),
+                max_retained_bytes: Some(b.max_retained_bytes),
+                max_topic_levels: Some(b.max_topic_levels),
+                max_topic_length: Some(b.max_topic_length),
+                max_subscriptions_per_client: Some(b.max_subscriptions_per_client),
                 max_connections: Some(s.max_connections),
                 connect_timeout_secs: Some(s.connect_timeout.as_secs()),
                 max_outbox_packets: Some(s.max_outbox_packets),

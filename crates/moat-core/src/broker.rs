@@ -17,6 +17,7 @@ use crate::config::BrokerConfig;
 use crate::message::{Delivery, Message, SessionId};
 use crate::session::{Inflight, OutState, PendingWill, Session, SubData};
 use crate::store::{Snapshot, StoreOp, StoredMessage, StoredState};
+use crate::topic::TopicError;
 use crate::topic::{self, Filter};
 use crate::tree::{Match, RetainedTree, SubscriptionTree};
 
@@ -68,6 +69,9 @@ pub enum Action {
     Send(ConnId, Packet),
     /// Close this connection once what was sent before is flushed.
     Close(ConnId),
+    /// Report, with [`Broker::connection_writable`], when this connection's outbox has room
+    /// again (at most half full): more retained messages wait for it.
+    WantRoom(ConnId),
 }
 
 /// The result of [`Broker::connect`].
@@ -90,8 +94,33 @@ pub struct Stats {
     pub messages_received: u64,
     /// PUBLISH packets sent to clients.
     pub messages_sent: u64,
-    /// Messages dropped: session queue full, too large for the client, or expired.
+    /// Messages dropped: session queue full, too large for the client, expired, or QoS 0
+    /// to a subscriber that does not read (the sum of the `dropped_*` counters).
     pub messages_dropped: u64,
+    /// Dropped because a session's queue was full (`max_queued_messages`/`_bytes`).
+    pub dropped_queue_full: u64,
+    /// Dropped because the message was larger than the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Dropped because the message expired before it could be sent.
+    pub dropped_expired: u64,
+    /// QoS 0 dropped at the outbox of a subscriber that does not read (counted by the
+    /// server, reported with [`Broker::count_slow_subscriber_drops`]).
+    pub dropped_slow_subscriber: u64,
+    /// PUBLISH packets refused for their topic (beyond `max_topic_levels`/`_length`).
+    pub publishes_refused_topic: u64,
+    /// Filters refused in SUBSCRIBE for the topic limits or `max_subscriptions_per_client`.
+    pub subscriptions_refused: u64,
+    /// Retained messages not stored (`max_retained_messages`/`_bytes` reached).
+    pub retained_dropped: u64,
+}
+
+/// Why a message was dropped (each has its own counter).
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    QueueFull,
+    TooLarge,
+    Expired,
+    SlowSubscriber,
 }
 
 /// What routing a message did.
@@ -128,6 +157,27 @@ struct Conn {
     /// PUBACK/PUBREC held back (flow control), in the order they must go out, each with the
     /// congested session it waits for (`None`: it only waits for the ones before it).
     held_acks: VecDeque<(Packet, Option<SessionId>)>,
+    /// Retained messages still to send for new subscriptions (boxed: rare).
+    retained_walks: Option<Box<RetainedWalks>>,
+}
+
+/// Retained messages still to send to one connection, paced by its outbox and queue.
+#[derive(Debug, Default)]
+struct RetainedWalks {
+    walks: VecDeque<RetainedWalk>,
+    /// A batch went out and the server was asked to report room (`Action::WantRoom`); the next
+    /// batch waits for [`Broker::connection_writable`].
+    awaiting_room: bool,
+}
+
+/// One subscription's walk over the retained messages matching its filter.
+#[derive(Debug)]
+struct RetainedWalk {
+    filter: String,
+    qos: QoS,
+    sub_id: Option<u32>,
+    /// The last topic visited (the walk resumes after it).
+    after: Option<String>,
 }
 
 /// The broker: all sessions, subscriptions and retained messages, driven by the server.
@@ -143,6 +193,10 @@ pub struct Broker {
     conns: HashMap<ConnId, Box<Conn>>,
     subs: SubscriptionTree<SessionId, SubData>,
     retained: RetainedTree<Arc<Message>>,
+    /// Topic and payload bytes of the retained messages.
+    retained_bytes: usize,
+    /// The retained store is full (logged once per change).
+    retained_full: bool,
     /// (deadline, session): session expiry and will delay timers, checked against the
     /// session's state when they fire.
     timers: BTreeSet<(Instant, SessionId)>,
@@ -183,6 +237,14 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// A topic for a log line: at most 64 characters, with its length when cut.
+fn short(topic: &str) -> String {
+    match topic.char_indices().nth(64) {
+        Some((i, _)) => format!("{:?}... ({} bytes)", &topic[..i], topic.len()),
+        None => format!("{topic:?}"),
+    }
+}
+
 fn props_with_reason(reason: &str) -> Properties {
     Properties {
         reason_string: Some(reason.to_owned()),
@@ -202,6 +264,8 @@ impl Broker {
             conns: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
+            retained_bytes: 0,
+            retained_full: false,
             timers: BTreeSet::new(),
             actions: Vec::new(),
             stats: Stats::default(),
@@ -217,6 +281,24 @@ impl Broker {
             store_bytes: None,
             next_sweep: Some(now + SWEEP_INTERVAL),
         }
+    }
+
+    /// Counts messages dropped for a reason (and in the total).
+    fn count_drop(&mut self, why: DropReason, n: u64) {
+        self.stats.messages_dropped += n;
+        let counter = match why {
+            DropReason::QueueFull => &mut self.stats.dropped_queue_full,
+            DropReason::TooLarge => &mut self.stats.dropped_too_large,
+            DropReason::Expired => &mut self.stats.dropped_expired,
+            DropReason::SlowSubscriber => &mut self.stats.dropped_slow_subscriber,
+        };
+        *counter += n;
+    }
+
+    /// Counts QoS 0 messages the server dropped at the outbox of a subscriber that does not
+    /// read (they appear in `$SYS/broker/messages/dropped/...` with the core's own drops).
+    pub fn count_slow_subscriber_drops(&mut self, n: u64) {
+        self.count_drop(DropReason::SlowSubscriber, n);
     }
 
     /// Records the durable store's size for `$SYS/broker/store/bytes`.
@@ -295,12 +377,27 @@ impl Broker {
     /// Loads what a durable store holds (at start-up, before any connection). Every session
     /// is offline; its expiry runs from when it went offline (or from now, if the broker
     /// stopped while it was connected).
-    pub fn restore(&mut self, snapshot: Snapshot, now: Instant) {
+    ///
+    /// An item this broker would refuse from a client (a topic beyond the topic limits, say
+    /// from an older version) is skipped, not loaded: the returned lines name each one, for
+    /// the server to log with the store's file.
+    pub fn restore(&mut self, snapshot: Snapshot, now: Instant) -> Vec<String> {
         let now_ms = self.unix_ms(now);
+        let limits = self.config.topic_limits();
+        let mut skipped = Vec::new();
+        let refused = |topic: &str| {
+            topic::validate_topic_name(topic)
+                .and_then(|()| limits.check(topic))
+                .err()
+        };
         for m in snapshot.retained {
+            if let Some(e) = refused(&m.topic) {
+                skipped.push(format!("retained message {}: {e}", short(&m.topic)));
+                continue;
+            }
             let (message, _) = self.loaded_message(m);
             if !message.is_expired(now) {
-                self.retained.insert(&message.topic.clone(), message);
+                self.retained_put(message);
             }
         }
         for stored in snapshot.sessions {
@@ -311,8 +408,13 @@ impl Broker {
             });
             let mut subs = Vec::new();
             for (raw, options, id) in stored.subscriptions {
-                if let Ok(filter) = Filter::parse(&raw) {
-                    subs.push((raw, filter, SubData { options, id }));
+                match limits.check(&raw).and_then(|()| Filter::parse(&raw)) {
+                    Ok(filter) => subs.push((raw, filter, SubData { options, id })),
+                    Err(e) => skipped.push(format!(
+                        "subscription {} of client {:?}: {e}",
+                        short(&raw),
+                        stored.client_id
+                    )),
                 }
             }
             let mut queue = Vec::new();
@@ -329,10 +431,24 @@ impl Broker {
                 };
                 queue.push((seq, delivery, state));
             }
-            let will = stored.will.map(|(will, at)| PendingWill {
-                at: self.instant_at(at),
-                will,
-            });
+            let will = match stored.will {
+                Some((will, _)) if refused(&will.topic).is_some() => {
+                    let e = refused(&will.topic)
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    skipped.push(format!(
+                        "will {} of client {:?}: {e}",
+                        short(&will.topic),
+                        stored.client_id
+                    ));
+                    None
+                }
+                Some((will, at)) => Some(PendingWill {
+                    at: self.instant_at(at),
+                    will,
+                }),
+                None => None,
+            };
             for (_, filter, data) in &subs {
                 self.subs.insert(filter, sid, data.clone());
             }
@@ -389,6 +505,7 @@ impl Broker {
                 session.pending_will = will.map(Box::new);
             }
         }
+        skipped
     }
 
     /// Replaces the authorizer.
@@ -549,6 +666,13 @@ impl Broker {
             if topic::validate_topic_name(&w.topic).is_err() {
                 return refuse(self, ReasonCode::TOPIC_NAME_INVALID, "invalid will topic");
             }
+            if let Err(e) = self.config.topic_limits().check(&w.topic) {
+                return refuse(
+                    self,
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    &format!("will topic: {e}"),
+                );
+            }
             if w.qos as u8 > self.config.max_qos {
                 return refuse(
                     self,
@@ -650,6 +774,7 @@ impl Broker {
             problem_info: props.request_problem_information.unwrap_or(1) == 1,
             connect_expiry_zero: requested_expiry == 0,
             held_acks: VecDeque::new(),
+            retained_walks: None,
         };
         let want_response_info = props.request_response_information == Some(1);
         self.conns.insert(conn_id, Box::new(conn));
@@ -760,7 +885,6 @@ impl Broker {
                         self.send(conn_id, Packet::Publish(p));
                     } else if let Some(s) = self.sessions.get_mut(&sid) {
                         let seq = s.inflight.remove(&id).and_then(|f| f.delivery.seq);
-                        self.stats.messages_dropped += 1;
                         self.forget_stored(sid, seq);
                     }
                 }
@@ -878,12 +1002,20 @@ impl Broker {
         }
 
         let mut reason = ReasonCode::SUCCESS;
+        if let Err(e) = self.config.topic_limits().check(&p.topic) {
+            // Valid MQTT, but beyond this broker's limits: refused, the connection stays.
+            tracing::debug!(%client_id, error = %e, "PUBLISH refused");
+            self.stats.publishes_refused_topic += 1;
+            reason = ReasonCode::TOPIC_NAME_INVALID;
+        }
         let authorized = !p.topic.starts_with("$SYS")
             && self
                 .conns
                 .get(&conn_id)
                 .is_some_and(|c| self.authorizer.can_publish(&client_id, &c.info, &p.topic));
-        if !authorized {
+        if reason.is_error() {
+            // Refused for its topic above.
+        } else if !authorized {
             reason = ReasonCode::NOT_AUTHORIZED;
         } else if v5
             && p.properties.payload_format_indicator == Some(1)
@@ -896,10 +1028,11 @@ impl Broker {
         if reason == ReasonCode::SUCCESS {
             let retain = p.retain;
             let message = Arc::new(Message::from_publish(p, Some(sid), now));
-            if retain {
-                self.store_retained(&message);
+            if retain && !self.store_retained(&message) && v5 {
+                reason = ReasonCode::QUOTA_EXCEEDED;
             }
             match self.route(&message, now) {
+                _ if reason.is_error() => {}
                 Routed::NoSubscribers if v5 => reason = ReasonCode::NO_MATCHING_SUBSCRIBERS,
                 // A subscriber's queue is full: the v5 publisher learns that not everyone got
                 // it (v3 has no way to say so; the drop is counted either way).
@@ -1002,17 +1135,54 @@ impl Broker {
         }
     }
 
-    fn store_retained(&mut self, message: &Arc<Message>) {
+    /// Stores a retained message if the limits allow; returns whether it was stored.
+    fn retained_put(&mut self, message: Arc<Message>) -> bool {
+        let size = message.topic.len() + message.payload.len();
+        let old = self
+            .retained
+            .get(&message.topic)
+            .map(|m| m.topic.len() + m.payload.len());
+        let bytes = self.retained_bytes - old.unwrap_or(0) + size;
+        let fits = (old.is_some() || self.retained.len() < self.config.max_retained_messages)
+            && bytes <= self.config.max_retained_bytes;
+        if !fits {
+            self.stats.retained_dropped += 1;
+            if !self.retained_full {
+                self.retained_full = true;
+                tracing::warn!(
+                    count = self.retained.len(),
+                    bytes = self.retained_bytes,
+                    "retained store full (max_retained_messages / max_retained_bytes): new retained messages are not stored"
+                );
+            }
+            return false;
+        }
+        self.retained_bytes = bytes;
+        self.retained.insert(&message.topic.clone(), message);
+        true
+    }
+
+    /// Removes a retained message.
+    fn retained_take(&mut self, topic: &str) -> Option<Arc<Message>> {
+        let m = self.retained.remove(topic)?;
+        self.retained_bytes -= m.topic.len() + m.payload.len();
+        if self.retained_full {
+            self.retained_full = false;
+            tracing::info!("retained store has room again");
+        }
+        Some(m)
+    }
+
+    /// Stores or deletes a retained message; returns false if the limits kept it out.
+    fn store_retained(&mut self, message: &Arc<Message>) -> bool {
         if message.payload.is_empty() {
-            if self.retained.remove(&message.topic).is_some() {
+            if self.retained_take(&message.topic).is_some() {
                 self.op(StoreOp::RetainedRemove {
                     topic: message.topic.clone(),
                 });
             }
-        } else if self.retained.len() < self.config.max_retained_messages
-            || self.retained.get(&message.topic).is_some()
-        {
-            self.retained.insert(&message.topic, Arc::clone(message));
+            true
+        } else if self.retained_put(Arc::clone(message)) {
             if self.persist {
                 let delivery = Delivery {
                     message: Arc::clone(message),
@@ -1024,8 +1194,9 @@ impl Broker {
                 let stored = self.stored_message(&delivery);
                 self.op(StoreOp::RetainedSet { message: stored });
             }
+            true
         } else {
-            tracing::warn!(topic = %message.topic, "retained message not stored: limit reached");
+            false
         }
     }
 
@@ -1111,13 +1282,11 @@ impl Broker {
         let conn_id = session.conn;
         if delivery.qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions.
+            // (A message that cannot be sent is counted by build_publish.)
             if let Some(c) = conn_id {
-                match self.build_publish(c, &delivery, None, now) {
-                    Some(p) => {
-                        self.stats.messages_sent += 1;
-                        self.send(c, Packet::Publish(p));
-                    }
-                    None => self.stats.messages_dropped += 1,
+                if let Some(p) = self.build_publish(c, &delivery, None, now) {
+                    self.stats.messages_sent += 1;
+                    self.send(c, Packet::Publish(p));
                 }
             }
             return true;
@@ -1126,8 +1295,8 @@ impl Broker {
         if session.queue.len() >= self.config.max_queued_messages
             || session.queued_bytes + size > self.config.max_queued_bytes
         {
-            self.stats.messages_dropped += 1;
             tracing::debug!(client_id = %session.client_id, "session queue full: message dropped");
+            self.count_drop(DropReason::QueueFull, 1);
             return false;
         }
         let mut delivery = delivery;
@@ -1227,10 +1396,7 @@ impl Broker {
                     self.stats.messages_sent += 1;
                     self.send(conn_id, Packet::Publish(p));
                 }
-                None => {
-                    self.stats.messages_dropped += 1;
-                    self.forget_stored(sid, delivery.seq);
-                }
+                None => self.forget_stored(sid, delivery.seq),
             }
         }
     }
@@ -1254,6 +1420,7 @@ impl Broker {
     ) -> Option<Publish> {
         let m = &d.message;
         if m.is_expired(now) {
+            self.count_drop(DropReason::Expired, 1);
             return None;
         }
         let conn = self.conns.get_mut(&conn_id)?;
@@ -1298,6 +1465,7 @@ impl Broker {
                         }
                     }
                 }
+                self.count_drop(DropReason::TooLarge, 1);
                 return None;
             }
         }
@@ -1321,6 +1489,14 @@ impl Broker {
             let seq = session.inflight.remove(&id).and_then(|f| f.delivery.seq);
             self.forget_stored(sid, seq);
             self.fill_window(sid, now);
+            let walks_wait_for_acks = self
+                .conns
+                .get(&conn_id)
+                .and_then(|c| c.retained_walks.as_ref())
+                .is_some_and(|w| !w.awaiting_room);
+            if walks_wait_for_acks {
+                self.step_retained(conn_id, now);
+            }
         }
     }
 
@@ -1394,12 +1570,35 @@ impl Broker {
             return;
         };
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained_to_send: Vec<(String, QoS, Option<u32>)> = Vec::new();
+        let mut retained_to_send: Vec<RetainedWalk> = Vec::new();
+        let limits = self.config.topic_limits();
         for (raw, mut options) in s.filters {
-            let filter = match Filter::parse(&raw) {
+            let held = self.sessions.get(&sid).map_or(0, |s| s.subscriptions.len());
+            let is_new = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| !s.subscriptions.contains_key(&raw));
+            if is_new && held >= self.config.max_subscriptions_per_client {
+                tracing::debug!(%client_id, filter = %raw, "subscription refused: max_subscriptions_per_client");
+                self.stats.subscriptions_refused += 1;
+                codes.push(if v5 {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
+            let parsed = limits.check(&raw).and_then(|()| Filter::parse(&raw));
+            let filter = match parsed {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::debug!(%client_id, filter = %raw, error = %e, "subscription refused");
+                    tracing::debug!(%client_id, error = %e, "subscription refused");
+                    if matches!(
+                        e,
+                        TopicError::TooLong { .. } | TopicError::TooManyLevels { .. }
+                    ) {
+                        self.stats.subscriptions_refused += 1;
+                    }
                     codes.push(if v5 {
                         ReasonCode::TOPIC_FILTER_INVALID
                     } else {
@@ -1443,7 +1642,12 @@ impl Broker {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                retained_to_send.push((filter.filter.clone(), options.qos, sub_id));
+                retained_to_send.push(RetainedWalk {
+                    filter: filter.filter.clone(),
+                    qos: options.qos,
+                    sub_id,
+                    after: None,
+                });
             }
             if let Some(session) = self.sessions.get_mut(&sid) {
                 if session.persisted {
@@ -1467,30 +1671,100 @@ impl Broker {
                 reason_codes: codes,
             }),
         );
-        // Retained messages follow the SUBACK [MQTT-3.3.1-9: sent with RETAIN set].
-        let info = self
+        // Retained messages follow the SUBACK [MQTT-3.3.1-9: sent with RETAIN set], a batch
+        // at a time (paced by the subscriber: never dropped for a full outbox).
+        if !retained_to_send.is_empty() {
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                let walks = conn.retained_walks.get_or_insert_with(Box::default);
+                for walk in retained_to_send {
+                    // A repeated SUBSCRIBE starts its filter's walk again.
+                    walks.walks.retain(|w| w.filter != walk.filter);
+                    walks.walks.push_back(walk);
+                }
+            }
+            self.step_retained(conn_id, now);
+        }
+    }
+
+    /// Sends the next batch of retained messages for new subscriptions: up to
+    /// `retained_batch`, and only while the session's queue is below that (QoS 1/2 wait there
+    /// for the in-flight window). Then asks the server to report room (`Action::WantRoom`)
+    /// if more are left; acknowledgements that shrink the queue also continue the walk.
+    fn step_retained(&mut self, conn_id: ConnId, now: Instant) {
+        let batch = self.config.retained_batch.max(1);
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let sid = conn.session;
+        let Some(mut walks) = conn.retained_walks.take() else {
+            return;
+        };
+        let info = conn.info.clone();
+        let Some(session) = self.sessions.get(&sid) else {
+            return;
+        };
+        if session.queue.len() >= batch {
+            // Continued by acknowledgements (`complete_outgoing`).
+            walks.awaiting_room = false;
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.retained_walks = Some(walks);
+            }
+            return;
+        }
+        let client_id = session.client_id.clone();
+        let mut found: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
+        while let Some(walk) = walks.walks.front_mut() {
+            let authorizer = &self.authorizer;
+            let resume =
+                self.retained
+                    .walk_matches(&walk.filter, walk.after.as_deref(), |topic, m| {
+                        if !m.is_expired(now) && authorizer.can_receive(&client_id, &info, topic) {
+                            found.push((Arc::clone(m), walk.qos, walk.sub_id));
+                        }
+                        found.len() < batch
+                    });
+            match resume {
+                Some(topic) => {
+                    walk.after = Some(topic);
+                    break;
+                }
+                None => {
+                    walks.walks.pop_front();
+                }
+            }
+        }
+        let more = !walks.walks.is_empty();
+        if more {
+            walks.awaiting_room = true;
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.retained_walks = Some(walks);
+            }
+        }
+        for (message, qos, sub_id) in found {
+            let delivery = Delivery {
+                qos: qos.min(message.qos),
+                message,
+                retain: true,
+                subscription_ids: sub_id.into_iter().collect(),
+                seq: None,
+            };
+            self.deliver(sid, delivery, now);
+        }
+        if more {
+            self.actions.push(Action::WantRoom(conn_id));
+        }
+    }
+
+    /// The server reports that a connection's outbox has room again (after
+    /// `Action::WantRoom`): the next batch of retained messages goes out.
+    pub fn connection_writable(&mut self, conn_id: ConnId, now: Instant) {
+        let waiting = self
             .conns
             .get(&conn_id)
-            .map(|c| c.info.clone())
-            .unwrap_or_default();
-        for (filter, qos, sub_id) in retained_to_send {
-            let mut found = Vec::new();
-            let authorizer = &self.authorizer;
-            self.retained.for_each_match(&filter, |topic, m| {
-                if !m.is_expired(now) && authorizer.can_receive(&client_id, &info, topic) {
-                    found.push(Arc::clone(m));
-                }
-            });
-            for message in found {
-                let delivery = Delivery {
-                    qos: qos.min(message.qos),
-                    message,
-                    retain: true,
-                    subscription_ids: sub_id.into_iter().collect(),
-                    seq: None,
-                };
-                self.deliver(sid, delivery, now);
-            }
+            .and_then(|c| c.retained_walks.as_ref())
+            .is_some_and(|w| w.awaiting_room);
+        if waiting {
+            self.step_retained(conn_id, now);
         }
     }
 
@@ -1501,7 +1775,20 @@ impl Broker {
         let v5 = conn.protocol.is_v5();
         let sid = conn.session;
         let mut codes = Vec::with_capacity(u.filters.len());
+        let limits = self.config.topic_limits();
         for raw in u.filters {
+            if let Some(walks) = self
+                .conns
+                .get_mut(&conn_id)
+                .and_then(|c| c.retained_walks.as_mut())
+            {
+                // Nothing more for a filter after its UNSUBACK.
+                walks.walks.retain(|w| w.filter != raw);
+            }
+            if limits.check(&raw).is_err() {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let code = match self
                 .sessions
                 .get_mut(&sid)
@@ -1734,7 +2021,7 @@ impl Broker {
             }
         });
         for topic in expired_topics {
-            self.retained.remove(&topic);
+            self.retained_take(&topic);
             self.op(StoreOp::RetainedRemove { topic });
         }
         let mut removed = Vec::new();
@@ -1754,7 +2041,7 @@ impl Broker {
             }
             session.queue = kept;
         }
-        self.stats.messages_dropped += removed.len() as u64;
+        self.count_drop(DropReason::Expired, removed.len() as u64);
         for (sid, seq) in removed {
             self.forget_stored(sid, seq);
         }
@@ -1762,7 +2049,8 @@ impl Broker {
 
     fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
-        let items: [(&str, String); 9] = [
+        let st = self.stats;
+        let items: [(&str, String); 17] = [
             ("version", format!("moat {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             (
@@ -1775,7 +2063,30 @@ impl Broker {
                 self.stats.messages_received.to_string(),
             ),
             ("messages/sent", self.stats.messages_sent.to_string()),
-            ("messages/dropped", self.stats.messages_dropped.to_string()),
+            ("messages/dropped", st.messages_dropped.to_string()),
+            (
+                "messages/dropped/queue full",
+                st.dropped_queue_full.to_string(),
+            ),
+            (
+                "messages/dropped/too large",
+                st.dropped_too_large.to_string(),
+            ),
+            ("messages/dropped/expired", st.dropped_expired.to_string()),
+            (
+                "messages/dropped/slow subscriber",
+                st.dropped_slow_subscriber.to_string(),
+            ),
+            (
+                "publish/refused/topic",
+                st.publishes_refused_topic.to_string(),
+            ),
+            (
+                "subscriptions/refused",
+                st.subscriptions_refused.to_string(),
+            ),
+            ("retained messages/dropped", st.retained_dropped.to_string()),
+            ("retained messages/bytes", self.retained_bytes.to_string()),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
         ];
@@ -1790,7 +2101,7 @@ impl Broker {
                 expires_at: None,
                 origin: None,
             });
-            self.retained.insert(&message.topic, Arc::clone(&message));
+            self.retained_put(Arc::clone(&message));
             self.route(&message, now);
         }
     }

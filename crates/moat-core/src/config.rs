@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// The highest `max_topic_levels` a broker uses (a larger setting is lowered to this).
+pub const MAX_TOPIC_LEVELS_CAP: usize = 1024;
+
 /// Settings of [`crate::Broker`]. `Default` gives the documented defaults, pinned by a test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -38,14 +41,42 @@ pub struct BrokerConfig {
     pub max_keep_alive: u16,
     /// The longest session expiry interval granted, in seconds (`u32::MAX` never expires).
     pub max_session_expiry: u32,
-    /// Retained messages kept at most; a new retained topic beyond this is not stored.
+    /// Retained messages kept at most; a new retained topic beyond this is not stored
+    /// (counted in `$SYS/broker/retained messages/dropped`; a v5 publisher gets 0x97).
     pub max_retained_messages: usize,
+    /// Topic and payload bytes of all retained messages at most; beyond it as for
+    /// `max_retained_messages`.
+    pub max_retained_bytes: usize,
+    /// Levels of a topic name or filter at most (`a/b/c` has 3). A SUBSCRIBE or UNSUBSCRIBE
+    /// filter beyond it gets 0x8F (v3: 0x80 / no effect), a PUBLISH 0x90 (v3 and QoS 0:
+    /// dropped and counted), a will CONNACK 0x90. Capped at [`MAX_TOPIC_LEVELS_CAP`]: the
+    /// subscription tree is matched level by level.
+    pub max_topic_levels: usize,
+    /// Bytes of a topic name or filter at most; beyond it as for `max_topic_levels`.
+    pub max_topic_length: usize,
+    /// Subscriptions one session may hold at most; a SUBSCRIBE beyond it gets 0x97 (v3: 0x80)
+    /// for each filter that would be new.
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages sent to a new subscription at once: the next batch follows when the
+    /// server reports room in the connection's outbox (and the session's queue is below this),
+    /// so a `#` over 100,000 retained messages is paced by the subscriber, never dropped.
+    pub retained_batch: usize,
     /// Longest client identifier accepted, in bytes.
     pub max_client_id_len: usize,
     /// Highest QoS granted (2 means all).
     pub max_qos: u8,
     /// How often `$SYS/broker/...` statistics are published; `None` turns them off.
     pub sys_interval: Option<Duration>,
+}
+
+impl BrokerConfig {
+    /// The topic limits in force (`max_topic_levels` capped at [`MAX_TOPIC_LEVELS_CAP`]).
+    pub fn topic_limits(&self) -> crate::topic::TopicLimits {
+        crate::topic::TopicLimits {
+            max_levels: self.max_topic_levels.clamp(1, MAX_TOPIC_LEVELS_CAP),
+            max_len: self.max_topic_length.max(1),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +92,11 @@ impl Default for BrokerConfig {
             max_keep_alive: 60,
             max_session_expiry: u32::MAX,
             max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_topic_levels: 128,
+            max_topic_length: 4096,
+            max_subscriptions_per_client: 1000,
+            retained_batch: 500,
             max_client_id_len: 256,
             max_qos: 2,
             sys_interval: Some(Duration::from_secs(10)),
@@ -86,6 +122,11 @@ mod tests {
         assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.max_session_expiry, u32::MAX);
         assert_eq!(c.max_retained_messages, 100_000);
+        assert_eq!(c.max_retained_bytes, 268_435_456);
+        assert_eq!(c.max_topic_levels, 128);
+        assert_eq!(c.max_topic_length, 4096);
+        assert_eq!(c.max_subscriptions_per_client, 1000);
+        assert_eq!(c.retained_batch, 500);
         assert_eq!(c.max_client_id_len, 256);
         assert_eq!(c.max_qos, 2);
         assert_eq!(c.sys_interval, Some(Duration::from_secs(10)));

@@ -17,5 +17,5 @@ pub mod topic;
 pub mod tree;
 
 pub use broker::{Action, AllowAll, Authorizer, Broker, ClientInfo, ConnId, ConnectOutcome, Stats};
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, MAX_TOPIC_LEVELS_CAP};
 pub use message::{Delivery, Message, SessionId};

@@ -24,6 +24,48 @@ pub enum TopicError {
     /// `$share/` needs a non-empty group name without wildcards and a filter.
     #[error("invalid shared subscription; expected $share/{{group}}/{{filter}} [MQTT-4.8.2-1]")]
     BadShare,
+    /// More levels than the broker's `max_topic_levels`.
+    #[error("more than {max} topic levels")]
+    TooManyLevels {
+        /// The limit.
+        max: usize,
+    },
+    /// Longer than the broker's `max_topic_length`.
+    #[error("topic longer than {max} bytes")]
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The broker's own limits on topic names and filters (beyond the specification's 65,535
+/// bytes). Checked before a topic reaches a tree or the store, so no walk is deeper than
+/// `max_levels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Levels (one more than the number of '/') at most.
+    pub max_levels: usize,
+    /// Bytes at most (for `$share/group/filter`, the whole string).
+    pub max_len: usize,
+}
+
+impl TopicLimits {
+    /// Checks a topic name or filter against the limits.
+    ///
+    /// # Errors
+    /// [`TopicError::TooLong`] or [`TopicError::TooManyLevels`].
+    pub fn check(&self, topic: &str) -> Result<(), TopicError> {
+        if topic.len() > self.max_len {
+            return Err(TopicError::TooLong { max: self.max_len });
+        }
+        // Counted without splitting: a 60 KB topic of '/' is 60,001 levels.
+        if topic.bytes().filter(|&b| b == b'/').count() >= self.max_levels {
+            return Err(TopicError::TooManyLevels {
+                max: self.max_levels,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Checks a topic name from a PUBLISH or a will.

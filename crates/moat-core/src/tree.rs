@@ -5,7 +5,8 @@
 //! depends on the topic's depth and on the subscriptions that match, not on the number of
 //! unrelated subscriptions.
 
-use std::collections::HashMap;
+use std::collections::{btree_map, BTreeMap, HashMap};
+use std::ops::Bound;
 
 use crate::topic::Filter;
 
@@ -58,7 +59,51 @@ impl<K, V> Default for SubNode<K, V> {
     }
 }
 
+impl<K, V> Drop for SubNode<K, V> {
+    /// Frees the subtree with a loop: dropping a deep chain recursively would overflow the
+    /// stack. A leaf (the common case) allocates nothing here.
+    fn drop(&mut self) {
+        let mut stack = Vec::new();
+        self.detach_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.detach_children(&mut stack);
+        }
+    }
+}
+
 impl<K, V> SubNode<K, V> {
+    fn detach_children(&mut self, out: &mut Vec<Self>) {
+        out.extend(std::mem::take(&mut self.children).into_values());
+        out.extend(self.plus.take().map(|b| *b));
+        out.extend(self.hash.take().map(|b| *b));
+    }
+
+    fn child(&self, level: &str) -> Option<&Self> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            _ => self.children.get(level),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Self> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    /// Holds no subscription and exactly one child (a link in a chain).
+    fn holds_only_one_child(&self) -> bool {
+        self.plain.is_empty()
+            && self.shared.is_empty()
+            && self.children.len()
+                + usize::from(self.plus.is_some())
+                + usize::from(self.hash.is_some())
+                == 1
+    }
+
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
@@ -139,66 +184,66 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
         None
     }
 
-    /// Removes `key`'s subscription to `filter`, returning its data.
+    /// Removes `key`'s subscription to `filter`, returning its data, and the nodes that held
+    /// nothing else. A loop, not recursion: filter depth is chosen by clients.
     pub fn remove(&mut self, filter: &Filter, key: &K) -> Option<V> {
-        let removed = Self::remove_at(&mut self.root, Some(filter.filter.as_str()), filter, key);
-        if removed.is_some() {
-            self.len -= 1;
+        let levels: Vec<&str> = filter.filter.split('/').collect();
+        let mut node = &mut self.root;
+        for level in &levels {
+            node = node.child_mut(level)?;
         }
-        removed
+        let removed = match &filter.share_group {
+            None => {
+                let i = node.plain.iter().position(|(k, _)| k == key)?;
+                node.plain.remove(i).1
+            }
+            Some(group) => {
+                let gi = node.shared.iter().position(|g| *g.name == **group)?;
+                let g = &mut node.shared[gi];
+                let i = g.members.iter().position(|(k, _)| k == key)?;
+                let v = g.members.remove(i).1;
+                if g.members.is_empty() {
+                    node.shared.remove(gi);
+                } else if g.next > i {
+                    g.next -= 1;
+                }
+                v
+            }
+        };
+        self.len -= 1;
+        if node.is_empty() {
+            self.prune(&levels);
+        }
+        Some(removed)
     }
 
-    fn remove_at(
-        node: &mut SubNode<K, V>,
-        rest: Option<&str>,
-        filter: &Filter,
-        key: &K,
-    ) -> Option<V> {
-        let Some(r) = rest else {
-            return match &filter.share_group {
-                None => {
-                    let i = node.plain.iter().position(|(k, _)| k == key)?;
-                    Some(node.plain.remove(i).1)
-                }
-                Some(group) => {
-                    let gi = node.shared.iter().position(|g| *g.name == **group)?;
-                    let g = &mut node.shared[gi];
-                    let i = g.members.iter().position(|(k, _)| k == key)?;
-                    let v = g.members.remove(i).1;
-                    if g.members.is_empty() {
-                        node.shared.remove(gi);
-                    } else if g.next > i {
-                        g.next -= 1;
-                    }
-                    Some(v)
-                }
+    /// Cuts the chain of empty nodes that ends at `levels` below the deepest node on its path
+    /// that still holds something.
+    fn prune(&mut self, levels: &[&str]) {
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth > 0 && !node.holds_only_one_child() {
+                keep = depth;
+            }
+            let Some(child) = node.child(level) else {
+                return;
             };
-        };
-        let (level, next) = split_level(r);
-        match level {
-            "+" => {
-                let child = node.plus.as_deref_mut()?;
-                let v = Self::remove_at(child, next, filter, key);
-                if child.is_empty() {
-                    node.plus = None;
-                }
-                v
-            }
-            "#" => {
-                let child = node.hash.as_deref_mut()?;
-                let v = Self::remove_at(child, next, filter, key);
-                if child.is_empty() {
-                    node.hash = None;
-                }
-                v
-            }
-            _ => {
-                let child = node.children.get_mut(level)?;
-                let v = Self::remove_at(child, next, filter, key);
-                if child.is_empty() {
-                    node.children.remove(level);
-                }
-                v
+            node = child;
+        }
+        let mut node = &mut self.root;
+        for level in &levels[..keep] {
+            let Some(child) = node.child_mut(level) else {
+                return;
+            };
+            node = child;
+        }
+        // Dropping the cut chain is a loop too (`SubNode`'s Drop).
+        match levels[keep] {
+            "+" => node.plus = None,
+            "#" => node.hash = None,
+            level => {
+                node.children.remove(level);
             }
         }
     }
@@ -247,20 +292,70 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
 
 #[derive(Debug)]
 struct RetNode<V> {
-    children: HashMap<Box<str>, Self>,
+    /// Ordered, so that a paced walk can resume after a topic.
+    children: BTreeMap<Box<str>, Self>,
     value: Option<V>,
 }
 
 impl<V> Default for RetNode<V> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: BTreeMap::new(),
             value: None,
         }
     }
 }
 
+impl<V> Drop for RetNode<V> {
+    /// Frees the subtree with a loop: dropping a deep chain recursively would overflow the
+    /// stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Self> = std::mem::take(&mut self.children).into_values().collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(std::mem::take(&mut node.children).into_values());
+        }
+    }
+}
+
+/// The children of one node still to be visited by [`RetainedTree::walk_matches`].
+enum Kids<'a, V> {
+    One(Option<(&'a str, &'a RetNode<V>)>),
+    Range(btree_map::Range<'a, Box<str>, RetNode<V>>),
+}
+
+/// One level of the walk's explicit stack.
+struct Frame<'a, V> {
+    kids: Kids<'a, V>,
+    /// The filter level the children match, or `None` below a `#` (everything matches).
+    level: Option<usize>,
+    /// The children's depth (1: the first topic level).
+    depth: usize,
+    /// The parent's path length in the walk's path buffer.
+    path_len: usize,
+    /// The parent lies on the resume topic's path: children at or before it are skipped.
+    on_path: bool,
+    /// Skip children whose name starts with `$` (wildcards at the first level [MQTT-4.7.2-1]).
+    skip_dollar: bool,
+}
+
+impl<'a, V> Frame<'a, V> {
+    fn next(&mut self) -> Option<(&'a str, &'a RetNode<V>)> {
+        loop {
+            let kid = match &mut self.kids {
+                Kids::One(one) => one.take(),
+                Kids::Range(range) => range.next().map(|(name, node)| (&**name, node)),
+            }?;
+            if !(self.skip_dollar && kid.0.starts_with('$')) {
+                return Some(kid);
+            }
+        }
+    }
+}
+
 /// Values stored by topic name, found by filter: the retained messages.
+///
+/// Every walk is a loop over an explicit stack, never recursion: topic depth is chosen by
+/// clients.
 #[derive(Debug)]
 pub struct RetainedTree<V> {
     root: RetNode<V>,
@@ -314,125 +409,162 @@ impl<V> RetainedTree<V> {
         node.value.as_ref()
     }
 
-    /// Removes the value under `topic`.
+    /// Removes the value under `topic`, and the nodes that held nothing else.
     pub fn remove(&mut self, topic: &str) -> Option<V> {
-        let v = Self::remove_at(&mut self.root, Some(topic));
-        if v.is_some() {
-            self.len -= 1;
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.get_mut(level)?;
         }
-        v
+        let value = node.value.take()?;
+        self.len -= 1;
+        if node.children.is_empty() {
+            self.prune(topic);
+        }
+        Some(value)
     }
 
-    fn remove_at(node: &mut RetNode<V>, rest: Option<&str>) -> Option<V> {
-        let Some(r) = rest else {
-            return node.value.take();
-        };
-        let (level, next) = split_level(r);
-        let child = node.children.get_mut(level)?;
-        let v = Self::remove_at(child, next);
-        if child.value.is_none() && child.children.is_empty() {
-            node.children.remove(level);
+    /// Cuts the chain of empty nodes that ends at `topic` (which holds nothing now) below the
+    /// deepest node on its path that still holds something.
+    fn prune(&mut self, topic: &str) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth > 0 && (node.value.is_some() || node.children.len() > 1) {
+                keep = depth;
+            }
+            let Some(child) = node.children.get(*level) else {
+                return;
+            };
+            node = child;
         }
-        v
+        let mut node = &mut self.root;
+        for level in &levels[..keep] {
+            let Some(child) = node.children.get_mut(*level) else {
+                return;
+            };
+            node = child;
+        }
+        // Dropping the cut chain is a loop too (`RetNode`'s Drop).
+        node.children.remove(levels[keep]);
     }
 
     /// Calls `f` with each (topic, value) whose topic matches `filter` (valid, not shared).
     pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &V)) {
-        let mut path = String::new();
-        Self::walk(&self.root, Some(filter), true, &mut path, &mut f);
-    }
-
-    fn walk(
-        node: &RetNode<V>,
-        rest: Option<&str>,
-        at_root: bool,
-        path: &mut String,
-        f: &mut impl FnMut(&str, &V),
-    ) {
-        let Some(r) = rest else {
-            if let Some(v) = &node.value {
-                f(path, v);
-            }
-            return;
-        };
-        let (level, next) = split_level(r);
-        match level {
-            "#" => {
-                // "a/#" matches "a" itself as well as everything below it.
-                if !at_root {
-                    if let Some(v) = &node.value {
-                        f(path, v);
-                    }
-                }
-                for (name, child) in &node.children {
-                    if at_root && name.starts_with('$') {
-                        continue;
-                    }
-                    let len = path.len();
-                    push_level(path, name, at_root);
-                    Self::walk_all(child, path, f);
-                    path.truncate(len);
-                }
-            }
-            "+" => {
-                for (name, child) in &node.children {
-                    if at_root && name.starts_with('$') {
-                        continue;
-                    }
-                    let len = path.len();
-                    push_level(path, name, at_root);
-                    Self::walk(child, next, false, path, f);
-                    path.truncate(len);
-                }
-            }
-            _ => {
-                if let Some(child) = node.children.get(level) {
-                    let len = path.len();
-                    push_level(path, level, at_root);
-                    Self::walk(child, next, false, path, f);
-                    path.truncate(len);
-                }
-            }
-        }
-    }
-
-    fn walk_all(node: &RetNode<V>, path: &mut String, f: &mut impl FnMut(&str, &V)) {
-        if let Some(v) = &node.value {
-            f(path, v);
-        }
-        for (name, child) in &node.children {
-            let len = path.len();
-            push_level(path, name, false);
-            Self::walk_all(child, path, f);
-            path.truncate(len);
-        }
-    }
-
-    /// Removes every value for which `keep` returns false.
-    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        let removed = Self::retain_at(&mut self.root, &mut keep);
-        self.len -= removed;
-    }
-
-    fn retain_at(node: &mut RetNode<V>, keep: &mut impl FnMut(&V) -> bool) -> usize {
-        let mut removed = 0;
-        if node.value.as_ref().is_some_and(|v| !keep(v)) {
-            node.value = None;
-            removed += 1;
-        }
-        node.children.retain(|_, child| {
-            removed += Self::retain_at(child, keep);
-            child.value.is_some() || !child.children.is_empty()
+        self.walk_matches(filter, None, |topic, v| {
+            f(topic, v);
+            true
         });
-        removed
     }
-}
 
-fn push_level(path: &mut String, level: &str, at_root: bool) {
-    if !at_root {
-        path.push('/');
+    /// Calls `f` with each (topic, value) whose topic matches `filter` (valid, not shared), in
+    /// topic order (level by level, a topic before the topics below it), starting after the
+    /// topic `after`. Stops when `f` returns false and returns the topic to resume after, or
+    /// `None` once every match was seen. A resumed walk sees what was stored after the cursor
+    /// in the meantime, and nothing twice.
+    pub fn walk_matches(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        mut f: impl FnMut(&str, &V) -> bool,
+    ) -> Option<String> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let cursor: Vec<&str> = after.map(|a| a.split('/').collect()).unwrap_or_default();
+        let mut path = String::new();
+        let mut stack = Vec::new();
+        if let Some(frame) =
+            Self::frame(&self.root, &levels, Some(0), 0, 0, after.is_some(), &cursor)
+        {
+            stack.push(frame);
+        }
+        while let Some(top) = stack.last_mut() {
+            let Some((name, child)) = top.next() else {
+                stack.pop();
+                continue;
+            };
+            let depth = top.depth;
+            path.truncate(top.path_len);
+            if depth > 1 {
+                path.push('/');
+            }
+            path.push_str(name);
+            let on_path = top.on_path && cursor.get(depth - 1) == Some(&name);
+            // What the child matched, and what its own children must match.
+            let (matched, below) = match top.level {
+                None => (true, None),
+                Some(i) => match levels.get(i + 1) {
+                    None => (true, Some(levels.len())),
+                    // "a/#" matches "a" itself as well as everything below it.
+                    Some(&"#") => (true, None),
+                    Some(_) => (false, Some(i + 1)),
+                },
+            };
+            if matched && !on_path {
+                if let Some(v) = &child.value {
+                    if !f(&path, v) {
+                        return Some(path);
+                    }
+                }
+            }
+            let path_len = path.len();
+            if let Some(frame) =
+                Self::frame(child, &levels, below, depth, path_len, on_path, &cursor)
+            {
+                stack.push(frame);
+            }
+        }
+        None
     }
-    path.push_str(level);
+
+    /// The frame that visits `node`'s children (at `depth + 1`) matching filter level
+    /// `level` (`None`: everything below a `#`; `levels.len()`: nothing).
+    fn frame<'a>(
+        node: &'a RetNode<V>,
+        levels: &[&str],
+        level: Option<usize>,
+        depth: usize,
+        path_len: usize,
+        on_path: bool,
+        cursor: &[&str],
+    ) -> Option<Frame<'a, V>> {
+        if node.children.is_empty() {
+            return None;
+        }
+        // Children at or before the cursor's level at this depth are skipped.
+        let from = if on_path {
+            cursor.get(depth).copied()
+        } else {
+            None
+        };
+        let range = || match from {
+            Some(c) => node
+                .children
+                .range::<str, _>((Bound::Included(c), Bound::Unbounded)),
+            None => node.children.range::<str, _>(..),
+        };
+        let (kids, level, skip_dollar) = match level {
+            None => (Kids::Range(range()), None, false),
+            Some(i) => match levels.get(i)? {
+                &"#" => (Kids::Range(range()), None, depth == 0),
+                &"+" => (Kids::Range(range()), Some(i), depth == 0),
+                literal => {
+                    let kid = node.children.get_key_value(*literal);
+                    let kid = kid
+                        .map(|(name, node)| (&**name, node))
+                        .filter(|(name, _)| from.is_none_or(|c| *name >= c));
+                    (Kids::One(kid), Some(i), false)
+                }
+            },
+        };
+        Some(Frame {
+            kids,
+            level,
+            depth: depth + 1,
+            path_len,
+            on_path: from.is_some(),
+            skip_dollar,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -535,9 +667,119 @@ mod tests {
         assert_eq!(tree.remove("a/b"), Some(1));
         assert_eq!(tree.get("a/b"), None);
         assert_eq!(tree.get("a/b/c"), Some(&2));
-        tree.retain(|v| *v % 2 == 0);
-        assert!(tree.get("a/b/c").is_some());
-        assert!(tree.get("/a").is_none());
-        assert_eq!(tree.len(), (0..TOPICS.len()).filter(|i| i % 2 == 0).count());
+        for (i, t) in TOPICS.iter().enumerate() {
+            if i != 1 {
+                assert_eq!(tree.remove(t), Some(i), "{t}");
+            }
+        }
+        assert!(tree.is_empty());
+        assert!(tree.root.children.is_empty());
+    }
+
+    /// A walk resumed page by page sees every match once, in increasing topic order, the same
+    /// set as one unpaged walk; also when topics are added and removed between pages.
+    #[test]
+    fn paged_walks_see_every_match_once() {
+        let mut tree = RetainedTree::new();
+        let mut topics: Vec<String> = TOPICS.iter().map(|t| t.to_string()).collect();
+        for a in ["a", "b", "", "$x"] {
+            for b in ["", "a", "b", "c"] {
+                topics.push(format!("{a}/{b}"));
+                topics.push(format!("{a}/{b}/z"));
+            }
+        }
+        for (i, t) in topics.iter().enumerate() {
+            tree.insert(t, i);
+        }
+        let levels = |t: &str| t.split('/').map(str::to_owned).collect::<Vec<_>>();
+        for filter in FILTERS
+            .iter()
+            .chain(&["#", "+/+/+", "a/#", "$x/#", "+/b/z"])
+        {
+            let mut all = Vec::new();
+            tree.for_each_match(filter, |t, _| all.push(t.to_owned()));
+            let mut want: Vec<&String> = topics.iter().filter(|t| matches(filter, t)).collect();
+            want.sort_unstable();
+            want.dedup();
+            let mut got_sorted = all.clone();
+            got_sorted.sort_unstable();
+            assert_eq!(
+                got_sorted.iter().collect::<Vec<_>>(),
+                want,
+                "filter {filter}"
+            );
+            for page in 1..4 {
+                let mut seen = Vec::new();
+                let mut after: Option<String> = None;
+                for _ in 0..1000 {
+                    let mut n = 0;
+                    after = tree.walk_matches(filter, after.as_deref(), |t, _| {
+                        seen.push(t.to_owned());
+                        n += 1;
+                        n < page
+                    });
+                    if after.is_none() {
+                        break;
+                    }
+                }
+                assert!(after.is_none(), "filter {filter}: walk did not end");
+                assert_eq!(seen, all, "filter {filter}, page {page}");
+                for w in seen.windows(2) {
+                    assert!(
+                        levels(&w[0]) < levels(&w[1]),
+                        "{filter}: {w:?} out of order"
+                    );
+                }
+            }
+        }
+        // Changes between pages: what is stored after the cursor is seen, nothing twice.
+        let mut seen = Vec::new();
+        let mut after = tree.walk_matches("#", None, |t, _| {
+            seen.push(t.to_owned());
+            seen.len() < 5
+        });
+        tree.insert("zz/new", 999);
+        tree.remove(&seen[0]);
+        while let Some(a) = after {
+            after = tree.walk_matches("#", Some(&a), |t, _| {
+                seen.push(t.to_owned());
+                true
+            });
+        }
+        assert!(seen.contains(&"zz/new".to_string()));
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len());
+    }
+
+    /// Topics far deeper than any limit are inserted, walked, removed and dropped without
+    /// recursion: on a thread with a 128 KiB stack.
+    #[test]
+    fn deep_topics_need_no_stack() {
+        let deep = vec!["a"; 50_000].join("/");
+        let handle = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let mut retained = RetainedTree::new();
+                retained.insert(&deep, 1);
+                retained.insert("a/b", 2);
+                let mut n = 0;
+                retained.for_each_match("#", |_, _| n += 1);
+                assert_eq!(n, 2);
+                assert_eq!(retained.remove(&deep), Some(1));
+                assert_eq!(retained.len(), 1);
+                retained.insert(&deep, 3);
+                drop(retained);
+
+                let mut subs: SubscriptionTree<u32, ()> = SubscriptionTree::new();
+                let filter = Filter::parse(&deep).unwrap();
+                subs.insert(&filter, 1, ());
+                subs.insert(&Filter::parse("a/+/#").unwrap(), 2, ());
+                assert_eq!(subs.remove(&filter, &1), Some(()));
+                assert_eq!(subs.len(), 1);
+                subs.insert(&filter, 1, ());
+                drop(subs);
+            })
+            .unwrap();
+        handle.join().unwrap();
     }
 }

@@ -107,15 +107,24 @@ impl Harness {
     }
 
     /// Packets queued for `conn`; the other connections' actions stay pending.
+    /// A server whose outboxes always have room: `WantRoom` is answered at once.
     fn take(&mut self, conn: ConnId) -> Vec<Packet> {
         let mut actions = std::mem::take(&mut self.pending);
         actions.extend(self.broker.take_actions());
         let mut mine = Vec::new();
-        for a in actions {
-            match a {
-                Action::Send(c, p) if c == conn => mine.push(p),
-                other => self.pending.push(other),
+        while !actions.is_empty() {
+            let mut writable = Vec::new();
+            for a in actions {
+                match a {
+                    Action::Send(c, p) if c == conn => mine.push(p),
+                    Action::WantRoom(c) => writable.push(c),
+                    other => self.pending.push(other),
+                }
             }
+            for c in writable {
+                self.broker.connection_writable(c, self.now);
+            }
+            actions = self.broker.take_actions();
         }
         mine
     }
@@ -130,7 +139,7 @@ impl Harness {
         actions.extend(self.broker.take_actions());
         let closed = actions.iter().any(|a| *a == Action::Close(conn));
         self.pending.extend(actions.into_iter().filter(|a| match a {
-            Action::Close(c) | Action::Send(c, _) => *c != conn,
+            Action::Close(c) | Action::Send(c, _) | Action::WantRoom(c) => *c != conn,
         }));
         closed
     }
@@ -985,4 +994,258 @@ fn flow_control_holds_acks_for_a_slow_subscriber() {
     let all: Vec<u16> = held.into_iter().chain(rest).collect();
     assert_eq!(all, (9..=14).collect::<Vec<_>>());
     assert_eq!(h.broker.stats().messages_dropped, 0);
+}
+
+/// Actions the broker produced, without the harness answering `WantRoom`.
+fn raw_actions(h: &mut Harness) -> Vec<Action> {
+    let mut actions = std::mem::take(&mut h.pending);
+    actions.extend(h.broker.take_actions());
+    actions
+}
+
+#[test]
+fn retained_messages_are_paced_by_the_subscriber_never_dropped() {
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        retained_batch: 100,
+        ..BrokerConfig::default()
+    });
+    let p = h.connect("pub", V5, true);
+    for i in 0..1050 {
+        let mut m = publish(&format!("r/{i:04}"), "x", QoS::AtMostOnce, 0);
+        m.retain = true;
+        h.send(p, Packet::Publish(m));
+    }
+    h.take(p);
+    let s = h.connect("s", V5, true);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            properties: Properties::default(),
+            filters: vec![sub("#", QoS::AtMostOnce)],
+        }),
+    );
+    let mut topics = Vec::new();
+    let mut rounds = 0;
+    loop {
+        let actions = raw_actions(&mut h);
+        let mut want_room = false;
+        for a in actions {
+            match a {
+                Action::Send(c, Packet::Publish(p)) if c == s && p.retain => topics.push(p.topic),
+                Action::WantRoom(c) if c == s => want_room = true,
+                _ => {}
+            }
+        }
+        // A batch at a time: the next waits for the server's report of room.
+        assert!(topics.len() <= 100 * (rounds + 1));
+        if !want_room {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds <= 20, "walk did not end");
+        // A retained message published meanwhile, after the cursor, arrives too.
+        if rounds == 3 {
+            let mut m = publish("r/zzzz", "late", QoS::AtMostOnce, 0);
+            m.retain = true;
+            h.send(p, Packet::Publish(m));
+        }
+        h.broker.connection_writable(s, h.now);
+    }
+    assert_eq!(rounds, 10);
+    assert_eq!(topics.len(), 1051);
+    let mut sorted = topics.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1051, "a retained message was sent twice");
+    assert_eq!(h.broker.stats().messages_dropped, 0);
+}
+
+#[test]
+fn unsubscribe_stops_a_retained_walk() {
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        retained_batch: 10,
+        ..BrokerConfig::default()
+    });
+    let p = h.connect("pub", V5, true);
+    for i in 0..50 {
+        let mut m = publish(&format!("r/{i:02}"), "x", QoS::AtMostOnce, 0);
+        m.retain = true;
+        h.send(p, Packet::Publish(m));
+    }
+    h.take(p);
+    let s = h.connect("s", V5, true);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            properties: Properties::default(),
+            filters: vec![sub("r/#", QoS::AtMostOnce)],
+        }),
+    );
+    assert_eq!(publishes(&h.all_for(s)).len(), 50); // the harness always has room
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(2),
+            properties: Properties::default(),
+            filters: vec![sub("r/+", QoS::AtMostOnce)],
+        }),
+    );
+    let first = raw_actions(&mut h);
+    assert!(first.contains(&Action::WantRoom(s)));
+    h.send(
+        s,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(3),
+            properties: Properties::default(),
+            filters: vec!["r/+".into()],
+        }),
+    );
+    h.broker.connection_writable(s, h.now);
+    let after = raw_actions(&mut h);
+    assert!(
+        !after
+            .iter()
+            .any(|a| matches!(a, Action::Send(c, Packet::Publish(_)) if *c == s)),
+        "retained messages after UNSUBACK: {after:?}"
+    );
+}
+
+#[test]
+fn topic_limits_refuse_deep_and_long_topics() {
+    let mut h = Harness::new();
+    let deep = vec!["a"; 10_000].join("/");
+    let at_limit = vec!["a"; 128].join("/");
+    let over_limit = vec!["a"; 129].join("/");
+    let long = "x".repeat(4097);
+    for version in [V3, V5] {
+        let id = format!("c{version:?}");
+        let c = h.connect(&id, version, true);
+        let codes = h.subscribe(
+            c,
+            vec![
+                sub(&deep, QoS::AtLeastOnce),
+                sub(&at_limit, QoS::AtLeastOnce),
+                sub(&over_limit, QoS::AtLeastOnce),
+                sub(&long, QoS::AtLeastOnce),
+                sub(&format!("$share/g/{deep}"), QoS::AtLeastOnce),
+            ],
+        );
+        let bad = if version == V5 {
+            ReasonCode::TOPIC_FILTER_INVALID
+        } else {
+            ReasonCode(0x80)
+        };
+        assert_eq!(
+            codes,
+            vec![bad, ReasonCode(1), bad, bad, bad],
+            "{version:?}"
+        );
+        // A PUBLISH beyond the limits is refused; the connection stays.
+        h.send(c, Packet::Publish(publish(&deep, "x", QoS::AtLeastOnce, 7)));
+        let out = h.take(c);
+        let Some(Packet::PubAck(ack)) = out.first() else {
+            panic!("{out:?}")
+        };
+        if version == V5 {
+            assert_eq!(ack.reason_code, ReasonCode::TOPIC_NAME_INVALID);
+        }
+        assert!(!h.closed(c));
+        h.send(
+            c,
+            Packet::Publish(publish(&at_limit, "ok", QoS::AtMostOnce, 0)),
+        );
+        assert_eq!(publishes(&h.take(c)).len(), 1);
+        h.send(
+            c,
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: pid(9),
+                properties: Properties::default(),
+                filters: vec![deep.clone(), at_limit.clone()],
+            }),
+        );
+        let out = h.take(c);
+        if version == V5 {
+            let Some(Packet::UnsubAck(u)) = out.first() else {
+                panic!("{out:?}")
+            };
+            assert_eq!(
+                u.reason_codes,
+                vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::SUCCESS]
+            );
+        }
+        // A will beyond the limits is refused at CONNECT.
+        let mut connect = connect_packet(&format!("w{version:?}"), version, true);
+        connect.will = Some(LastWill {
+            topic: deep.clone(),
+            payload: Bytes::from_static(b"w"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        let (w, ack, _) = h.connect_with(connect);
+        assert_eq!(ack.reason_code, ReasonCode::TOPIC_NAME_INVALID);
+        assert!(h.closed(w));
+    }
+    let st = h.broker.stats();
+    assert_eq!(st.subscriptions_refused, 8);
+    assert_eq!(st.publishes_refused_topic, 2);
+}
+
+#[test]
+fn subscriptions_per_client_and_retained_bytes_are_limited() {
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        max_subscriptions_per_client: 3,
+        max_retained_bytes: 100,
+        ..BrokerConfig::default()
+    });
+    let c = h.connect("c", V5, true);
+    let codes = h.subscribe(
+        c,
+        vec![
+            sub("a", QoS::AtMostOnce),
+            sub("b", QoS::AtMostOnce),
+            sub("c", QoS::AtMostOnce),
+            sub("d", QoS::AtMostOnce),
+            sub("a", QoS::AtLeastOnce), // a replacement is not a new subscription
+        ],
+    );
+    assert_eq!(
+        codes,
+        vec![
+            ReasonCode(0),
+            ReasonCode(0),
+            ReasonCode(0),
+            ReasonCode::QUOTA_EXCEEDED,
+            ReasonCode(1)
+        ]
+    );
+    let mut m = publish("r/1", &"x".repeat(60), QoS::AtLeastOnce, 1);
+    m.retain = true;
+    h.send(c, Packet::Publish(m.clone()));
+    m.topic = "r/2".into();
+    m.packet_id = PacketId::new(2);
+    h.send(c, Packet::Publish(m));
+    let acks: Vec<ReasonCode> = h
+        .take(c)
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(a) => Some(a.reason_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![
+            ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            ReasonCode::QUOTA_EXCEEDED
+        ]
+    );
+    assert_eq!(h.broker.retained_count(), 1);
+    assert_eq!(h.broker.stats().retained_dropped, 1);
+    assert_eq!(h.broker.stats().subscriptions_refused, 1);
 }

@@ -518,6 +518,19 @@ impl Connection {
                 () = shared.hard_stop.cancelled() => return End::Stopped,
                 () = outbox.ready.notified() => {
                     let (closed, small) = self.encode_outbox(outbox, version);
+                    if outbox.take_room_wanted() {
+                        // The router waits for room to send more retained messages.
+                        let room = ToRouter::Room { conn: self.conn };
+                        match try_hand_over(&self.shared.router, room) {
+                            Ok(()) => {}
+                            Err(Some(msg)) => {
+                                if Box::pin(self.shared.router.send(*msg)).await.is_err() {
+                                    return End::Stopped;
+                                }
+                            }
+                            Err(None) => return End::Stopped,
+                        }
+                    }
                     if !self.wbuf.is_empty() {
                         // Boxed: a write in progress (with its timeout) is the largest state of
                         // this loop, and an idle connection should not pay for it.

@@ -40,7 +40,7 @@ pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
 use crate::auth::{AclAuthorizer, AuthState};
 use crate::connection::{Shared, TlsConn};
-use crate::router::{Router, ServerStats};
+use crate::router::Router;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -210,11 +210,13 @@ impl Server {
         let router_stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(4096);
-        let stats = Arc::new(ServerStats::default());
-        let mut broker = Broker::new(
-            config.broker.clone(),
-            tokio::time::Instant::now().into_std(),
-        );
+        let mut broker_config = config.broker.clone();
+        // A retained batch fits in half an outbox: the router reports room once an outbox is
+        // at most half full, so a batch never meets a full outbox.
+        broker_config.retained_batch = broker_config
+            .retained_batch
+            .clamp(1, (config.max_outbox_packets / 2).max(1));
+        let mut broker = Broker::new(broker_config, tokio::time::Instant::now().into_std());
         broker.set_authorizer(Box::new(AclAuthorizer(Arc::clone(&self.auth))));
         let fatal = CancellationToken::new();
         let store = match self.store {
@@ -224,13 +226,15 @@ impl Server {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 broker.enable_persistence(now, unix_ms);
-                broker.restore(snapshot, now);
+                for item in broker.restore(snapshot, now) {
+                    tracing::warn!(store = %store.path().display(), "not loaded from the store: {item}");
+                }
                 Some(store)
             }
             None => None,
         };
-        let router = Router::new(broker, rx, config.max_outbox_packets, Arc::clone(&stats))
-            .with_store(store, fatal.clone());
+        let router =
+            Router::new(broker, rx, config.max_outbox_packets).with_store(store, fatal.clone());
         let router_task = tokio::spawn(router.run(router_stop.clone()));
 
         let shared = Arc::new(Shared {

@@ -8,7 +8,7 @@
 //! only, so an idle connection's task stays small.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -52,6 +52,8 @@ pub(crate) struct Outbox {
     pub(crate) ready: Notify,
     /// [`CloseReason`] as a number (0: none yet).
     reason: AtomicU8,
+    /// The router wants to hear when this outbox has been drained (retained messages wait).
+    room_wanted: AtomicBool,
     /// When the connection last read something ([`clock_ms`]).
     last_read_ms: AtomicU64,
     /// 1.5 times the keep-alive in milliseconds; 0: none.
@@ -76,6 +78,20 @@ impl Outbox {
         drop(inner);
         self.ready.notify_one();
         true
+    }
+
+    /// Asks the connection task to report (`ToRouter::Room`) when it next drains the outbox.
+    /// Returns true if the outbox is at most half full right now and the request was taken
+    /// back: the caller goes on at once instead (either the router or the connection task
+    /// takes the request, never both, never neither).
+    pub(crate) fn want_room(&self, max_packets: usize) -> bool {
+        self.room_wanted.store(true, Ordering::SeqCst);
+        self.len() * 2 < max_packets && self.take_room_wanted()
+    }
+
+    /// Takes a pending request for a room report.
+    pub(crate) fn take_room_wanted(&self) -> bool {
+        self.room_wanted.swap(false, Ordering::SeqCst)
     }
 
     /// Packets waiting.

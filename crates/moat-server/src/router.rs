@@ -3,7 +3,6 @@
 //! packets into each connection's outbox (never waiting on a slow client).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +34,10 @@ pub(crate) enum ToRouter {
         conn: ConnId,
         packet: Packet,
     },
+    /// The connection drained its outbox after the router asked ([`Outbox::want_room`]).
+    Room {
+        conn: ConnId,
+    },
     Closed {
         conn: ConnId,
         /// Set when the connection ended unusually (logged with the client id).
@@ -50,12 +53,6 @@ pub(crate) struct EndNote {
     pub(crate) listener: Arc<str>,
 }
 
-/// Counters kept by the server (beside the core's).
-#[derive(Debug, Default)]
-pub(crate) struct ServerStats {
-    pub(crate) qos0_dropped_slow: AtomicU64,
-}
-
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -65,7 +62,6 @@ pub(crate) struct Router {
     pub(crate) rx: mpsc::Receiver<ToRouter>,
     pub(crate) outboxes: HashMap<ConnId, Arc<Outbox>>,
     pub(crate) max_outbox_packets: usize,
-    pub(crate) stats: Arc<ServerStats>,
     actions: Vec<Action>,
     /// The durable store: each batch's ops are made durable before its actions (PUBACK,
     /// PUBREC...) go out.
@@ -83,14 +79,12 @@ impl Router {
         broker: Broker,
         rx: mpsc::Receiver<ToRouter>,
         max_outbox_packets: usize,
-        stats: Arc<ServerStats>,
     ) -> Self {
         Self {
             broker,
             rx,
             outboxes: HashMap::new(),
             max_outbox_packets,
-            stats,
             actions: Vec::new(),
             store: None,
             store_ops: Vec::new(),
@@ -219,6 +213,7 @@ impl Router {
                 let _ = reply.send(outcome);
             }
             ToRouter::Packet { conn, packet } => self.broker.handle_packet(conn, packet, now),
+            ToRouter::Room { conn } => self.broker.connection_writable(conn, now),
             ToRouter::Closed { conn, note } => {
                 if let Some(n) = note {
                     tracing::info!(
@@ -240,7 +235,27 @@ impl Router {
     /// full: its connection task should get to run before the next batch.
     fn apply_actions(&mut self) -> bool {
         let mut pressure = false;
+        let mut dropped = 0;
         self.broker.drain_actions_into(&mut self.actions);
+        while !self.actions.is_empty() {
+            // Connections whose outbox has room for the core's next batch at once.
+            let mut writable = Vec::new();
+            pressure |= self.apply_batch(&mut dropped, &mut writable);
+            let now = now();
+            for conn in writable {
+                self.broker.connection_writable(conn, now);
+            }
+            self.broker.drain_actions_into(&mut self.actions);
+        }
+        if dropped > 0 {
+            self.broker.count_slow_subscriber_drops(dropped);
+        }
+        pressure
+    }
+
+    /// Queues the actions drained from the core.
+    fn apply_batch(&mut self, dropped: &mut u64, writable: &mut Vec<ConnId>) -> bool {
+        let mut pressure = false;
         for action in self.actions.drain(..) {
             match action {
                 Action::Send(conn, packet) => {
@@ -249,7 +264,7 @@ impl Router {
                     };
                     if let Packet::Publish(p) = &packet {
                         if p.qos == QoS::AtMostOnce && outbox.len() >= self.max_outbox_packets {
-                            self.stats.qos0_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                            *dropped += 1;
                             continue;
                         }
                     }
@@ -259,6 +274,13 @@ impl Router {
                 Action::Close(conn) => {
                     if let Some(outbox) = self.outboxes.remove(&conn) {
                         outbox.close();
+                    }
+                }
+                Action::WantRoom(conn) => {
+                    if let Some(outbox) = self.outboxes.get(&conn) {
+                        if outbox.want_room(self.max_outbox_packets) {
+                            writable.push(conn);
+                        }
                     }
                 }
             }
