@@ -76,7 +76,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
         spawn_sighup(server.reload_trigger());
-        server.run(shutdown_signal()).await;
+        server.run(shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

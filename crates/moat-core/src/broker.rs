@@ -2109,6 +2109,12 @@ impl Broker {
     /// Closes every connection for shutdown: v5 clients get DISCONNECT 0x8B. Wills are not
     /// published (the server is going away, the clients did nothing wrong).
     pub fn shutdown(&mut self) {
+        self.shutdown_with(ReasonCode::SERVER_SHUTTING_DOWN, "");
+    }
+
+    /// Closes every connection because the server stops: v5 clients get DISCONNECT `code`
+    /// (with `why` as the reason string, if not empty). Wills are not published.
+    pub fn shutdown_with(&mut self, code: ReasonCode, why: &str) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn_id in ids {
             if let Some(conn) = self.conns.get(&conn_id) {
@@ -2116,8 +2122,12 @@ impl Broker {
                     self.send(
                         conn_id,
                         Packet::Disconnect(Disconnect {
-                            reason_code: ReasonCode::SERVER_SHUTTING_DOWN,
-                            properties: Properties::default(),
+                            reason_code: code,
+                            properties: if why.is_empty() {
+                                Properties::default()
+                            } else {
+                                props_with_reason(why)
+                            },
                         }),
                     );
                 }

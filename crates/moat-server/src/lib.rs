@@ -70,6 +70,13 @@ pub enum ServerError {
     /// The durable store cannot be opened or read.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The durable store failed while the server ran: it stopped rather than acknowledge
+    /// what it could not keep.
+    #[error("stopped: the store failed, nothing it could not keep was acknowledged")]
+    StoreFailed(#[source] StoreError),
+    /// The task that writes the store failed (a panic in the store code).
+    #[error("stopped: the store task failed: {0}")]
+    StoreTask(String),
     /// The password file or the ACL is invalid.
     #[error("{0}")]
     Auth(#[from] moat_auth::LoadError),
@@ -204,7 +211,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// # Errors
+    /// [`ServerError::StoreFailed`] if the store failed while running: listeners stop, v5
+    /// clients get DISCONNECT 0x80 with a reason string, and the server returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let config = self.config;
         let stop_accepting = CancellationToken::new();
         let router_stop = CancellationToken::new();
@@ -306,8 +317,10 @@ impl Server {
             }));
         }
 
-        shutdown.await;
-        info!("shutting down");
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            () = fatal.cancelled() => error!("the store failed: shutting down"),
+        }
         stop_accepting.cancel();
         for t in accept_tasks {
             let _ = t.await;
@@ -315,7 +328,7 @@ impl Server {
         // The router disconnects everyone (DISCONNECT 0x8B to v5 clients) and closes outboxes;
         // connection tasks flush and end.
         router_stop.cancel();
-        let _ = router_task.await;
+        let failure = router_task.await.ok().flatten();
         tracker.close();
         if tokio::time::timeout(config.shutdown_grace, tracker.wait())
             .await
@@ -326,6 +339,7 @@ impl Server {
             tracker.wait().await;
         }
         info!("stopped");
+        failure.map_or(Ok(()), Err)
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use moat_codec::{Connect, Packet, QoS};
+use moat_codec::{Connect, Packet, QoS, ReasonCode};
 use moat_core::store::{Store, StoreOp};
 use moat_core::{Action, Broker, ClientInfo, ConnId, ConnectOutcome};
 use moat_store::{DiskStore, Durability};
@@ -72,6 +72,8 @@ pub(crate) struct Router {
     /// Cancelled when the store fails: the server stops rather than acknowledge what it
     /// cannot keep.
     fatal: CancellationToken,
+    /// Why the router stopped on its own (the store failed).
+    failure: Option<crate::ServerError>,
 }
 
 impl Router {
@@ -90,6 +92,7 @@ impl Router {
             store_ops: Vec::new(),
             batch_limit: 256,
             fatal: CancellationToken::new(),
+            failure: None,
         }
     }
 
@@ -130,17 +133,21 @@ impl Router {
             }
             Ok((_, _, Err(e))) => {
                 tracing::error!(error = %e, "the store failed: stopping without acknowledging what it could not keep");
+                self.failure = Some(crate::ServerError::StoreFailed(e));
                 false
             }
             Err(e) => {
                 tracing::error!(error = %e, "the store task failed: stopping");
+                self.failure = Some(crate::ServerError::StoreTask(e.to_string()));
                 false
             }
         }
     }
 
     /// Runs until `shutdown` is cancelled (then disconnects everyone) or every sender is gone.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+    /// Returns the reason if the router stopped on its own (the store failed): the server
+    /// then stops too.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<crate::ServerError> {
         let mut batch = Vec::with_capacity(256);
         // Keep-alive: one sweep a second over every connection instead of a timer per
         // connection (an expired one is closed through its outbox).
@@ -189,12 +196,18 @@ impl Router {
                 tokio::task::yield_now().await;
             }
         }
-        self.broker.shutdown();
+        if self.failure.is_some() {
+            self.broker
+                .shutdown_with(ReasonCode::UNSPECIFIED_ERROR, "the broker's store failed");
+        } else {
+            self.broker.shutdown();
+        }
         let _ = self.apply_actions();
         // Whatever is still queued must not hold connections open.
         for outbox in self.outboxes.values() {
             outbox.close();
         }
+        self.failure
     }
 
     fn handle(&mut self, msg: ToRouter) {

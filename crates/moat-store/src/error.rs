@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// A file system error.
-    #[error("store {}: {source}", path.display())]
+    /// A file system error. The OS error is part of the message, not a separate source:
+    /// printed with its causes (`{:#}`) it then appears once.
+    #[error("store {}: {cause}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
+        /// The OS error.
+        cause: io::Error,
     },
     /// The store is damaged or is not a Moat store.
     #[error(
@@ -70,7 +70,7 @@ impl StoreError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            cause: source,
         }
     }
 
@@ -89,7 +89,7 @@ impl StoreError {
                     detail: format!("unreadable: {source}"),
                 }
             }
-            redb::Error::Io(source) => Self::Io { path, source },
+            redb::Error::Io(cause) => Self::Io { path, cause },
             redb::Error::DatabaseAlreadyOpen => Self::Locked { path },
             redb::Error::UpgradeRequired(v) => Self::Corrupt {
                 path,

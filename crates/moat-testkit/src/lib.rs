@@ -54,9 +54,13 @@ impl TestBroker {
         let server = Server::bind(config).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
         Self {
             addr,
             stop: Some(stop),
