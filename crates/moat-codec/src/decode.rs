@@ -70,6 +70,34 @@ impl Codec {
     /// be closed (after a DISCONNECT or CONNACK with [`DecodeError::reason_code`] for v5). What
     /// is left in `buf` after an error is unspecified: the packet's bytes may have been removed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let Some(frame) = self.frame(buf)? else {
+            return Ok(None);
+        };
+        // No `reserve` for the missing bytes here: a peer could then make us allocate the
+        // maximum packet size per connection by sending a five-byte header.
+        if buf.len() < frame.size {
+            return Ok(None);
+        }
+        let mut body = buf.split_to(frame.size).freeze();
+        body.advance(frame.header_len);
+        decode_body(frame.kind, frame.flags, Reader::new(body), self.version).map(Some)
+    }
+
+    /// Whether [`Codec::decode`] would take something from the front of `buf`: a whole packet,
+    /// or an error its fixed header already shows. `false` means `decode` would return
+    /// `Ok(None)`: more bytes are needed. Cheap (the fixed header only), so a reader can ask
+    /// before it waits for more input.
+    pub fn is_decodable(&self, buf: &[u8]) -> bool {
+        match self.frame(buf) {
+            Ok(Some(frame)) => buf.len() >= frame.size,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Checks the fixed header at the front of `buf` (packet type, reserved flags, remaining
+    /// length, maximum packet size); `None` while it is incomplete.
+    fn frame(&self, buf: &[u8]) -> Result<Option<Frame>, DecodeError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
@@ -83,15 +111,23 @@ impl Codec {
         if size > max {
             return Err(DecodeError::PacketTooLarge { size, max });
         }
-        // No `reserve` for the missing bytes here: a peer could then make us allocate the
-        // maximum packet size per connection by sending a five-byte header.
-        if buf.len() < size {
-            return Ok(None);
-        }
-        let mut body = buf.split_to(size).freeze();
-        body.advance(header_len);
-        decode_body(kind, first & 0x0F, Reader::new(body), self.version).map(Some)
+        Ok(Some(Frame {
+            kind,
+            flags: first & 0x0F,
+            header_len,
+            size,
+        }))
     }
+}
+
+/// A checked fixed header.
+struct Frame {
+    kind: PacketType,
+    /// The low four bits of the first byte.
+    flags: u8,
+    header_len: usize,
+    /// The whole packet's size, header included.
+    size: usize,
 }
 
 impl Default for Codec {
@@ -749,6 +785,31 @@ mod tests {
                 );
                 assert_eq!(&buf[..], &vector.bytes[..end]);
             }
+        }
+    }
+
+    #[test]
+    fn is_decodable_says_whether_decode_takes_something() {
+        for vector in vectors() {
+            let mut codec = Codec::new(1 << 20);
+            codec.set_version(vector.version);
+            for end in 0..vector.bytes.len() {
+                assert!(!codec.is_decodable(&vector.bytes[..end]), "{}", vector.name);
+            }
+            let mut whole = BytesMut::from(vector.bytes);
+            whole.extend_from_slice(b"\x30");
+            assert!(codec.is_decodable(&whole), "{}", vector.name);
+            assert!(codec.decode(&mut whole).is_ok_and(|p| p.is_some()));
+            assert!(
+                !codec.is_decodable(&whole),
+                "{}: a lone first byte",
+                vector.name
+            );
+        }
+        // Errors the fixed header already shows: decode would return them.
+        let codec = Codec::new(16);
+        for bytes in [&b"\x00"[..], b"\x31\xff\xff\xff\xff", b"\x30\x7f"] {
+            assert!(codec.is_decodable(bytes), "{bytes:02X?}");
         }
     }
 
