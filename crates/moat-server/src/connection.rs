@@ -428,6 +428,23 @@ impl Connection {
         Poll::Ready(Ok((n, spare)))
     }
 
+    /// Ready with `None` at once when `rbuf` already holds a packet (or an error) to decode,
+    /// otherwise as [`Connection::poll_read_some`]. Every byte read is thus processed before
+    /// the connection waits for the transport: the packets a client sent together with CONNECT
+    /// are in `rbuf` when the loop starts, and the transport may have nothing more to say (with
+    /// keep-alive 0, never). Bytes a TLS or WebSocket stream decoded but has not yet handed
+    /// over are found by its read, which [`Io::poll_read_ready`] does not hold back for them.
+    fn poll_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        hint: usize,
+    ) -> Poll<std::io::Result<Option<(usize, usize)>>> {
+        if self.codec.is_decodable(&self.rbuf) {
+            return Poll::Ready(Ok(None));
+        }
+        self.poll_read_some(cx, hint).map_ok(Some)
+    }
+
     /// Decodes the next buffered packet and hands it to the router, if its channel has room.
     fn forward_packet(&mut self) -> Forwarded {
         let packet = match self.codec.decode(&mut self.rbuf) {
@@ -550,12 +567,18 @@ impl Connection {
                         return end;
                     }
                 }
-                read = std::future::poll_fn(|cx| self.poll_read_some(cx, read_hint)), if !paused => {
+                read = std::future::poll_fn(|cx| self.poll_input(cx, read_hint)), if !paused => {
                     match read {
-                        Ok((0, _)) => return End::Closed,
-                        Ok((n, spare)) if n >= spare => read_hint = (read_hint * 2).min(MAX_READ),
-                        Ok((n, _)) if n < read_hint / 4 => read_hint = (read_hint / 2).max(MIN_READ),
-                        Ok(_) => {}
+                        // Already in `rbuf`.
+                        Ok(None) => {}
+                        Ok(Some((0, _))) => return End::Closed,
+                        Ok(Some((n, spare))) if n >= spare => {
+                            read_hint = (read_hint * 2).min(MAX_READ);
+                        }
+                        Ok(Some((n, _))) if n < read_hint / 4 => {
+                            read_hint = (read_hint / 2).max(MIN_READ);
+                        }
+                        Ok(Some(_)) => {}
                         Err(e) => return End::Io(e),
                     }
                     outbox.touch();
