@@ -345,9 +345,14 @@ impl Connection {
         Ok((outbox, keep_alive, version))
     }
 
-    /// Reads until CONNECT is decoded. Anything else first is a protocol violation.
+    /// Reads until CONNECT is decoded. Anything else first is a protocol violation. A CONNECT
+    /// that declares MQTT 5 but does not decode is answered with a CONNACK carrying the error's
+    /// reason code before the connection closes (section 4.13.1 allows it, and the client
+    /// learns why); 3.1.1 has no code for it and closes without CONNACK [MQTT-3.1.4-1].
     async fn read_connect(&mut self) -> Result<Connect, End> {
         loop {
+            // Read before decoding, which may take the packet's bytes whatever it finds.
+            let declared = moat_codec::connect_version(&self.rbuf);
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(c))) => return Ok(*c),
                 Ok(Some(_)) => return Err(End::NotConnect),
@@ -363,7 +368,12 @@ impl Connection {
                     }
                     return Err(End::Decode(e));
                 }
-                Err(e) => return Err(End::Decode(e)),
+                Err(e) => {
+                    if declared == Some(ProtocolVersion::V5) {
+                        self.refuse(ProtocolVersion::V5, e.reason_code()).await;
+                    }
+                    return Err(End::Decode(e));
+                }
             }
             match self.io.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(End::Closed),
