@@ -70,6 +70,34 @@ impl Codec {
     /// be closed (after a DISCONNECT or CONNACK with [`DecodeError::reason_code`] for v5). What
     /// is left in `buf` after an error is unspecified: the packet's bytes may have been removed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let Some(frame) = self.frame(buf)? else {
+            return Ok(None);
+        };
+        // No `reserve` for the missing bytes here: a peer could then make us allocate the
+        // maximum packet size per connection by sending a five-byte header.
+        if buf.len() < frame.size {
+            return Ok(None);
+        }
+        let mut body = buf.split_to(frame.size).freeze();
+        body.advance(frame.header_len);
+        decode_body(frame.kind, frame.flags, Reader::new(body), self.version).map(Some)
+    }
+
+    /// Whether [`Codec::decode`] would take something from the front of `buf`: a whole packet,
+    /// or an error its fixed header already shows. `false` means `decode` would return
+    /// `Ok(None)`: more bytes are needed. Cheap (the fixed header only), so a reader can ask
+    /// before it waits for more input.
+    pub fn is_decodable(&self, buf: &[u8]) -> bool {
+        match self.frame(buf) {
+            Ok(Some(frame)) => buf.len() >= frame.size,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Checks the fixed header at the front of `buf` (packet type, reserved flags, remaining
+    /// length, maximum packet size); `None` while it is incomplete.
+    fn frame(&self, buf: &[u8]) -> Result<Option<Frame>, DecodeError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
@@ -83,15 +111,45 @@ impl Codec {
         if size > max {
             return Err(DecodeError::PacketTooLarge { size, max });
         }
-        // No `reserve` for the missing bytes here: a peer could then make us allocate the
-        // maximum packet size per connection by sending a five-byte header.
-        if buf.len() < size {
-            return Ok(None);
-        }
-        let mut body = buf.split_to(size).freeze();
-        body.advance(header_len);
-        decode_body(kind, first & 0x0F, Reader::new(body), self.version).map(Some)
+        Ok(Some(Frame {
+            kind,
+            flags: first & 0x0F,
+            header_len,
+            size,
+        }))
     }
+}
+
+/// The protocol version a CONNECT at the front of `buf` declares, as soon as its protocol name
+/// and level have arrived, before (and whether or not) the rest of it decodes: a server can
+/// then answer a CONNECT it refuses in the CONNECT's own version (a v5 CONNACK with the reason
+/// code). `None` for anything else: another packet, a name or level this crate does not speak,
+/// or too few bytes yet.
+pub fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let (_, length_bytes) = remaining_length(buf.get(1..)?).ok()??;
+    let rest = buf.get(1 + length_bytes..)?;
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    let level = *rest.get(2 + name_len)?;
+    match (name, level) {
+        (b"MQTT", 4) => Some(ProtocolVersion::V3_1_1),
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V3_1),
+        _ => None,
+    }
+}
+
+/// A checked fixed header.
+struct Frame {
+    kind: PacketType,
+    /// The low four bits of the first byte.
+    flags: u8,
+    header_len: usize,
+    /// The whole packet's size, header included.
+    size: usize,
 }
 
 impl Default for Codec {
@@ -347,8 +405,13 @@ fn publish(flags: u8, mut r: Reader, v5: bool) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((flags >> 1) & 0x03)
         .ok_or(malformed("PUBLISH with both QoS bits set", "MQTT-3.3.1-4"))?;
     let topic = r.string()?;
-    if topic.bytes().any(|b| b == b'+' || b == b'#') {
-        return Err(malformed("topic name contains a wildcard", "MQTT-3.3.2-2"));
+    if has_wildcard(&topic) {
+        // Well formed, but not a name a message can be published to: 0x90 (Topic Name
+        // invalid) is more specific than 0x81 or 0x82.
+        return Err(DecodeError::TopicNameInvalid {
+            reason: "topic name contains a wildcard",
+            clause: "MQTT-3.3.2-2",
+        });
     }
     let packet_id = if qos == QoS::AtMostOnce {
         None
@@ -528,6 +591,11 @@ fn unsuback(mut r: Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     })
 }
 
+/// Whether a topic name holds a wildcard character ('+' or '#'), which only filters may.
+fn has_wildcard(topic: &str) -> bool {
+    topic.bytes().any(|b| b == b'+' || b == b'#')
+}
+
 fn packet_id(r: &mut Reader) -> Result<PacketId, DecodeError> {
     PacketId::new(r.u16()?).ok_or(protocol("packet identifier 0", "MQTT-2.2.1-3"))
 }
@@ -594,7 +662,17 @@ fn read_property(
         P::PayloadFormatIndicator => props.payload_format_indicator = Some(flag(p)?),
         P::MessageExpiryInterval => props.message_expiry_interval = Some(p.u32()?),
         P::ContentType => props.content_type = Some(p.string()?),
-        P::ResponseTopic => props.response_topic = Some(p.string()?),
+        P::ResponseTopic => {
+            // In a PUBLISH and in will properties alike: the responder publishes to it.
+            let topic = p.string()?;
+            if has_wildcard(&topic) {
+                return Err(protocol(
+                    "response topic contains a wildcard",
+                    "MQTT-3.3.2-14",
+                ));
+            }
+            props.response_topic = Some(topic);
+        }
         P::CorrelationData => props.correlation_data = Some(p.binary()?),
         P::SubscriptionIdentifier => match p.vbi()? {
             0 => return Err(protocol("subscription identifier 0", section)),
@@ -614,7 +692,12 @@ fn read_property(
         P::ReceiveMaximum => props.receive_maximum = Some(non_zero_u16(p)?),
         P::TopicAliasMaximum => props.topic_alias_maximum = Some(p.u16()?),
         P::TopicAlias => match p.u16()? {
-            0 => return Err(protocol("topic alias 0", "MQTT-3.3.2-8")),
+            0 => {
+                return Err(DecodeError::TopicAliasInvalid {
+                    reason: "topic alias 0",
+                    clause: "MQTT-3.3.2-8",
+                })
+            }
             v => props.topic_alias = Some(v),
         },
         P::MaximumQoS => props.maximum_qos = Some(flag(p)?),
@@ -753,6 +836,66 @@ mod tests {
     }
 
     #[test]
+    fn is_decodable_says_whether_decode_takes_something() {
+        for vector in vectors() {
+            let mut codec = Codec::new(1 << 20);
+            codec.set_version(vector.version);
+            for end in 0..vector.bytes.len() {
+                assert!(!codec.is_decodable(&vector.bytes[..end]), "{}", vector.name);
+            }
+            let mut whole = BytesMut::from(vector.bytes);
+            whole.extend_from_slice(b"\x30");
+            assert!(codec.is_decodable(&whole), "{}", vector.name);
+            assert!(codec.decode(&mut whole).is_ok_and(|p| p.is_some()));
+            assert!(
+                !codec.is_decodable(&whole),
+                "{}: a lone first byte",
+                vector.name
+            );
+        }
+        // Errors the fixed header already shows: decode would return them.
+        let codec = Codec::new(16);
+        for bytes in [&b"\x00"[..], b"\x31\xff\xff\xff\xff", b"\x30\x7f"] {
+            assert!(codec.is_decodable(bytes), "{bytes:02X?}");
+        }
+    }
+
+    #[test]
+    fn connect_version_is_known_from_name_and_level() {
+        for vector in vectors() {
+            let Packet::Connect(c) = &vector.packet else {
+                assert_eq!(connect_version(vector.bytes), None, "{}", vector.name);
+                continue;
+            };
+            // The name's length (2), "MQTT" or "MQIsdp", and the level after the fixed header.
+            let (_, length_bytes) = remaining_length(&vector.bytes[1..]).unwrap().unwrap();
+            let header = 1 + length_bytes;
+            let known_at = header + 2 + if c.protocol == V3_1 { 6 } else { 4 } + 1;
+            for end in 0..vector.bytes.len() {
+                let expected = (end >= known_at).then_some(c.protocol);
+                assert_eq!(
+                    connect_version(&vector.bytes[..end]),
+                    expected,
+                    "{}",
+                    vector.name
+                );
+            }
+        }
+        // Whatever follows: a CONNECT whose properties do not decode still declares v5.
+        let bad = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x00\x03\x23\x00\x01\x00\x01c";
+        assert!(Codec::default()
+            .decode(&mut BytesMut::from(&bad[..]))
+            .is_err());
+        assert_eq!(connect_version(bad), Some(V5));
+        for unknown in [
+            &b"\x10\x0a\x00\x04MQTT\x06\x02\x00\x00"[..],
+            b"\x10\x0a\x00\x04MQTX\x05",
+        ] {
+            assert_eq!(connect_version(unknown), None);
+        }
+    }
+
+    #[test]
     fn packets_are_split_off_one_at_a_time() {
         let mut buf = BytesMut::from(&b"\xc0\x00\x40\x02\x00\x01\x30"[..]);
         let mut codec = Codec::default();
@@ -874,9 +1017,26 @@ mod tests {
     }
 
     #[test]
-    fn publish_topic_with_wildcards_is_malformed() {
-        for bytes in [&b"\x30\x05\x00\x03a/+"[..], b"\x30\x05\x00\x03a/#"] {
-            assert_malformed(decode_err(V3_1_1, bytes), "MQTT-3.3.2-2");
+    fn publish_topic_with_wildcards_is_an_invalid_topic_name() {
+        let cases: &[(ProtocolVersion, &[u8])] = &[
+            (V3_1_1, b"\x30\x05\x00\x03a/+"),
+            (V3_1_1, b"\x30\x05\x00\x03a/#"),
+            (V5, b"\x30\x06\x00\x03a/+\x00"),
+            (V5, b"\x30\x04\x00\x01#\x00"),
+        ];
+        for &(version, bytes) in cases {
+            let e = decode_err(version, bytes);
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::TopicNameInvalid {
+                        clause: "MQTT-3.3.2-2",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert_eq!(e.reason_code(), ReasonCode::TOPIC_NAME_INVALID);
         }
     }
 
@@ -1203,7 +1363,6 @@ mod tests {
         let publish_cases: &[(&[u8], &str)] = &[
             (b"\x01\x02", "section 3.3.2.3"),
             (b"\x0b\x00", "section 3.3.2.3"),
-            (b"\x23\x00\x00", "MQTT-3.3.2-8"),
         ];
         for &(props, clause) in publish_cases {
             assert_protocol(decode_err(V5, &publish_with(props)), clause);
@@ -1223,6 +1382,43 @@ mod tests {
             let bytes = [&[0x20, 5, 0, 0, 2][..], props].concat();
             assert_protocol(decode_err(V5, &bytes), "section 3.2.2.3");
         }
+    }
+
+    #[test]
+    fn topic_alias_0_is_an_invalid_topic_alias() {
+        for bytes in [
+            publish_with(b"\x23\x00\x00"),
+            b"\x30\x06\x00\x00\x03\x23\x00\x00".to_vec(),
+        ] {
+            let e = decode_err(V5, &bytes);
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::TopicAliasInvalid {
+                        clause: "MQTT-3.3.2-8",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert_eq!(e.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
+        }
+    }
+
+    #[test]
+    fn response_topic_with_a_wildcard_is_a_protocol_error() {
+        for topic in [&b"\x00\x03r/+"[..], b"\x00\x01#", b"\x00\x04r/#x"] {
+            let props = [&[0x08][..], topic].concat();
+            assert_protocol(decode_err(V5, &publish_with(&props)), "MQTT-3.3.2-14");
+            // In will properties: will flag, then property length, the property, topic "w"
+            // and an empty payload.
+            let will = [&[props.len() as u8][..], &props, b"\x00\x01w\x00\x00"].concat();
+            assert_protocol(decode_err(V5, &connect_5(0x06, &will)), "MQTT-3.3.2-14");
+        }
+        let Packet::Publish(p) = decode(V5, &publish_with(b"\x08\x00\x03r/s")).unwrap() else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(p.properties.response_topic.as_deref(), Some("r/s"));
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub enum DecodeError {
         /// The specification's conformance statement.
         clause: &'static str,
     },
+    /// A PUBLISH whose Topic Name the specification refuses: one with a wildcard.
+    #[error("topic name invalid: {reason} [{clause}]")]
+    TopicNameInvalid {
+        /// What is wrong.
+        reason: &'static str,
+        /// The specification's conformance statement.
+        clause: &'static str,
+    },
+    /// A PUBLISH whose Topic Alias the specification refuses: alias 0.
+    #[error("topic alias invalid: {reason} [{clause}]")]
+    TopicAliasInvalid {
+        /// What is wrong.
+        reason: &'static str,
+        /// The specification's conformance statement.
+        clause: &'static str,
+    },
     /// The packet is larger than the maximum packet size.
     #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes")]
     PacketTooLarge {
@@ -41,11 +57,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The v5 reason code a server sends (in CONNACK or DISCONNECT) for this error.
+    /// The v5 reason code a server sends (in CONNACK or DISCONNECT) for this error: the most
+    /// specific one the specification gives.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             Self::Malformed { .. } => ReasonCode::MALFORMED_PACKET,
             Self::Protocol { .. } => ReasonCode::PROTOCOL_ERROR,
+            Self::TopicNameInvalid { .. } => ReasonCode::TOPIC_NAME_INVALID,
+            Self::TopicAliasInvalid { .. } => ReasonCode::TOPIC_ALIAS_INVALID,
             Self::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             Self::UnsupportedProtocolVersion { .. } => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
         }

@@ -10,16 +10,17 @@
 //! exactly one MQTT 5.0 reason code ([`DecodeError::reason_code`]).
 //!
 //! A [`Codec`] decodes by the version it is told ([`Codec::set_version`]); it does not switch by
-//! itself when it decodes a CONNECT, which always declares its own version.
+//! itself when it decodes a CONNECT, which always declares its own version ([`connect_version`]
+//! reads it before the CONNECT is decoded, so a refusal can be answered in that version).
 //!
 //! [`encode`] writes what a peer of the given version reads. What MQTT 3.x cannot carry is left
 //! out rather than refused: properties, and reason codes where 3.x has none (a SUBACK failure
 //! becomes 0x80, a CONNACK reason code the nearest 3.x return code), so one [`Publish`] can be
 //! encoded for subscribers of every version. The encoder refuses what it cannot represent (long
 //! fields, oversized packets) and what would frame a packet the decoder rejects outright; the
-//! content rules the decoder checks (UTF-8, wildcards in topic names, property values) are the
-//! caller's to respect. [`encoded_len`] is exact and allocation-free, for checking a peer's
-//! maximum packet size before encoding.
+//! content rules the decoder checks (UTF-8, wildcards in topic names and response topics,
+//! property values) are the caller's to respect. [`encoded_len`] is exact and allocation-free,
+//! for checking a peer's maximum packet size before encoding.
 #![warn(missing_docs)]
 
 mod decode;
@@ -32,7 +33,7 @@ mod reason;
 #[cfg(test)]
 mod test_vectors;
 
-pub use decode::Codec;
+pub use decode::{connect_version, Codec};
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{

@@ -24,6 +24,12 @@ fn string() -> impl Strategy<Value = String> {
     "[^\u{0}]{0,12}"
 }
 
+/// A string without wildcards, as topic names and response topics are [MQTT-3.3.2-2],
+/// [MQTT-3.3.2-14].
+fn topic_name() -> impl Strategy<Value = String> {
+    "[^\u{0}+#]{0,12}"
+}
+
 fn binary() -> impl Strategy<Value = Bytes> {
     vec(any::<u8>(), 0..24).prop_map(Bytes::from)
 }
@@ -54,7 +60,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
         flag(),
         option::of(any::<u32>()),
         option::of(string()),
-        option::of(string()),
+        option::of(topic_name()),
         option::of(binary()),
         vec(1..=268_435_455u32, 0..3),
         option::of(any::<u32>()),
@@ -246,7 +252,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
         any::<bool>(),
         qos(),
         any::<bool>(),
-        "[^\u{0}+#]{0,12}",
+        topic_name(),
         packet_id(),
         packet_properties(version, PacketType::Publish),
         binary(),

@@ -345,9 +345,14 @@ impl Connection {
         Ok((outbox, keep_alive, version))
     }
 
-    /// Reads until CONNECT is decoded. Anything else first is a protocol violation.
+    /// Reads until CONNECT is decoded. Anything else first is a protocol violation. A CONNECT
+    /// that declares MQTT 5 but does not decode is answered with a CONNACK carrying the error's
+    /// reason code before the connection closes (section 4.13.1 allows it, and the client
+    /// learns why); 3.1.1 has no code for it and closes without CONNACK [MQTT-3.1.4-1].
     async fn read_connect(&mut self) -> Result<Connect, End> {
         loop {
+            // Read before decoding, which may take the packet's bytes whatever it finds.
+            let declared = moat_codec::connect_version(&self.rbuf);
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(c))) => return Ok(*c),
                 Ok(Some(_)) => return Err(End::NotConnect),
@@ -363,7 +368,12 @@ impl Connection {
                     }
                     return Err(End::Decode(e));
                 }
-                Err(e) => return Err(End::Decode(e)),
+                Err(e) => {
+                    if declared == Some(ProtocolVersion::V5) {
+                        self.refuse(ProtocolVersion::V5, e.reason_code()).await;
+                    }
+                    return Err(End::Decode(e));
+                }
             }
             match self.io.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(End::Closed),
@@ -426,6 +436,23 @@ impl Connection {
             &mut self.rbuf
         ))?;
         Poll::Ready(Ok((n, spare)))
+    }
+
+    /// Ready with `None` at once when `rbuf` already holds a packet (or an error) to decode,
+    /// otherwise as [`Connection::poll_read_some`]. Every byte read is thus processed before
+    /// the connection waits for the transport: the packets a client sent together with CONNECT
+    /// are in `rbuf` when the loop starts, and the transport may have nothing more to say (with
+    /// keep-alive 0, never). Bytes a TLS or WebSocket stream decoded but has not yet handed
+    /// over are found by its read, which [`Io::poll_read_ready`] does not hold back for them.
+    fn poll_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        hint: usize,
+    ) -> Poll<std::io::Result<Option<(usize, usize)>>> {
+        if self.codec.is_decodable(&self.rbuf) {
+            return Poll::Ready(Ok(None));
+        }
+        self.poll_read_some(cx, hint).map_ok(Some)
     }
 
     /// Decodes the next buffered packet and hands it to the router, if its channel has room.
@@ -563,12 +590,18 @@ impl Connection {
                         return end;
                     }
                 }
-                read = std::future::poll_fn(|cx| self.poll_read_some(cx, read_hint)), if !paused => {
+                read = std::future::poll_fn(|cx| self.poll_input(cx, read_hint)), if !paused => {
                     match read {
-                        Ok((0, _)) => return End::Closed,
-                        Ok((n, spare)) if n >= spare => read_hint = (read_hint * 2).min(MAX_READ),
-                        Ok((n, _)) if n < read_hint / 4 => read_hint = (read_hint / 2).max(MIN_READ),
-                        Ok(_) => {}
+                        // Already in `rbuf`.
+                        Ok(None) => {}
+                        Ok(Some((0, _))) => return End::Closed,
+                        Ok(Some((n, spare))) if n >= spare => {
+                            read_hint = (read_hint * 2).min(MAX_READ);
+                        }
+                        Ok(Some((n, _))) if n < read_hint / 4 => {
+                            read_hint = (read_hint / 2).max(MIN_READ);
+                        }
+                        Ok(Some(_)) => {}
                         Err(e) => return End::Io(e),
                     }
                     outbox.touch();

@@ -21,7 +21,8 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes packets from `input` until it runs out or an error, checking every decoded packet
-/// with [`assert_roundtrip`]. Never panics on its own: any panic is a bug in the codec.
+/// with [`assert_roundtrip`] and that `Codec::is_decodable` foretold each step. Never panics on
+/// its own: any panic is a bug in the codec.
 pub(crate) fn decode_all(input: &[u8], version: ProtocolVersion, max_packet_size: u32) -> Decoded {
     let mut codec = Codec::new(max_packet_size);
     codec.set_version(version);
@@ -29,7 +30,14 @@ pub(crate) fn decode_all(input: &[u8], version: ProtocolVersion, max_packet_size
     let mut packets = Vec::new();
     loop {
         let before = buf.clone();
-        match codec.decode(&mut buf) {
+        let decodable = codec.is_decodable(&buf);
+        let decoded = codec.decode(&mut buf);
+        assert_eq!(
+            decodable,
+            !matches!(decoded, Ok(None)),
+            "is_decodable disagrees with decode's {decoded:?}"
+        );
+        match decoded {
             Ok(Some(packet)) => {
                 assert_roundtrip(&packet, version);
                 packets.push(packet);
