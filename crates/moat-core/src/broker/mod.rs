@@ -1,0 +1,461 @@
+//! The broker state machine.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moat_codec::{
+    ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+use crate::config::BrokerConfig;
+use crate::message::{Delivery, Message, SessionId};
+use crate::session::{Inflight, OutState, PendingWill, Session, SubData};
+use crate::store::{Snapshot, StoreOp, StoredMessage, StoredState};
+use crate::topic::TopicError;
+use crate::topic::{self, Filter};
+use crate::tree::{Match, RetainedTree, SubscriptionTree};
+
+mod connect;
+mod deliver;
+mod flow;
+mod persist;
+mod publish;
+mod subscribe;
+mod sys;
+mod time;
+
+/// Identifies one network connection, assigned by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the server knows about a connection when it hands CONNECT to the broker.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// The listener's name (shared by its connections).
+    pub listener: Arc<str>,
+    /// The peer's address, if known.
+    pub peer: Option<SocketAddr>,
+    /// The authenticated user name (from CONNECT or a certificate identity), if any.
+    pub username: Option<String>,
+}
+
+/// Decides what a client may publish and subscribe to. The default allows everything.
+pub trait Authorizer: Send {
+    /// May this client publish to `topic`?
+    fn can_publish(&self, client_id: &str, info: &ClientInfo, topic: &str) -> bool {
+        let _ = (client_id, info, topic);
+        true
+    }
+    /// May this client subscribe to `filter` (the raw filter, `$share/...` included)?
+    fn can_subscribe(&self, client_id: &str, info: &ClientInfo, filter: &str) -> bool {
+        let _ = (client_id, info, filter);
+        true
+    }
+    /// May this client receive the retained message on `topic` when it subscribes?
+    fn can_receive(&self, client_id: &str, info: &ClientInfo, topic: &str) -> bool {
+        let _ = (client_id, info, topic);
+        true
+    }
+}
+
+/// The authorizer that allows everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {}
+
+/// What the broker asks the server to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // packets are moved once, into an outbox
+pub enum Action {
+    /// Send this packet on this connection.
+    Send(ConnId, Packet),
+    /// Close this connection once what was sent before is flushed.
+    Close(ConnId),
+    /// Report, with [`Broker::connection_writable`], when this connection's outbox has room
+    /// again (at most half full): more retained messages wait for it.
+    WantRoom(ConnId),
+}
+
+/// The result of [`Broker::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    /// True if the connection was accepted (CONNACK success was queued).
+    pub accepted: bool,
+    /// The client id in use (assigned by the broker if the client sent none).
+    pub client_id: String,
+    /// The keep-alive to enforce, in seconds (0: none).
+    pub keep_alive: u16,
+}
+
+/// Counters, published under `$SYS/broker/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections currently open (after CONNACK).
+    pub clients_connected: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages dropped: session queue full, too large for the client, expired, or QoS 0
+    /// to a subscriber that does not read (the sum of the `dropped_*` counters).
+    pub messages_dropped: u64,
+    /// Dropped because a session's queue was full (`max_queued_messages`/`_bytes`).
+    pub dropped_queue_full: u64,
+    /// Dropped because the message was larger than the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Dropped because the message expired before it could be sent.
+    pub dropped_expired: u64,
+    /// QoS 0 dropped at the outbox of a subscriber that does not read (counted by the
+    /// server, reported with [`Broker::count_slow_subscriber_drops`]).
+    pub dropped_slow_subscriber: u64,
+    /// PUBLISH packets refused for their topic (beyond `max_topic_levels`/`_length`).
+    pub publishes_refused_topic: u64,
+    /// Filters refused in SUBSCRIBE for the topic limits or `max_subscriptions_per_client`.
+    pub subscriptions_refused: u64,
+    /// Retained messages not stored (`max_retained_messages`/`_bytes` reached).
+    pub retained_dropped: u64,
+}
+
+/// Why a message was dropped (each has its own counter).
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    QueueFull,
+    TooLarge,
+    Expired,
+    SlowSubscriber,
+}
+
+/// What routing a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    NoSubscribers,
+    Delivered,
+    /// At least one subscriber's queue was full.
+    QueueFull,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+struct Conn {
+    session: SessionId,
+    protocol: ProtocolVersion,
+    info: ClientInfo,
+    /// Boxed: most connections have none, and the connection table keeps its entries small.
+    will: Option<Box<LastWill>>,
+    /// The client's Receive Maximum.
+    receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    max_packet_size: u32,
+    /// Topic aliases the client set: alias -> topic.
+    aliases_in: BTreeMap<u16, String>,
+    /// Topic aliases the broker set towards the client: topic -> alias.
+    aliases_out: BTreeMap<String, u16>,
+    /// The client's Topic Alias Maximum.
+    alias_max_out: u16,
+    /// The client's Request Problem Information.
+    problem_info: bool,
+    /// Session expiry given in CONNECT was 0 (DISCONNECT may then not raise it).
+    connect_expiry_zero: bool,
+    /// PUBACK/PUBREC held back (flow control), in the order they must go out, each with the
+    /// congested session it waits for (`None`: it only waits for the ones before it).
+    held_acks: VecDeque<(Packet, Option<SessionId>)>,
+    /// Retained messages still to send for new subscriptions (boxed: rare).
+    retained_walks: Option<Box<RetainedWalks>>,
+}
+
+/// Retained messages still to send to one connection, paced by its outbox and queue.
+#[derive(Debug, Default)]
+struct RetainedWalks {
+    walks: VecDeque<RetainedWalk>,
+    /// A batch went out and the server was asked to report room (`Action::WantRoom`); the next
+    /// batch waits for [`Broker::connection_writable`].
+    awaiting_room: bool,
+}
+
+/// One subscription's walk over the retained messages matching its filter.
+#[derive(Debug)]
+struct RetainedWalk {
+    filter: String,
+    qos: QoS,
+    sub_id: Option<u32>,
+    /// The last topic visited (the walk resumes after it).
+    after: Option<String>,
+}
+
+/// The broker: all sessions, subscriptions and retained messages, driven by the server.
+///
+/// Every method takes the current time; output is collected as [`Action`]s and taken with
+/// [`Broker::take_actions`].
+pub struct Broker {
+    config: BrokerConfig,
+    authorizer: Box<dyn Authorizer>,
+    /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
+    sessions: HashMap<SessionId, Box<Session>>,
+    by_client_id: HashMap<String, SessionId>,
+    conns: HashMap<ConnId, Box<Conn>>,
+    subs: SubscriptionTree<SessionId, SubData>,
+    retained: RetainedTree<Arc<Message>>,
+    /// Topic and payload bytes of the retained messages.
+    retained_bytes: usize,
+    /// The retained store is full (logged once per change).
+    retained_full: bool,
+    /// (deadline, session): session expiry and will delay timers, checked against the
+    /// session's state when they fire.
+    timers: BTreeSet<(Instant, SessionId)>,
+    actions: Vec<Action>,
+    stats: Stats,
+    next_session: u64,
+    started: Instant,
+    next_sys: Option<Instant>,
+    hasher: RandomState,
+    /// Reused while routing: (session, qos, retain, subscription id).
+    scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
+    /// Set while routing: a connected session the message was queued for whose queue is at
+    /// `flow_control_queued` (the publisher's acknowledgement then waits for it).
+    congested: Option<SessionId>,
+    /// Whether durable-store ops are produced.
+    persist: bool,
+    store_ops: Vec<StoreOp>,
+    /// An instant and the wall-clock Unix milliseconds at that instant.
+    epoch: (Instant, u64),
+    /// Bytes the durable store uses on disk, for `$SYS`.
+    store_bytes: Option<u64>,
+    /// When expired retained and queued messages are next swept away.
+    next_sweep: Option<Instant>,
+}
+
+/// How often expired retained and queued messages are removed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("sessions", &self.sessions.len())
+            .field("connections", &self.conns.len())
+            .field("subscriptions", &self.subs.len())
+            .field("retained", &self.retained.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// A topic for a log line: at most 64 characters, with its length when cut.
+fn short(topic: &str) -> String {
+    match topic.char_indices().nth(64) {
+        Some((i, _)) => format!("{:?}... ({} bytes)", &topic[..i], topic.len()),
+        None => format!("{topic:?}"),
+    }
+}
+
+fn props_with_reason(reason: &str) -> Properties {
+    Properties {
+        reason_string: Some(reason.to_owned()),
+        ..Properties::default()
+    }
+}
+
+impl Broker {
+    /// A broker with no sessions, started at `now`.
+    pub fn new(config: BrokerConfig, now: Instant) -> Self {
+        let next_sys = config.sys_interval.map(|_| now);
+        Self {
+            config,
+            authorizer: Box::new(AllowAll),
+            sessions: HashMap::new(),
+            by_client_id: HashMap::new(),
+            conns: HashMap::new(),
+            subs: SubscriptionTree::new(),
+            retained: RetainedTree::new(),
+            retained_bytes: 0,
+            retained_full: false,
+            timers: BTreeSet::new(),
+            actions: Vec::new(),
+            stats: Stats::default(),
+            next_session: 1,
+            started: now,
+            next_sys,
+            hasher: RandomState::new(),
+            scratch: Vec::new(),
+            congested: None,
+            persist: false,
+            store_ops: Vec::new(),
+            epoch: (now, 0),
+            store_bytes: None,
+            next_sweep: Some(now + SWEEP_INTERVAL),
+        }
+    }
+
+    /// Counts messages dropped for a reason (and in the total).
+    fn count_drop(&mut self, why: DropReason, n: u64) {
+        self.stats.messages_dropped += n;
+        let counter = match why {
+            DropReason::QueueFull => &mut self.stats.dropped_queue_full,
+            DropReason::TooLarge => &mut self.stats.dropped_too_large,
+            DropReason::Expired => &mut self.stats.dropped_expired,
+            DropReason::SlowSubscriber => &mut self.stats.dropped_slow_subscriber,
+        };
+        *counter += n;
+    }
+
+    /// Counts QoS 0 messages the server dropped at the outbox of a subscriber that does not
+    /// read (they appear in `$SYS/broker/messages/dropped/...` with the core's own drops).
+    pub fn count_slow_subscriber_drops(&mut self, n: u64) {
+        self.count_drop(DropReason::SlowSubscriber, n);
+    }
+
+    /// Replaces the authorizer.
+    pub fn set_authorizer(&mut self, authorizer: Box<dyn Authorizer>) {
+        self.authorizer = authorizer;
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Moves the actions produced so far into `out`.
+    pub fn drain_actions_into(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.actions);
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        self.actions.push(Action::Send(conn, packet));
+    }
+
+    /// Sends a v5 DISCONNECT (if the client speaks v5) and closes the connection. The will is
+    /// published as for a lost connection.
+    pub fn disconnect_with(
+        &mut self,
+        conn_id: ConnId,
+        reason: ReasonCode,
+        text: &str,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        if conn.protocol.is_v5() {
+            let properties = if conn.problem_info {
+                props_with_reason(text)
+            } else {
+                Properties::default()
+            };
+            self.send(
+                conn_id,
+                Packet::Disconnect(Disconnect {
+                    reason_code: reason,
+                    properties,
+                }),
+            );
+        }
+        self.actions.push(Action::Close(conn_id));
+        self.connection_lost(conn_id, now);
+    }
+
+    /// Handles a packet received on a connected connection.
+    pub fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now: Instant) {
+        if !self.conns.contains_key(&conn_id) {
+            return;
+        }
+        match packet {
+            Packet::Publish(p) => self.handle_publish(conn_id, p, now),
+            Packet::PubAck(a) => self.complete_outgoing(conn_id, &a, OutState::Unacked, now),
+            Packet::PubRec(a) => self.handle_pubrec(conn_id, a, now),
+            Packet::PubRel(a) => self.handle_pubrel(conn_id, a),
+            Packet::PubComp(a) => self.complete_outgoing(conn_id, &a, OutState::Released, now),
+            Packet::Subscribe(s) => self.handle_subscribe(conn_id, s, now),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn_id, u),
+            Packet::PingReq => self.send(conn_id, Packet::PingResp),
+            Packet::Disconnect(d) => self.handle_disconnect(conn_id, d, now),
+            Packet::Connect(_) => self.disconnect_with(
+                conn_id,
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT [MQTT-3.1.0-2]",
+                now,
+            ),
+            Packet::Auth(_) => self.disconnect_with(
+                conn_id,
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+                now,
+            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => self
+                .disconnect_with(
+                    conn_id,
+                    ReasonCode::PROTOCOL_ERROR,
+                    "a server-to-client packet was sent by the client",
+                    now,
+                ),
+        }
+    }
+
+    /// The client id of a connection's session (for logs).
+    pub fn client_id(&self, conn_id: ConnId) -> Option<&str> {
+        let conn = self.conns.get(&conn_id)?;
+        self.sessions
+            .get(&conn.session)
+            .map(|s| s.client_id.as_str())
+    }
+
+    /// Closes every connection for shutdown: v5 clients get DISCONNECT 0x8B. Wills are not
+    /// published (the server is going away, the clients did nothing wrong).
+    pub fn shutdown(&mut self) {
+        self.shutdown_with(ReasonCode::SERVER_SHUTTING_DOWN, "");
+    }
+
+    /// Closes every connection because the server stops: v5 clients get DISCONNECT `code`
+    /// (with `why` as the reason string, if not empty). Wills are not published.
+    pub fn shutdown_with(&mut self, code: ReasonCode, why: &str) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn_id in ids {
+            if let Some(conn) = self.conns.get(&conn_id) {
+                if conn.protocol.is_v5() {
+                    self.send(
+                        conn_id,
+                        Packet::Disconnect(Disconnect {
+                            reason_code: code,
+                            properties: if why.is_empty() {
+                                Properties::default()
+                            } else {
+                                props_with_reason(why)
+                            },
+                        }),
+                    );
+                }
+            }
+            self.actions.push(Action::Close(conn_id));
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `$SYS/broker/...` statistics.
+
+use super::*;
+
+impl Broker {
+    pub(super) fn publish_sys(&mut self, now: Instant) {
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let st = self.stats;
+        let items: [(&str, String); 17] = [
+            ("version", format!("moat {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{uptime} seconds")),
+            (
+                "clients/connected",
+                self.stats.clients_connected.to_string(),
+            ),
+            ("clients/total", self.sessions.len().to_string()),
+            (
+                "messages/received",
+                self.stats.messages_received.to_string(),
+            ),
+            ("messages/sent", self.stats.messages_sent.to_string()),
+            ("messages/dropped", st.messages_dropped.to_string()),
+            (
+                "messages/dropped/queue full",
+                st.dropped_queue_full.to_string(),
+            ),
+            (
+                "messages/dropped/too large",
+                st.dropped_too_large.to_string(),
+            ),
+            ("messages/dropped/expired", st.dropped_expired.to_string()),
+            (
+                "messages/dropped/slow subscriber",
+                st.dropped_slow_subscriber.to_string(),
+            ),
+            (
+                "publish/refused/topic",
+                st.publishes_refused_topic.to_string(),
+            ),
+            (
+                "subscriptions/refused",
+                st.subscriptions_refused.to_string(),
+            ),
+            ("retained messages/dropped", st.retained_dropped.to_string()),
+            ("retained messages/bytes", self.retained_bytes.to_string()),
+            ("subscriptions/count", self.subs.len().to_string()),
+            ("retained messages/count", self.retained.len().to_string()),
+        ];
+        let store = self.store_bytes.map(|b| ("store/bytes", b.to_string()));
+        for (name, value) in items.into_iter().chain(store) {
+            let message = Arc::new(Message {
+                topic: format!("$SYS/broker/{name}"),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            });
+            self.retained_put(Arc::clone(&message));
+            self.route(&message, now);
+        }
+    }
+}
