@@ -67,6 +67,12 @@ pub struct BrokerConfig {
     pub max_qos: u8,
     /// How often `$SYS/broker/...` statistics are published; `None` turns them off.
     pub sys_interval: Option<Duration>,
+    /// Seeds what the broker would otherwise pick at random (assigned client ids): the same
+    /// inputs with the same seed give the same outputs. The server passes a random one.
+    pub seed: u64,
+    /// Produce [`crate::Output::Interest`] when a filter gets its first subscription or loses
+    /// its last (a cluster follows other nodes' messages by it). Off for a single node.
+    pub report_interest: bool,
 }
 
 impl BrokerConfig {
@@ -100,6 +106,8 @@ impl Default for BrokerConfig {
             max_client_id_len: 256,
             max_qos: 2,
             sys_interval: Some(Duration::from_secs(10)),
+            seed: 0,
+            report_interest: false,
         }
     }
 }

@@ -7,7 +7,7 @@ use moat_codec::{
     Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish,
     QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
-use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+use moat_core::{Broker, BrokerConfig, ClientInfo, ConnId, Input, Output};
 
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -16,7 +16,14 @@ struct Harness {
     broker: Broker,
     now: Instant,
     next_conn: u64,
-    pending: Vec<Action>,
+    pending: Vec<Output>,
+}
+
+/// Every output produced so far.
+fn drain(broker: &mut Broker) -> Vec<Output> {
+    let mut out = Vec::new();
+    broker.drain_outputs_into(&mut out);
+    out
 }
 
 fn pid(v: u16) -> PacketId {
@@ -79,15 +86,23 @@ impl Harness {
 
     fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
-        self.broker.tick(self.now);
+        self.broker.handle_timeout(self.now);
     }
 
     /// Connects and returns (conn, CONNACK, other packets sent to it).
     fn connect_with(&mut self, c: Connect) -> (ConnId, moat_codec::ConnAck, Vec<Packet>) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
-        self.broker
-            .connect(conn, c, ClientInfo::default(), self.now);
+        let info = ClientInfo::default();
+        let connect = Box::new(c);
+        self.broker.handle(
+            Input::Connect {
+                conn,
+                connect,
+                info,
+            },
+            self.now,
+        );
         let mut out = self.take(conn);
         assert!(!out.is_empty(), "no CONNACK");
         let Packet::ConnAck(ack) = out.remove(0) else {
@@ -103,28 +118,30 @@ impl Harness {
     }
 
     fn send(&mut self, conn: ConnId, p: Packet) {
-        self.broker.handle_packet(conn, p, self.now);
+        self.broker
+            .handle(Input::Packet { conn, packet: p }, self.now);
     }
 
     /// Packets queued for `conn`; the other connections' actions stay pending.
     /// A server whose outboxes always have room: `WantRoom` is answered at once.
     fn take(&mut self, conn: ConnId) -> Vec<Packet> {
         let mut actions = std::mem::take(&mut self.pending);
-        actions.extend(self.broker.take_actions());
+        actions.extend(drain(&mut self.broker));
         let mut mine = Vec::new();
         while !actions.is_empty() {
             let mut writable = Vec::new();
             for a in actions {
                 match a {
-                    Action::Send(c, p) if c == conn => mine.push(p),
-                    Action::WantRoom(c) => writable.push(c),
+                    Output::Send(c, p) if c == conn => mine.push(p),
+                    Output::WantRoom(c) => writable.push(c),
+                    Output::Connected { .. } | Output::Persist(_) => {}
                     other => self.pending.push(other),
                 }
             }
             for c in writable {
-                self.broker.connection_writable(c, self.now);
+                self.broker.handle(Input::Writable { conn: c }, self.now);
             }
-            actions = self.broker.take_actions();
+            actions = drain(&mut self.broker);
         }
         mine
     }
@@ -136,10 +153,11 @@ impl Harness {
     /// Whether the broker asked to close `conn` (packets for it are discarded).
     fn closed(&mut self, conn: ConnId) -> bool {
         let mut actions = std::mem::take(&mut self.pending);
-        actions.extend(self.broker.take_actions());
-        let closed = actions.iter().any(|a| *a == Action::Close(conn));
+        actions.extend(drain(&mut self.broker));
+        let closed = actions.iter().any(|a| *a == Output::Close(conn));
         self.pending.extend(actions.into_iter().filter(|a| match a {
-            Action::Close(c) | Action::Send(c, _) | Action::WantRoom(c) => *c != conn,
+            Output::Close(c) | Output::Send(c, _) | Output::WantRoom(c) => *c != conn,
+            _ => false,
         }));
         closed
     }
@@ -273,7 +291,7 @@ fn outbound_qos2_flow_and_redelivery_after_reconnect() {
     // PUBREC for the QoS 2 message, then the connection drops before PUBCOMP.
     h.send(s, Packet::PubRec(PubAck::new(id2)));
     assert!(matches!(&h.all_for(s)[0], Packet::PubRel(r) if r.packet_id == id2));
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
 
     let (s2, ack, resent) = h.connect_with(connect_packet("sub", V3, false));
     assert!(ack.session_present);
@@ -310,7 +328,7 @@ fn offline_queue_for_persistent_session_not_for_clean() {
     // Clean session: nothing kept.
     let (c, ack, _) = h.connect_with(connect_packet("sub", V3, true));
     assert!(!ack.session_present);
-    h.broker.connection_lost(c, h.now);
+    h.broker.handle(Input::Lost { conn: c }, h.now);
     let (_, ack, _) = h.connect_with(connect_packet("sub", V3, false));
     assert!(!ack.session_present);
 }
@@ -383,7 +401,7 @@ fn will_published_on_loss_not_on_disconnect() {
     assert!(publishes(&h.all_for(s)).is_empty());
 
     let (w, _, _) = h.connect_with(c);
-    h.broker.connection_lost(w, h.now);
+    h.broker.handle(Input::Lost { conn: w }, h.now);
     let got = h.all_for(s);
     assert_eq!(publishes(&got)[0].payload, "gone");
 }
@@ -406,7 +424,7 @@ fn will_delay_and_cancel_on_reconnect() {
         },
     });
     let (w, _, _) = h.connect_with(c.clone());
-    h.broker.connection_lost(w, h.now);
+    h.broker.handle(Input::Lost { conn: w }, h.now);
     h.advance(5);
     assert!(publishes(&h.all_for(s)).is_empty());
     // Reconnecting within the delay cancels the will.
@@ -414,7 +432,7 @@ fn will_delay_and_cancel_on_reconnect() {
     h.advance(20);
     assert!(publishes(&h.all_for(s)).is_empty());
     // Lost again: sent after 10 s.
-    h.broker.connection_lost(w, h.now);
+    h.broker.handle(Input::Lost { conn: w }, h.now);
     h.advance(9);
     assert!(publishes(&h.all_for(s)).is_empty());
     h.advance(1);
@@ -452,7 +470,7 @@ fn session_expiry_v5() {
     assert!(!ack.session_present);
     let mut zero = c.clone();
     zero.properties.session_expiry_interval = None;
-    h.broker.connection_lost(conn, h.now);
+    h.broker.handle(Input::Lost { conn }, h.now);
     let (conn, _, _) = h.connect_with(zero);
     h.send(
         conn,
@@ -718,7 +736,7 @@ fn message_expiry_counts_down_and_drops() {
     c.properties.session_expiry_interval = Some(100);
     let (s, _, _) = h.connect_with(c.clone());
     h.subscribe(s, vec![sub("e", QoS::AtLeastOnce)]);
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
     let p = h.connect("p", V5, true);
     let mut m = publish("e", "short", QoS::AtLeastOnce, 1);
     m.properties.message_expiry_interval = Some(1);
@@ -811,7 +829,7 @@ fn queue_limit_drops_and_counts() {
     let mut h = Harness::with_config(config);
     let s = h.connect("q", V3, false);
     h.subscribe(s, vec![sub("q", QoS::AtLeastOnce)]);
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
     let p = h.connect("p", V3, true);
     for i in 1..=5 {
         h.send(
@@ -850,7 +868,7 @@ fn queue_overflow_tells_v5_publishers_quota_exceeded() {
     let mut h = Harness::with_config(config);
     let s = h.connect("q", V3, false);
     h.subscribe(s, vec![sub("q", QoS::AtLeastOnce)]);
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
     let p = h.connect("p5", V5, true);
     h.send(p, Packet::Publish(publish("q", "1", QoS::AtLeastOnce, 1)));
     h.send(p, Packet::Publish(publish("q", "2", QoS::AtLeastOnce, 2)));
@@ -875,7 +893,7 @@ fn expired_retained_and_queued_messages_are_swept() {
     c.properties.session_expiry_interval = Some(3600);
     let (s, _, _) = h.connect_with(c);
     h.subscribe(s, vec![sub("e/#", QoS::AtLeastOnce)]);
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
     let p = h.connect("p", V5, true);
     let mut m = publish("e/1", "short-lived", QoS::AtLeastOnce, 1);
     m.retain = true;
@@ -906,7 +924,7 @@ fn queue_byte_limit_applies() {
     let mut h = Harness::with_config(config);
     let s = h.connect("b", V3, false);
     h.subscribe(s, vec![sub("b", QoS::AtLeastOnce)]);
-    h.broker.connection_lost(s, h.now);
+    h.broker.handle(Input::Lost { conn: s }, h.now);
     let p = h.connect("p", V3, true);
     for i in 1..=3 {
         h.send(
@@ -989,7 +1007,7 @@ fn flow_control_holds_acks_for_a_slow_subscriber() {
     }
     let held = acks_of(&h.take(p));
     assert!(!held.contains(&14), "{held:?}");
-    h.broker.connection_lost(slow, h.now);
+    h.broker.handle(Input::Lost { conn: slow }, h.now);
     let rest = acks_of(&h.take(p));
     let all: Vec<u16> = held.into_iter().chain(rest).collect();
     assert_eq!(all, (9..=14).collect::<Vec<_>>());
@@ -997,9 +1015,9 @@ fn flow_control_holds_acks_for_a_slow_subscriber() {
 }
 
 /// Actions the broker produced, without the harness answering `WantRoom`.
-fn raw_actions(h: &mut Harness) -> Vec<Action> {
+fn raw_actions(h: &mut Harness) -> Vec<Output> {
     let mut actions = std::mem::take(&mut h.pending);
-    actions.extend(h.broker.take_actions());
+    actions.extend(drain(&mut h.broker));
     actions
 }
 
@@ -1033,8 +1051,8 @@ fn retained_messages_are_paced_by_the_subscriber_never_dropped() {
         let mut want_room = false;
         for a in actions {
             match a {
-                Action::Send(c, Packet::Publish(p)) if c == s && p.retain => topics.push(p.topic),
-                Action::WantRoom(c) if c == s => want_room = true,
+                Output::Send(c, Packet::Publish(p)) if c == s && p.retain => topics.push(p.topic),
+                Output::WantRoom(c) if c == s => want_room = true,
                 _ => {}
             }
         }
@@ -1051,7 +1069,7 @@ fn retained_messages_are_paced_by_the_subscriber_never_dropped() {
             m.retain = true;
             h.send(p, Packet::Publish(m));
         }
-        h.broker.connection_writable(s, h.now);
+        h.broker.handle(Input::Writable { conn: s }, h.now);
     }
     assert_eq!(rounds, 10);
     assert_eq!(topics.len(), 1051);
@@ -1095,7 +1113,7 @@ fn unsubscribe_stops_a_retained_walk() {
         }),
     );
     let first = raw_actions(&mut h);
-    assert!(first.contains(&Action::WantRoom(s)));
+    assert!(first.contains(&Output::WantRoom(s)));
     h.send(
         s,
         Packet::Unsubscribe(Unsubscribe {
@@ -1104,12 +1122,12 @@ fn unsubscribe_stops_a_retained_walk() {
             filters: vec!["r/+".into()],
         }),
     );
-    h.broker.connection_writable(s, h.now);
+    h.broker.handle(Input::Writable { conn: s }, h.now);
     let after = raw_actions(&mut h);
     assert!(
         !after
             .iter()
-            .any(|a| matches!(a, Action::Send(c, Packet::Publish(_)) if *c == s)),
+            .any(|a| matches!(a, Output::Send(c, Packet::Publish(_)) if *c == s)),
         "retained messages after UNSUBACK: {after:?}"
     );
 }
@@ -1248,4 +1266,239 @@ fn subscriptions_per_client_and_retained_bytes_are_limited() {
     assert_eq!(h.broker.retained_count(), 1);
     assert_eq!(h.broker.stats().retained_dropped, 1);
     assert_eq!(h.broker.stats().subscriptions_refused, 1);
+}
+
+#[test]
+fn keep_alive_is_a_core_timer_on_the_virtual_clock() {
+    let mut h = Harness::new();
+    let mut c = connect_packet("ka", V5, true);
+    c.keep_alive = 10;
+    c.will = Some(LastWill {
+        topic: "will/ka".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    let (conn, _, _) = h.connect_with(c);
+    let watcher = h.connect("watcher", V5, true);
+    h.subscribe(watcher, vec![sub("will/#", QoS::AtMostOnce)]);
+    // 1.5 x 10 s: a packet at 14 s keeps it alive until 29 s.
+    h.advance(14);
+    assert!(!h.closed(conn));
+    h.send(conn, Packet::PingReq);
+    assert_eq!(h.take(conn), vec![Packet::PingResp]);
+    h.advance(14);
+    assert!(!h.closed(conn));
+    assert!(h.broker.poll_timeout().is_some());
+    h.advance(2);
+    let out = h.take(conn);
+    assert!(
+        matches!(&out[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+        "{out:?}"
+    );
+    assert!(h.closed(conn));
+    let got = h.take(watcher);
+    assert_eq!(publishes(&got)[0].payload, "gone");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_assigned_client_ids() {
+    let ids = |seed: u64| {
+        let mut h = Harness::with_config(BrokerConfig {
+            sys_interval: None,
+            seed,
+            ..BrokerConfig::default()
+        });
+        (0..3)
+            .map(|_| {
+                let (_, ack, _) = h.connect_with(connect_packet("", V5, true));
+                ack.properties.assigned_client_identifier.unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(7), ids(7));
+    assert_ne!(ids(7), ids(8));
+    let first = ids(7);
+    let unique: std::collections::BTreeSet<_> = first.iter().collect();
+    assert_eq!(unique.len(), 3);
+}
+
+fn admin(h: &mut Harness, request: moat_core::AdminRequest) -> moat_core::AdminReply {
+    let id = moat_core::RequestId(42);
+    h.broker.handle(Input::Admin { id, request }, h.now);
+    let mut reply = None;
+    for o in drain(&mut h.broker) {
+        match o {
+            Output::Reply { id: got, reply: r } if got == id => reply = Some(r),
+            other => h.pending.push(other),
+        }
+    }
+    reply.expect("no reply")
+}
+
+#[test]
+fn admin_requests_list_page_disconnect_and_delete() {
+    use moat_core::{AdminReply, AdminRequest, ClientQuery};
+    let mut h = Harness::new();
+    let conns: Vec<ConnId> = ["dev-c", "dev-a", "other", "dev-b"]
+        .iter()
+        .map(|id| h.connect(id, V5, true))
+        .collect();
+    let page = |h: &mut Harness, after: Option<&str>| {
+        let q = ClientQuery {
+            client_id_prefix: "dev-".into(),
+            after: after.map(str::to_owned),
+            limit: 2,
+            ..ClientQuery::default()
+        };
+        match admin(h, AdminRequest::Clients(q)) {
+            AdminReply::Clients { clients, more } => (
+                clients.into_iter().map(|c| c.client_id).collect::<Vec<_>>(),
+                more,
+            ),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        page(&mut h, None),
+        (vec!["dev-a".into(), "dev-b".into()], true)
+    );
+    assert_eq!(page(&mut h, Some("dev-b")), (vec!["dev-c".into()], false));
+
+    let reply = admin(
+        &mut h,
+        AdminRequest::Disconnect {
+            client_id: "dev-a".into(),
+            reason: ReasonCode::ADMINISTRATIVE_ACTION,
+        },
+    );
+    assert_eq!(reply, AdminReply::Disconnected(true));
+    let out = h.take(conns[1]);
+    assert!(
+        matches!(&out[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ADMINISTRATIVE_ACTION)
+    );
+    assert!(h.closed(conns[1]));
+    assert_eq!(
+        page(&mut h, None),
+        (vec!["dev-b".into(), "dev-c".into()], false)
+    );
+
+    for t in ["r/a", "r/b", "q/x"] {
+        let mut m = publish(t, "v", QoS::AtMostOnce, 0);
+        m.retain = true;
+        h.send(conns[2], Packet::Publish(m));
+    }
+    let listed = |h: &mut Harness, prefix: &str| match admin(
+        h,
+        AdminRequest::Retained {
+            prefix: prefix.into(),
+            after: None,
+            limit: 10,
+        },
+    ) {
+        AdminReply::Retained { messages, .. } => messages
+            .into_iter()
+            .map(|m| m.message.topic.clone())
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed(&mut h, "r/"), vec!["r/a", "r/b"]);
+    assert_eq!(listed(&mut h, ""), vec!["q/x", "r/a", "r/b"]);
+    let reply = admin(
+        &mut h,
+        AdminRequest::DeleteRetained {
+            topic: "r/a".into(),
+        },
+    );
+    assert_eq!(reply, AdminReply::RetainedDeleted(true));
+    assert_eq!(listed(&mut h, "r"), vec!["r/b"]);
+    match admin(&mut h, AdminRequest::Stats) {
+        AdminReply::Stats(s) => {
+            assert_eq!(s.retained, 2);
+            assert_eq!(s.stats.clients_connected, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn accepted_messages_interest_and_remote_messages() {
+    use moat_core::{AdminRequest, Message};
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        report_interest: true,
+        ..BrokerConfig::default()
+    });
+    let s = h.connect("s", V5, true);
+    let t = h.connect("t", V5, true);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            properties: Properties::default(),
+            filters: vec![sub("a/+", QoS::AtMostOnce)],
+        }),
+    );
+    h.send(
+        t,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            properties: Properties::default(),
+            filters: vec![sub("a/+", QoS::AtMostOnce)],
+        }),
+    );
+    let interest: Vec<Output> = drain(&mut h.broker)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Interest { .. }))
+        .collect();
+    assert_eq!(
+        interest,
+        vec![Output::Interest {
+            filter: "a/+".into(),
+            subscribed: true
+        }]
+    );
+    admin(&mut h, AdminRequest::ReportAccepted(true));
+    h.send(s, Packet::Publish(publish("a/1", "hi", QoS::AtMostOnce, 0)));
+    let accepted: Vec<_> = drain(&mut h.broker)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Accepted(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].client_id, "s");
+    assert_eq!(accepted[0].message.topic, "a/1");
+    // A message from elsewhere reaches local subscribers like a client's.
+    let remote = Message {
+        topic: "a/2".into(),
+        payload: Bytes::from_static(b"far"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+    };
+    h.broker.handle(
+        Input::Remote {
+            message: std::sync::Arc::new(remote),
+        },
+        h.now,
+    );
+    assert_eq!(publishes(&h.take(t))[0].payload, "far");
+    h.broker.handle(Input::Lost { conn: s }, h.now);
+    h.broker.handle(Input::Lost { conn: t }, h.now);
+    let gone: Vec<Output> = drain(&mut h.broker)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Interest { .. }))
+        .collect();
+    assert_eq!(
+        gone,
+        vec![Output::Interest {
+            filter: "a/+".into(),
+            subscribed: false
+        }]
+    );
 }

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use moat_codec::{
@@ -76,6 +75,22 @@ pub(crate) struct TlsConn {
     pub(crate) source: IdentitySource,
     /// Cancelled when the listener's certificate is removed or a CRL revokes the peer.
     pub(crate) guard: ConnectionGuard,
+    /// The TLS version agreed ("TLSv1.3").
+    pub(crate) version: &'static str,
+}
+
+impl TlsConn {
+    /// The facts the admin API shows.
+    fn info(&self) -> moat_core::TlsInfo {
+        let cert = self.identity.as_ref();
+        moat_core::TlsInfo {
+            version: self.version.to_owned(),
+            identity: cert.and_then(|id| id.name(self.source)).map(str::to_owned),
+            subject: cert.map(|id| id.dn.clone()),
+            fingerprint: cert.map(|id| id.fingerprint.clone()),
+            not_after: cert.map(|id| id.not_after),
+        }
+    }
 }
 
 /// What [`Connection::forward_packet`] stopped at. Boxed payloads keep it small: it is held
@@ -105,7 +120,6 @@ enum End {
     ClosedByBroker,
     Io(std::io::Error),
     Decode(DecodeError),
-    KeepAlive,
     ConnectTimeout,
     WriteTimeout,
     Refused(ReasonCode),
@@ -121,7 +135,6 @@ impl std::fmt::Display for End {
             Self::ClosedByBroker => f.write_str("closed by the broker"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Decode(e) => write!(f, "{e}"),
-            Self::KeepAlive => f.write_str("keep-alive expired"),
             Self::ConnectTimeout => f.write_str("no CONNECT in time"),
             Self::WriteTimeout => f.write_str("write timed out (client not reading)"),
             Self::Refused(code) => write!(f, "CONNECT refused: {code}"),
@@ -197,12 +210,12 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
     // One level of async state for the connection's life: `c`, and the loop's (CONNECT and
     // authentication run boxed inside `establish_or_stop`).
     let end = 'run: {
-        let (outbox, keep_alive, version) = match c.establish_or_stop(tls.as_deref()).await {
+        let (outbox, version) = match c.establish_or_stop(tls.as_deref()).await {
             Ok(established) => established,
             Err(end) => break 'run end,
         };
         let guard = tls.as_deref().map(|t| &t.guard);
-        c.run_connected(&outbox, keep_alive, version, guard).await
+        c.run_connected(&outbox, version, guard).await
     };
     let closed = closed_message(&c, end);
     let router = &c.shared.router;
@@ -259,7 +272,7 @@ impl Connection {
     async fn establish_or_stop(
         &mut self,
         tls: Option<&TlsConn>,
-    ) -> Result<(Arc<Outbox>, Option<Duration>, ProtocolVersion), End> {
+    ) -> Result<(Arc<Outbox>, ProtocolVersion), End> {
         let shared = Arc::clone(&self.shared);
         let listener = Arc::clone(&self.listener);
         let peer = self.peer;
@@ -270,13 +283,13 @@ impl Connection {
     }
 
     /// CONNECT under the timeout, authentication, and the router's CONNACK decision. Returns
-    /// the outbox, the keep-alive to enforce and the protocol version.
+    /// the outbox and the protocol version.
     async fn establish(
         &mut self,
         peer: SocketAddr,
         listener: &ListenerConfig,
         tls: Option<&TlsConn>,
-    ) -> Result<(Arc<Outbox>, Option<Duration>, ProtocolVersion), End> {
+    ) -> Result<(Arc<Outbox>, ProtocolVersion), End> {
         let config = Arc::clone(&self.shared.config);
         let connect = match timeout(config.connect_timeout, self.read_connect()).await {
             Err(_) => return Err(End::ConnectTimeout),
@@ -320,6 +333,7 @@ impl Connection {
             listener: Arc::clone(&self.listener_name),
             peer: Some(peer),
             username: principal.username,
+            tls: tls.map(|t| Arc::new(t.info())),
         };
         let outbox = Arc::new(Outbox::default());
         let (reply, outcome) = oneshot::channel();
@@ -340,9 +354,7 @@ impl Connection {
             tracing::Span::current().record("client_id", outcome.client_id.as_str());
             debug!(keep_alive = outcome.keep_alive, %version, "connected");
         }
-        let keep_alive = (outcome.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
-        Ok((outbox, keep_alive, version))
+        Ok((outbox, version))
     }
 
     /// Reads until CONNECT is decoded. Anything else first is a protocol violation. A CONNECT
@@ -510,15 +522,13 @@ impl Connection {
     async fn run_connected(
         &mut self,
         outbox: &Arc<Outbox>,
-        keep_alive: Option<Duration>,
         version: ProtocolVersion,
         tls_guard: Option<&ConnectionGuard>,
     ) -> End {
         let shared = Arc::clone(&self.shared);
-        // Keep-alive is checked by the router's sweep (once a second), a withdrawn certificate
-        // by a small watcher task: both end the connection through its outbox, so this loop
-        // waits on the outbox and the socket only.
-        outbox.set_keep_alive(keep_alive);
+        // Keep-alive is the core's timer, a withdrawn certificate a small watcher task: both
+        // end the connection through its outbox, so this loop waits on the outbox and the
+        // socket only.
         let _watcher = tls_guard.map(|g| {
             let withdrawn = g.cancelled();
             let outbox = Arc::clone(outbox);
@@ -577,9 +587,6 @@ impl Connection {
                                 let _ = Box::pin(timeout(limit, self.io.shutdown())).await;
                                 return End::ClosedByBroker;
                             }
-                            CloseReason::KeepAlive => {
-                                (ReasonCode::KEEP_ALIVE_TIMEOUT, End::KeepAlive)
-                            }
                             CloseReason::CertificateWithdrawn => {
                                 (ReasonCode::ADMINISTRATIVE_ACTION, End::CertificateWithdrawn)
                             }
@@ -604,7 +611,6 @@ impl Connection {
                         Ok(Some(_)) => {}
                         Err(e) => return End::Io(e),
                     }
-                    outbox.touch();
                     // Decoding and handing packets over is synchronous; only a full router
                     // channel or a decode error waits, in a boxed future: no packet is kept
                     // across an await in this task's own (long-lived) state.

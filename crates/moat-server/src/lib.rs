@@ -14,6 +14,7 @@
 mod auth;
 mod config;
 mod connection;
+mod handle;
 mod outbox;
 mod router;
 mod ws;
@@ -34,13 +35,14 @@ use tracing::{debug_span, error, info, warn, Instrument};
 
 pub use auth::AuthConfig;
 pub use config::{ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
+pub use handle::{BrokerHandle, Page, Stopped};
 pub use moat_auth::Proof;
 pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
 use crate::auth::{AclAuthorizer, AuthState};
 use crate::connection::{Shared, TlsConn};
-use crate::router::Router;
+use crate::router::{Router, ToRouter};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,9 @@ impl std::fmt::Debug for Bound {
 #[derive(Debug)]
 pub struct Server {
     config: Arc<ServerConfig>,
+    /// The router's inbox (connections and [`BrokerHandle`]s send to it).
+    tx: mpsc::Sender<ToRouter>,
+    rx: mpsc::Receiver<ToRouter>,
     listeners: Vec<Bound>,
     reload: Arc<Notify>,
     auth: Arc<AuthState>,
@@ -174,13 +179,22 @@ impl Server {
                 tls,
             });
         }
+        let (tx, rx) = mpsc::channel(4096);
         Ok(Self {
             config: Arc::new(config),
+            tx,
+            rx,
             listeners,
             reload: Arc::new(Notify::new()),
             auth,
             store,
         })
+    }
+
+    /// A handle on the broker for everything that is not a socket (admin API, forwarders,
+    /// tools): usable from any task while [`Server::run`] runs.
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle::new(self.tx.clone())
     }
 
     /// Notifying this makes every TLS listener re-read its files now (what SIGHUP does).
@@ -220,23 +234,25 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = (self.tx, self.rx);
         let mut broker_config = config.broker.clone();
         // A retained batch fits in half an outbox: the router reports room once an outbox is
         // at most half full, so a batch never meets a full outbox.
         broker_config.retained_batch = broker_config
             .retained_batch
             .clamp(1, (config.max_outbox_packets / 2).max(1));
-        let mut broker = Broker::new(broker_config, tokio::time::Instant::now().into_std());
+        // A random seed for what the core would otherwise pick at random (assigned client ids).
+        broker_config.seed =
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0);
+        let started = tokio::time::Instant::now().into_std();
+        let mut broker = Broker::new(broker_config, started);
+        broker.set_clock(started, unix_ms_now());
         broker.set_authorizer(Box::new(AclAuthorizer(Arc::clone(&self.auth))));
         let fatal = CancellationToken::new();
         let store = match self.store {
             Some((store, snapshot)) => {
                 let now = tokio::time::Instant::now().into_std();
-                let unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                broker.enable_persistence(now, unix_ms);
+                broker.enable_persistence(now, unix_ms_now());
                 for item in broker.restore(snapshot, now) {
                     tracing::warn!(store = %store.path().display(), "not loaded from the store: {item}");
                 }
@@ -341,6 +357,13 @@ impl Server {
         info!("stopped");
         failure.map_or(Ok(()), Err)
     }
+}
+
+/// The wall clock in Unix milliseconds.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified.
@@ -531,12 +554,18 @@ async fn tls_accept(
                 .and_then(|c| PeerIdentity::from_der(c));
             let guard = live.register(identity.as_ref());
             let source = live.settings().identity;
+            let version = match tls_stream.get_ref().1.protocol_version() {
+                Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            };
             return Some((
                 tls_stream,
                 TlsConn {
                     identity,
                     source,
                     guard,
+                    version,
                 },
             ));
         }

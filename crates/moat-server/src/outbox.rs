@@ -3,14 +3,13 @@
 //! The router pushes, the connection task drains everything at once and writes it with one
 //! syscall where it can. A std `Mutex` is enough: it is never held across an `.await`.
 //!
-//! The outbox is also how the rest of the server tells a connection to end (the router, the
-//! keep-alive sweep, a withdrawn TLS certificate): the connection task waits on one thing
+//! The outbox is also how the rest of the server tells a connection to end (the router, a
+//! withdrawn TLS certificate): the connection task waits on one thing
 //! only, so an idle connection's task stays small.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use moat_codec::Packet;
 use tokio::sync::Notify;
@@ -31,16 +30,8 @@ struct Inner {
 pub(crate) enum CloseReason {
     /// The core asked (takeover, DISCONNECT sent, shutdown).
     Broker,
-    /// Nothing read for 1.5 times the keep-alive.
-    KeepAlive,
     /// The listener's certificate was removed, or a CRL revoked the client's.
     CertificateWithdrawn,
-}
-
-/// Milliseconds on the server's coarse clock (since the first call).
-pub(crate) fn clock_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Packets for one connection, and whether it should close after writing them.
@@ -54,10 +45,6 @@ pub(crate) struct Outbox {
     reason: AtomicU8,
     /// The router wants to hear when this outbox has been drained (retained messages wait).
     room_wanted: AtomicBool,
-    /// When the connection last read something ([`clock_ms`]).
-    last_read_ms: AtomicU64,
-    /// 1.5 times the keep-alive in milliseconds; 0: none.
-    keep_alive_ms: AtomicU64,
 }
 
 impl Outbox {
@@ -108,7 +95,6 @@ impl Outbox {
     pub(crate) fn close_because(&self, reason: CloseReason) {
         let code = match reason {
             CloseReason::Broker => 1,
-            CloseReason::KeepAlive => 2,
             CloseReason::CertificateWithdrawn => 3,
         };
         let _ = self
@@ -121,34 +107,8 @@ impl Outbox {
     /// Why the outbox was closed.
     pub(crate) fn close_reason(&self) -> CloseReason {
         match self.reason.load(Ordering::Relaxed) {
-            2 => CloseReason::KeepAlive,
             3 => CloseReason::CertificateWithdrawn,
             _ => CloseReason::Broker,
-        }
-    }
-
-    /// Starts keep-alive checking: the connection must read something at least every `limit`.
-    pub(crate) fn set_keep_alive(&self, limit: Option<std::time::Duration>) {
-        self.touch();
-        let ms = limit.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.keep_alive_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// The connection read something.
-    pub(crate) fn touch(&self) {
-        self.last_read_ms.store(clock_ms(), Ordering::Relaxed);
-    }
-
-    /// Closes the outbox (reason keep-alive) if the connection read nothing for longer than
-    /// its keep-alive allows.
-    pub(crate) fn expire_if_idle(&self, now_ms: u64) {
-        let limit = self.keep_alive_ms.load(Ordering::Relaxed);
-        let last = self.last_read_ms.load(Ordering::Relaxed);
-        if limit > 0
-            && self.reason.load(Ordering::Relaxed) == 0
-            && now_ms.saturating_sub(last) > limit
-        {
-            self.close_because(CloseReason::KeepAlive);
         }
     }
 

@@ -1,6 +1,15 @@
-//! The router task: the one owner of the broker core. Connections send it packets over a
-//! bounded channel (so a fast publisher is slowed down when the router is busy) and it pushes
-//! packets into each connection's outbox (never waiting on a slow client).
+//! The router task: the engine that drives the broker core. It is the core's one owner: it
+//! turns what connections and the [`crate::BrokerHandle`] send it into core
+//! [`Input`]s, and acts on the core's [`Output`]s in order (the effects: outboxes, the store,
+//! replies, consumers of accepted messages).
+//!
+//! Connections send over a bounded channel (so a fast publisher is slowed down when the router
+//! is busy); the router pushes packets into each connection's outbox and never waits on a slow
+//! client.
+//!
+//! The durability rule lives in [`Router::flush`], and only there: an output that follows an
+//! [`Output::Persist`] is acted on only once that op is durable, so no PUBACK/PUBREC leaves
+//! before what it acknowledges is kept (all ops of a batch share one fsync: group commit).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,18 +17,17 @@ use std::time::Instant;
 
 use moat_codec::{Connect, Packet, QoS, ReasonCode};
 use moat_core::store::{Store, StoreOp};
-use moat_core::{Action, Broker, ClientInfo, ConnId, ConnectOutcome};
+use moat_core::{
+    AcceptedMessage, AdminReply, AdminRequest, Broker, ClientInfo, ConnId, ConnectOutcome, Input,
+    Output, RequestId,
+};
 use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
 
-/// How often keep-alives are checked: a dead client is found within 1.5 times its keep-alive
-/// plus this.
-const KEEP_ALIVE_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Messages from connection tasks to the router.
+/// Messages to the router: from connection tasks and from [`crate::BrokerHandle`]s.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // most messages are packets; boxing them costs more
 pub(crate) enum ToRouter {
@@ -43,6 +51,15 @@ pub(crate) enum ToRouter {
         /// Set when the connection ended unusually (logged with the client id).
         note: Option<Box<EndNote>>,
     },
+    /// An operator's request, answered on `reply`.
+    Admin {
+        request: AdminRequest,
+        reply: oneshot::Sender<AdminReply>,
+    },
+    /// A consumer of every accepted message (bounded: the router waits for it).
+    WatchAccepted {
+        tx: mpsc::Sender<Arc<AcceptedMessage>>,
+    },
 }
 
 /// How a connection ended, when that is worth an info-level line.
@@ -62,9 +79,15 @@ pub(crate) struct Router {
     pub(crate) rx: mpsc::Receiver<ToRouter>,
     pub(crate) outboxes: HashMap<ConnId, Arc<Outbox>>,
     pub(crate) max_outbox_packets: usize,
-    actions: Vec<Action>,
-    /// The durable store: each batch's ops are made durable before its actions (PUBACK,
-    /// PUBREC...) go out.
+    outputs: Vec<Output>,
+    /// CONNACK decisions the connection tasks wait for.
+    connecting: HashMap<ConnId, oneshot::Sender<ConnectOutcome>>,
+    /// Admin requests waiting for their reply.
+    requests: HashMap<RequestId, oneshot::Sender<AdminReply>>,
+    next_request: u64,
+    /// Consumers of accepted messages (the core reports them while there are any).
+    watchers: Vec<mpsc::Sender<Arc<AcceptedMessage>>>,
+    /// The durable store: each batch's ops are made durable before the outputs after them.
     store: Option<DiskStore>,
     store_ops: Vec<StoreOp>,
     /// Messages handled per batch: 256 with group commit, 1 with fsync-each.
@@ -87,7 +110,11 @@ impl Router {
             rx,
             outboxes: HashMap::new(),
             max_outbox_packets,
-            actions: Vec::new(),
+            outputs: Vec::new(),
+            connecting: HashMap::new(),
+            requests: HashMap::new(),
+            next_request: 1,
+            watchers: Vec::new(),
             store: None,
             store_ops: Vec::new(),
             batch_limit: 256,
@@ -107,9 +134,8 @@ impl Router {
         self
     }
 
-    /// Makes the ops of the current batch durable. Returns false if the store failed.
+    /// Makes `store_ops` durable. Returns false if the store failed.
     async fn commit(&mut self) -> bool {
-        self.broker.drain_store_ops_into(&mut self.store_ops);
         if self.store_ops.is_empty() {
             return true;
         }
@@ -149,14 +175,10 @@ impl Router {
     /// then stops too.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<crate::ServerError> {
         let mut batch = Vec::with_capacity(256);
-        // Keep-alive: one sweep a second over every connection instead of a timer per
-        // connection (an expired one is closed through its outbox).
-        let mut sweep = tokio::time::interval(KEEP_ALIVE_SWEEP);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .broker
-                .next_deadline()
+                .poll_timeout()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
@@ -174,35 +196,35 @@ impl Router {
                         Some(d) => tokio::time::sleep_until(d).await,
                         None => std::future::pending().await,
                     }
-                } => self.broker.tick(now()),
-                _ = sweep.tick() => {
-                    let now_ms = crate::outbox::clock_ms();
-                    for outbox in self.outboxes.values() {
-                        outbox.expire_if_idle(now_ms);
-                    }
+                } => self.broker.handle_timeout(now()),
+            }
+            match self.flush().await {
+                Ok(true) => {
+                    // A subscriber's outbox is filling up: let its task write before routing
+                    // more (with many publishers the router would otherwise run batch after
+                    // batch and QoS 0 would be dropped at that outbox).
+                    tokio::task::yield_now().await;
                 }
-            }
-            if !self.commit().await {
-                // Nothing of this batch is acknowledged; everyone is disconnected.
-                self.actions.clear();
-                self.broker.take_actions();
-                self.fatal.cancel();
-                break;
-            }
-            if self.apply_actions() {
-                // A subscriber's outbox is filling up: let its task write before routing more
-                // (with many publishers the router would otherwise run batch after batch and
-                // QoS 0 would be dropped at that outbox).
-                tokio::task::yield_now().await;
+                Ok(false) => {}
+                Err(()) => {
+                    // Nothing after the failed ops is acted on; everyone is disconnected.
+                    self.outputs.clear();
+                    self.fatal.cancel();
+                    break;
+                }
             }
         }
         if self.failure.is_some() {
+            // What the core produced after the failure is dropped unseen.
+            while self.broker.poll_output().is_some() {}
             self.broker
                 .shutdown_with(ReasonCode::UNSPECIFIED_ERROR, "the broker's store failed");
         } else {
             self.broker.shutdown();
         }
-        let _ = self.apply_actions();
+        self.broker.drain_outputs_into(&mut self.outputs);
+        self.outputs.retain(|o| !matches!(o, Output::Persist(_)));
+        let _ = self.apply(&mut Vec::new());
         // Whatever is still queued must not hold connections open.
         for outbox in self.outboxes.values() {
             outbox.close();
@@ -221,12 +243,18 @@ impl Router {
                 reply,
             } => {
                 self.outboxes.insert(conn, outbox);
-                // Apply what is pending first so that a takeover's DISCONNECT goes out in order.
-                let outcome = self.broker.connect(conn, *connect, info, now);
-                let _ = reply.send(outcome);
+                self.connecting.insert(conn, reply);
+                let input = Input::Connect {
+                    conn,
+                    connect,
+                    info,
+                };
+                self.broker.handle(input, now);
             }
-            ToRouter::Packet { conn, packet } => self.broker.handle_packet(conn, packet, now),
-            ToRouter::Room { conn } => self.broker.connection_writable(conn, now),
+            ToRouter::Packet { conn, packet } => {
+                self.broker.handle(Input::Packet { conn, packet }, now);
+            }
+            ToRouter::Room { conn } => self.broker.handle(Input::Writable { conn }, now),
             ToRouter::Closed { conn, note } => {
                 if let Some(n) = note {
                     tracing::info!(
@@ -238,65 +266,136 @@ impl Router {
                         "connection ended"
                     );
                 }
-                self.broker.connection_lost(conn, now);
+                self.broker.handle(Input::Lost { conn }, now);
                 self.outboxes.remove(&conn);
+                self.connecting.remove(&conn);
+            }
+            ToRouter::Admin { request, reply } => {
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.requests.insert(id, reply);
+                self.broker.handle(Input::Admin { id, request }, now);
+            }
+            ToRouter::WatchAccepted { tx } => {
+                self.watchers.push(tx);
+                let id = RequestId(0);
+                let request = AdminRequest::ReportAccepted(true);
+                self.broker.handle(Input::Admin { id, request }, now);
             }
         }
     }
 
-    /// Queues the core's actions on the outboxes. Returns true if an outbox is more than half
-    /// full: its connection task should get to run before the next batch.
-    fn apply_actions(&mut self) -> bool {
+    /// Acts on the core's outputs in order, until it has no more. The durability rule: every
+    /// `Persist` op of a drain is made durable before any other output of that drain is acted
+    /// on. Returns whether an outbox is more than half full (its connection task should run
+    /// before the next batch), or `Err` if the store failed.
+    async fn flush(&mut self) -> Result<bool, ()> {
+        let mut pressure = false;
+        let mut writable = Vec::new();
+        loop {
+            self.broker.drain_outputs_into(&mut self.outputs);
+            if self.outputs.is_empty() {
+                return Ok(pressure);
+            }
+            if self.outputs.iter().any(|o| matches!(o, Output::Persist(_))) {
+                let mut rest = Vec::with_capacity(self.outputs.len());
+                for output in self.outputs.drain(..) {
+                    match output {
+                        Output::Persist(op) => self.store_ops.push(op),
+                        other => rest.push(other),
+                    }
+                }
+                self.outputs = rest;
+                if !self.commit().await {
+                    return Err(());
+                }
+            }
+            if self
+                .outputs
+                .iter()
+                .any(|o| matches!(o, Output::Accepted(_)))
+            {
+                // Consumers of accepted messages see every one before anything after it (the
+                // publisher's PUBACK) goes out: the router waits for them (bounded channels),
+                // which slows publishers rather than buffer without bound.
+                let outputs = std::mem::take(&mut self.outputs);
+                for output in outputs {
+                    match output {
+                        Output::Accepted(m) => {
+                            pressure |= self.apply(&mut writable);
+                            self.watchers.retain(|w| !w.is_closed());
+                            for w in &self.watchers {
+                                let _ = w.send(Arc::clone(&m)).await;
+                            }
+                            if self.watchers.is_empty() {
+                                // Its consumers are gone: the core stops reporting.
+                                let id = RequestId(0);
+                                let request = AdminRequest::ReportAccepted(false);
+                                self.broker.handle(Input::Admin { id, request }, now());
+                            }
+                        }
+                        other => self.outputs.push(other),
+                    }
+                }
+            }
+            pressure |= self.apply(&mut writable);
+            let now = now();
+            for conn in writable.drain(..) {
+                self.broker.handle(Input::Writable { conn }, now);
+            }
+        }
+    }
+
+    /// Acts on the outputs drained (no `Persist` or `Accepted` among them). Connections whose
+    /// outbox has room for the core's next batch at once go to `writable`. Returns whether an
+    /// outbox is more than half full.
+    fn apply(&mut self, writable: &mut Vec<ConnId>) -> bool {
         let mut pressure = false;
         let mut dropped = 0;
-        self.broker.drain_actions_into(&mut self.actions);
-        while !self.actions.is_empty() {
-            // Connections whose outbox has room for the core's next batch at once.
-            let mut writable = Vec::new();
-            pressure |= self.apply_batch(&mut dropped, &mut writable);
-            let now = now();
-            for conn in writable {
-                self.broker.connection_writable(conn, now);
-            }
-            self.broker.drain_actions_into(&mut self.actions);
-        }
-        if dropped > 0 {
-            self.broker.count_slow_subscriber_drops(dropped);
-        }
-        pressure
-    }
-
-    /// Queues the actions drained from the core.
-    fn apply_batch(&mut self, dropped: &mut u64, writable: &mut Vec<ConnId>) -> bool {
-        let mut pressure = false;
-        for action in self.actions.drain(..) {
-            match action {
-                Action::Send(conn, packet) => {
+        for output in self.outputs.drain(..) {
+            match output {
+                Output::Send(conn, packet) => {
                     let Some(outbox) = self.outboxes.get(&conn) else {
                         continue;
                     };
                     if let Packet::Publish(p) = &packet {
                         if p.qos == QoS::AtMostOnce && outbox.len() >= self.max_outbox_packets {
-                            *dropped += 1;
+                            dropped += 1;
                             continue;
                         }
                     }
                     outbox.push(packet);
                     pressure |= outbox.len() * 2 >= self.max_outbox_packets;
                 }
-                Action::Close(conn) => {
+                Output::Close(conn) => {
                     if let Some(outbox) = self.outboxes.remove(&conn) {
                         outbox.close();
                     }
                 }
-                Action::WantRoom(conn) => {
+                Output::WantRoom(conn) => {
                     if let Some(outbox) = self.outboxes.get(&conn) {
                         if outbox.want_room(self.max_outbox_packets) {
                             writable.push(conn);
                         }
                     }
                 }
+                Output::Connected { conn, outcome } => {
+                    if let Some(reply) = self.connecting.remove(&conn) {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Output::Reply { id, reply } => {
+                    if let Some(tx) = self.requests.remove(&id) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                // Persist and Accepted are taken out by `flush`; interest matters once there
+                // is a cluster.
+                Output::Persist(_) | Output::Accepted(_) | Output::Interest { .. } => {}
             }
+        }
+        if dropped > 0 {
+            self.broker.count_slow_subscriber_drops(dropped);
         }
         pressure
     }

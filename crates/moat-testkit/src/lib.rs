@@ -22,6 +22,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct TestBroker {
     addr: SocketAddr,
+    handle: moat_server::BrokerHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -53,6 +54,7 @@ impl TestBroker {
     pub async fn start_with(config: ServerConfig) -> Self {
         let server = Server::bind(config).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;
+        let handle = server.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -63,9 +65,15 @@ impl TestBroker {
         });
         Self {
             addr,
+            handle,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// A handle on the running broker (admin requests, accepted messages).
+    pub fn handle(&self) -> &moat_server::BrokerHandle {
+        &self.handle
     }
 
     /// The first listener's address.

@@ -21,6 +21,8 @@ pub struct PeerIdentity {
     pub serial: Vec<u8>,
     /// The issuer DN's DER (for CRL checks of live connections).
     pub issuer: Vec<u8>,
+    /// When the certificate expires (Unix seconds).
+    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -59,6 +61,7 @@ impl PeerIdentity {
             fingerprint,
             serial: cert.raw_serial().to_vec(),
             issuer: cert.issuer().as_raw().to_vec(),
+            not_after: cert.validity().not_after.timestamp(),
         })
     }
 

@@ -6,7 +6,7 @@ use super::*;
 impl Broker {
     /// Handles CONNECT on a new connection (authentication has already been done by the
     /// server). Queues CONNACK, and on success any queued or in-flight messages.
-    pub fn connect(
+    pub(super) fn connect(
         &mut self,
         conn_id: ConnId,
         connect: Connect,
@@ -28,7 +28,7 @@ impl Broker {
                     properties,
                 }),
             );
-            this.actions.push(Action::Close(conn_id));
+            this.outputs.push_back(Output::Close(conn_id));
             ConnectOutcome {
                 accepted: false,
                 client_id: String::new(),
@@ -57,10 +57,10 @@ impl Broker {
                     "an empty client id needs clean session [MQTT-3.1.3-8]",
                 );
             }
-            let id = format!(
-                "moat-{:016x}",
-                self.hasher.hash_one((self.next_session, now))
-            );
+            // From the seed and a counter: the same inputs give the same id.
+            let mut h = std::hash::DefaultHasher::new();
+            (self.seed, self.next_session).hash(&mut h);
+            let id = format!("moat-{:016x}", h.finish());
             assigned = Some(id.clone());
             id
         } else {
@@ -174,6 +174,9 @@ impl Broker {
         let props = &connect.properties;
         let conn = Conn {
             session: sid,
+            connected_at: now,
+            last_seen: now,
+            keep_alive,
             protocol: connect.protocol,
             info,
             will: connect.will.map(Box::new),
@@ -189,6 +192,10 @@ impl Broker {
         };
         let want_response_info = props.request_response_information == Some(1);
         self.conns.insert(conn_id, Box::new(conn));
+        if keep_alive > 0 {
+            let due = now + time::keep_alive_limit(keep_alive);
+            self.timers.insert((due, Timer::KeepAlive(conn_id)));
+        }
         self.stats.clients_connected += 1;
 
         let mut properties = Properties::default();
@@ -250,7 +257,7 @@ impl Broker {
                 }),
             );
         }
-        self.actions.push(Action::Close(old));
+        self.outputs.push_back(Output::Close(old));
         let Some(conn) = self.conns.remove(&old) else {
             return;
         };
@@ -325,7 +332,7 @@ impl Broker {
                         client_id: s.client_id.clone(),
                         expiry_interval: s.expiry_interval,
                     };
-                    self.store_ops.push(op);
+                    self.outputs.push_back(Output::Persist(op));
                 }
             }
         }
@@ -335,14 +342,14 @@ impl Broker {
                 conn.will = None;
             }
         }
-        self.actions.push(Action::Close(conn_id));
+        self.outputs.push_back(Output::Close(conn_id));
         self.connection_lost(conn_id, now);
     }
 
     /// The connection is gone (closed by either side, keep-alive expired, I/O error). Publishes
     /// the will (after its delay) and starts the session's expiry. Unknown connections are
     /// ignored, so calling this twice is harmless.
-    pub fn connection_lost(&mut self, conn_id: ConnId, now: Instant) {
+    pub(super) fn connection_lost(&mut self, conn_id: ConnId, now: Instant) {
         let Some(conn) = self.conns.remove(&conn_id) else {
             return;
         };
@@ -377,12 +384,12 @@ impl Broker {
                         will: (*will).clone(),
                         at_ms,
                     };
-                    self.store_ops.push(op);
+                    self.outputs.push_back(Output::Persist(op));
                 }
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     session.pending_will = Some(Box::new(PendingWill { at, will: *will }));
                 }
-                self.timers.insert((at, sid));
+                self.timers.insert((at, Timer::Session(sid)));
             }
         }
         if persisted {
@@ -396,7 +403,7 @@ impl Broker {
             if let Some(session) = self.sessions.get_mut(&sid) {
                 session.expires_at = Some(at);
             }
-            self.timers.insert((at, sid));
+            self.timers.insert((at, Timer::Session(sid)));
         }
         if let Some(will) = publish_now {
             self.publish_will(sid, *will, now);
@@ -424,7 +431,7 @@ impl Broker {
             self.by_client_id.remove(&session.client_id);
         }
         for (filter, _) in session.subscriptions.values() {
-            self.subs.remove(filter, &sid);
+            self.sub_remove(filter, sid);
         }
         if session.persisted {
             self.op(StoreOp::SessionRemove {

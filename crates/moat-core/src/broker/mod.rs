@@ -1,9 +1,8 @@
 //! The broker state machine.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,8 @@ use crate::topic::TopicError;
 use crate::topic::{self, Filter};
 use crate::tree::{Match, RetainedTree, SubscriptionTree};
 
+mod admin;
+mod boundary;
 mod connect;
 mod deliver;
 mod flow;
@@ -30,20 +31,14 @@ mod subscribe;
 mod sys;
 mod time;
 
+pub use boundary::{
+    AcceptedMessage, AdminReply, AdminRequest, ClientDetail, ClientInfo, ClientQuery,
+    ClientSummary, Input, Output, RequestId, RetainedEntry, StatsSnapshot, TlsInfo,
+};
+
 /// Identifies one network connection, assigned by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
-
-/// What the server knows about a connection when it hands CONNECT to the broker.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    /// The listener's name (shared by its connections).
-    pub listener: Arc<str>,
-    /// The peer's address, if known.
-    pub peer: Option<SocketAddr>,
-    /// The authenticated user name (from CONNECT or a certificate identity), if any.
-    pub username: Option<String>,
-}
 
 /// Decides what a client may publish and subscribe to. The default allows everything.
 pub trait Authorizer: Send {
@@ -70,20 +65,7 @@ pub struct AllowAll;
 
 impl Authorizer for AllowAll {}
 
-/// What the broker asks the server to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(clippy::large_enum_variant)] // packets are moved once, into an outbox
-pub enum Action {
-    /// Send this packet on this connection.
-    Send(ConnId, Packet),
-    /// Close this connection once what was sent before is flushed.
-    Close(ConnId),
-    /// Report, with [`Broker::connection_writable`], when this connection's outbox has room
-    /// again (at most half full): more retained messages wait for it.
-    WantRoom(ConnId),
-}
-
-/// The result of [`Broker::connect`].
+/// The answer to [`Input::Connect`] ([`Output::Connected`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOutcome {
     /// True if the connection was accepted (CONNACK success was queued).
@@ -141,10 +123,25 @@ enum Routed {
     QueueFull,
 }
 
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Session expiry or will delay.
+    Session(SessionId),
+    /// A connection's keep-alive deadline.
+    KeepAlive(ConnId),
+}
+
 /// Per-connection protocol state.
 #[derive(Debug)]
 struct Conn {
     session: SessionId,
+    /// When CONNECT was accepted.
+    connected_at: Instant,
+    /// When the last packet came (keep-alive).
+    last_seen: Instant,
+    /// The keep-alive enforced, in seconds (0: none).
+    keep_alive: u16,
     protocol: ProtocolVersion,
     info: ClientInfo,
     /// Boxed: most connections have none, and the connection table keeps its entries small.
@@ -174,8 +171,8 @@ struct Conn {
 #[derive(Debug, Default)]
 struct RetainedWalks {
     walks: VecDeque<RetainedWalk>,
-    /// A batch went out and the server was asked to report room (`Action::WantRoom`); the next
-    /// batch waits for [`Broker::connection_writable`].
+    /// A batch went out and the server was asked to report room (`Output::WantRoom`); the next
+    /// batch waits for [`Input::Writable`].
     awaiting_room: bool,
 }
 
@@ -191,14 +188,16 @@ struct RetainedWalk {
 
 /// The broker: all sessions, subscriptions and retained messages, driven by the server.
 ///
-/// Every method takes the current time; output is collected as [`Action`]s and taken with
-/// [`Broker::take_actions`].
+/// Driven through one boundary: [`Broker::handle`] takes an [`Input`] and the current time,
+/// [`Broker::poll_output`] (or [`Broker::drain_outputs_into`]) gives the [`Output`]s in order,
+/// [`Broker::poll_timeout`] and [`Broker::handle_timeout`] run the timers.
 pub struct Broker {
     config: BrokerConfig,
     authorizer: Box<dyn Authorizer>,
     /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
     sessions: HashMap<SessionId, Box<Session>>,
-    by_client_id: HashMap<String, SessionId>,
+    /// Ordered: the admin API lists clients by id, a page at a time.
+    by_client_id: BTreeMap<String, SessionId>,
     conns: HashMap<ConnId, Box<Conn>>,
     subs: SubscriptionTree<SessionId, SubData>,
     retained: RetainedTree<Arc<Message>>,
@@ -206,15 +205,21 @@ pub struct Broker {
     retained_bytes: usize,
     /// The retained store is full (logged once per change).
     retained_full: bool,
-    /// (deadline, session): session expiry and will delay timers, checked against the
-    /// session's state when they fire.
-    timers: BTreeSet<(Instant, SessionId)>,
-    actions: Vec<Action>,
+    /// (deadline, what): keep-alive, session expiry and will delay timers, each checked
+    /// against the current state when it fires.
+    timers: BTreeSet<(Instant, Timer)>,
+    /// The ordered output stream.
+    outputs: VecDeque<Output>,
     stats: Stats,
     next_session: u64,
     started: Instant,
     next_sys: Option<Instant>,
-    hasher: RandomState,
+    /// Seeds assigned client ids ([`BrokerConfig::seed`]): the same inputs give the same ids.
+    seed: u64,
+    /// Whether [`Output::Accepted`] is produced.
+    report_accepted: bool,
+    /// Subscriptions per filter, while [`BrokerConfig::report_interest`] is on.
+    interest: HashMap<String, usize>,
     /// Reused while routing: (session, qos, retain, subscription id).
     scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
     /// Set while routing: a connected session the message was queued for whose queue is at
@@ -222,7 +227,6 @@ pub struct Broker {
     congested: Option<SessionId>,
     /// Whether durable-store ops are produced.
     persist: bool,
-    store_ops: Vec<StoreOp>,
     /// An instant and the wall-clock Unix milliseconds at that instant.
     epoch: (Instant, u64),
     /// Bytes the durable store uses on disk, for `$SYS`.
@@ -264,28 +268,30 @@ fn props_with_reason(reason: &str) -> Properties {
 impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
+        let seed = config.seed;
         let next_sys = config.sys_interval.map(|_| now);
         Self {
             config,
             authorizer: Box::new(AllowAll),
             sessions: HashMap::new(),
-            by_client_id: HashMap::new(),
+            by_client_id: BTreeMap::new(),
             conns: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             retained_bytes: 0,
             retained_full: false,
             timers: BTreeSet::new(),
-            actions: Vec::new(),
+            outputs: VecDeque::new(),
             stats: Stats::default(),
             next_session: 1,
             started: now,
             next_sys,
-            hasher: RandomState::new(),
+            seed,
+            report_accepted: false,
+            interest: HashMap::new(),
             scratch: Vec::new(),
             congested: None,
             persist: false,
-            store_ops: Vec::new(),
             epoch: (now, 0),
             store_bytes: None,
             next_sweep: Some(now + SWEEP_INTERVAL),
@@ -340,29 +346,50 @@ impl Broker {
         self.subs.len()
     }
 
-    /// Takes the actions produced so far.
-    pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
+    /// The next output, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
     }
 
-    /// Moves the actions produced so far into `out`.
-    pub fn drain_actions_into(&mut self, out: &mut Vec<Action>) {
-        out.append(&mut self.actions);
+    /// Moves every output produced so far into `out`, in order.
+    pub fn drain_outputs_into(&mut self, out: &mut Vec<Output>) {
+        out.extend(self.outputs.drain(..));
+    }
+
+    /// Handles one input at `now`; its outputs are then ready to drain.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Connect {
+                conn,
+                connect,
+                info,
+            } => {
+                let outcome = self.connect(conn, *connect, info, now);
+                self.outputs.push_back(Output::Connected { conn, outcome });
+            }
+            Input::Packet { conn, packet } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.last_seen = now;
+                }
+                self.handle_packet(conn, packet, now);
+            }
+            Input::Lost { conn } => self.connection_lost(conn, now),
+            Input::Writable { conn } => self.connection_writable(conn, now),
+            Input::Admin { id, request } => {
+                let reply = self.admin(request, now);
+                self.outputs.push_back(Output::Reply { id, reply });
+            }
+            Input::Remote { message } => self.handle_remote(message, now),
+        }
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {
-        self.actions.push(Action::Send(conn, packet));
+        self.outputs.push_back(Output::Send(conn, packet));
     }
 
     /// Sends a v5 DISCONNECT (if the client speaks v5) and closes the connection. The will is
     /// published as for a lost connection.
-    pub fn disconnect_with(
-        &mut self,
-        conn_id: ConnId,
-        reason: ReasonCode,
-        text: &str,
-        now: Instant,
-    ) {
+    fn disconnect_with(&mut self, conn_id: ConnId, reason: ReasonCode, text: &str, now: Instant) {
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
@@ -380,12 +407,12 @@ impl Broker {
                 }),
             );
         }
-        self.actions.push(Action::Close(conn_id));
+        self.outputs.push_back(Output::Close(conn_id));
         self.connection_lost(conn_id, now);
     }
 
     /// Handles a packet received on a connected connection.
-    pub fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now: Instant) {
+    fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now: Instant) {
         if !self.conns.contains_key(&conn_id) {
             return;
         }
@@ -455,7 +482,7 @@ impl Broker {
                     );
                 }
             }
-            self.actions.push(Action::Close(conn_id));
+            self.outputs.push_back(Output::Close(conn_id));
         }
     }
 }

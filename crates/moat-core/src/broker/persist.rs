@@ -9,17 +9,17 @@ impl Broker {
         self.store_bytes = Some(bytes);
     }
 
-    /// Turns on durable-store ops ([`Broker::drain_store_ops_into`]) for persistent sessions
+    /// Tells the broker the wall clock (Unix milliseconds) at `now`: stored times and the
+    /// admin API's "connected since" are computed from it.
+    pub fn set_clock(&mut self, now: Instant, now_unix_ms: u64) {
+        self.epoch = (now, now_unix_ms);
+    }
+
+    /// Turns on durable-store ops ([`Output::Persist`]) for persistent sessions
     /// and retained messages. `now_unix_ms` is the wall clock at `now`.
     pub fn enable_persistence(&mut self, now: Instant, now_unix_ms: u64) {
         self.persist = true;
         self.epoch = (now, now_unix_ms);
-    }
-
-    /// Moves the store ops produced so far into `out`. The server makes them durable before it
-    /// sends the actions produced with them.
-    pub fn drain_store_ops_into(&mut self, out: &mut Vec<StoreOp>) {
-        out.append(&mut self.store_ops);
     }
 
     pub(super) fn unix_ms(&self, t: Instant) -> u64 {
@@ -42,7 +42,7 @@ impl Broker {
 
     pub(super) fn op(&mut self, op: StoreOp) {
         if self.persist {
-            self.store_ops.push(op);
+            self.outputs.push_back(Output::Persist(op));
         }
     }
 
@@ -153,7 +153,7 @@ impl Broker {
                 None => None,
             };
             for (_, filter, data) in &subs {
-                self.subs.insert(filter, sid, data.clone());
+                self.sub_add(filter, sid, data.clone());
             }
             let Some(session) = self.sessions.get_mut(&sid) else {
                 continue;
@@ -199,10 +199,10 @@ impl Broker {
                 }
             }
             if let Some(w) = &will {
-                self.timers.insert((w.at, sid));
+                self.timers.insert((w.at, Timer::Session(sid)));
             }
             if let Some(at) = expires_at {
-                self.timers.insert((at, sid));
+                self.timers.insert((at, Timer::Session(sid)));
             }
             if let Some(session) = self.sessions.get_mut(&sid) {
                 session.pending_will = will.map(Box::new);

@@ -100,6 +100,9 @@ impl Broker {
         if reason == ReasonCode::SUCCESS {
             let retain = p.retain;
             let message = Arc::new(Message::from_publish(p, Some(sid), now));
+            if self.report_accepted {
+                self.report_accepted_message(conn_id, &client_id, &message);
+            }
             if retain && !self.store_retained(&message) && v5 {
                 reason = ReasonCode::QUOTA_EXCEEDED;
             }
@@ -277,5 +280,20 @@ impl Broker {
             (true, true) => Routed::QueueFull,
             (true, false) => Routed::Delivered,
         }
+    }
+
+    /// [`Output::Accepted`] for a message a client published, with who published it.
+    fn report_accepted_message(&mut self, conn_id: ConnId, client_id: &str, m: &Arc<Message>) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let accepted = AcceptedMessage {
+            message: Arc::clone(m),
+            client_id: client_id.to_owned(),
+            username: conn.info.username.clone(),
+            cert_identity: conn.info.tls.as_ref().and_then(|t| t.identity.clone()),
+            listener: Arc::clone(&conn.info.listener),
+        };
+        self.outputs.push_back(Output::Accepted(Arc::new(accepted)));
     }
 }

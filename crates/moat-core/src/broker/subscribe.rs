@@ -79,7 +79,7 @@ impl Broker {
                 options,
                 id: sub_id,
             };
-            let existed = self.subs.insert(&filter, sid, data.clone()).is_some();
+            let existed = self.sub_add(&filter, sid, data.clone());
             let send_retained = filter.share_group.is_none()
                 && match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
@@ -102,7 +102,7 @@ impl Broker {
                         options: data.options,
                         id: data.id,
                     };
-                    self.store_ops.push(op);
+                    self.outputs.push_back(Output::Persist(op));
                 }
                 session.subscriptions.insert(raw, (filter, data));
             }
@@ -133,7 +133,7 @@ impl Broker {
 
     /// Sends the next batch of retained messages for new subscriptions: up to
     /// `retained_batch`, and only while the session's queue is below that (QoS 1/2 wait there
-    /// for the in-flight window). Then asks the server to report room (`Action::WantRoom`)
+    /// for the in-flight window). Then asks the server to report room (`Output::WantRoom`)
     /// if more are left; acknowledgements that shrink the queue also continue the walk.
     pub(super) fn step_retained(&mut self, conn_id: ConnId, now: Instant) {
         let batch = self.config.retained_batch.max(1);
@@ -196,13 +196,13 @@ impl Broker {
             self.deliver(sid, delivery, now);
         }
         if more {
-            self.actions.push(Action::WantRoom(conn_id));
+            self.outputs.push_back(Output::WantRoom(conn_id));
         }
     }
 
     /// The server reports that a connection's outbox has room again (after
-    /// `Action::WantRoom`): the next batch of retained messages goes out.
-    pub fn connection_writable(&mut self, conn_id: ConnId, now: Instant) {
+    /// `Output::WantRoom`): the next batch of retained messages goes out.
+    pub(super) fn connection_writable(&mut self, conn_id: ConnId, now: Instant) {
         let waiting = self
             .conns
             .get(&conn_id)
@@ -240,7 +240,7 @@ impl Broker {
                 .and_then(|s| s.subscriptions.remove(&raw))
             {
                 Some((filter, _)) => {
-                    self.subs.remove(&filter, &sid);
+                    self.sub_remove(&filter, sid);
                     if self.is_persisted(sid) {
                         let client_id = self
                             .sessions
@@ -270,5 +270,38 @@ impl Broker {
                 reason_codes: codes,
             }),
         );
+    }
+
+    /// Adds (or replaces) a subscription; returns whether it existed. Reports interest.
+    pub(super) fn sub_add(&mut self, filter: &Filter, sid: SessionId, data: SubData) -> bool {
+        let existed = self.subs.insert(filter, sid, data).is_some();
+        if !existed && self.config.report_interest {
+            let n = self.interest.entry(filter.filter.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.outputs.push_back(Output::Interest {
+                    filter: filter.filter.clone(),
+                    subscribed: true,
+                });
+            }
+        }
+        existed
+    }
+
+    /// Removes a subscription. Reports interest.
+    pub(super) fn sub_remove(&mut self, filter: &Filter, sid: SessionId) {
+        let removed = self.subs.remove(filter, &sid).is_some();
+        if removed && self.config.report_interest {
+            if let Some(n) = self.interest.get_mut(&filter.filter) {
+                *n -= 1;
+                if *n == 0 {
+                    self.interest.remove(&filter.filter);
+                    self.outputs.push_back(Output::Interest {
+                        filter: filter.filter.clone(),
+                        subscribed: false,
+                    });
+                }
+            }
+        }
     }
 }

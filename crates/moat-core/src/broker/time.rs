@@ -4,8 +4,8 @@
 use super::*;
 
 impl Broker {
-    /// The next time [`Broker::tick`] has work to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// The next time [`Broker::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(t, _)| *t);
         [timer, self.next_sys, self.next_sweep]
             .into_iter()
@@ -13,13 +13,21 @@ impl Broker {
             .min()
     }
 
-    /// Runs what is due at `now`: delayed wills, session expiry, `$SYS` statistics.
-    pub fn tick(&mut self, now: Instant) {
-        while let Some(&(at, sid)) = self.timers.first() {
+    /// Runs what is due at `now`: keep-alive deadlines, delayed wills, session expiry, `$SYS`
+    /// statistics, the sweep of expired messages.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
+            let sid = match timer {
+                Timer::Session(sid) => sid,
+                Timer::KeepAlive(conn) => {
+                    self.check_keep_alive(conn, now);
+                    continue;
+                }
+            };
             let Some(session) = self.sessions.get_mut(&sid) else {
                 continue;
             };
@@ -89,4 +97,29 @@ impl Broker {
             self.forget_stored(sid, seq);
         }
     }
+
+    /// A connection's keep-alive timer fired: closed if nothing came for 1.5 times its
+    /// keep-alive [MQTT-3.1.2-22], otherwise the timer is set again from the last packet.
+    fn check_keep_alive(&mut self, conn_id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let limit = keep_alive_limit(conn.keep_alive);
+        let due = conn.last_seen + limit;
+        if due <= now {
+            self.disconnect_with(
+                conn_id,
+                ReasonCode::KEEP_ALIVE_TIMEOUT,
+                "nothing received for 1.5 times the keep-alive",
+                now,
+            );
+        } else {
+            self.timers.insert((due, Timer::KeepAlive(conn_id)));
+        }
+    }
+}
+
+/// 1.5 times a keep-alive of `secs` seconds.
+pub(super) fn keep_alive_limit(secs: u16) -> Duration {
+    Duration::from_millis(u64::from(secs) * 1500)
 }

@@ -1,0 +1,165 @@
+//! [`BrokerHandle`]: the way into a running server for everything that is not a socket (the
+//! admin API and console, forwarders, tools). Cloneable and usable from any task; each call
+//! is a typed request to the router, answered in the order the router handles its inputs.
+
+use std::sync::Arc;
+
+use moat_codec::ReasonCode;
+use moat_core::{
+    AcceptedMessage, AdminReply, AdminRequest, ClientDetail, ClientQuery, ClientSummary,
+    RetainedEntry, StatsSnapshot,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::router::ToRouter;
+
+/// The server stopped: a request could not be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker is not running")]
+pub struct Stopped;
+
+/// A handle on the running broker.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    router: mpsc::Sender<ToRouter>,
+}
+
+/// A page of results and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// This page, sorted.
+    pub items: Vec<T>,
+    /// More match after the last item.
+    pub more: bool,
+}
+
+impl BrokerHandle {
+    pub(crate) fn new(router: mpsc::Sender<ToRouter>) -> Self {
+        Self { router }
+    }
+
+    async fn ask(&self, request: AdminRequest) -> Result<AdminReply, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.router
+            .send(ToRouter::Admin { request, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// Connected clients matching `query`, sorted by client id, a page at a time (the next
+    /// page starts after the last client id: `query.after`).
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn clients(&self, query: ClientQuery) -> Result<Page<ClientSummary>, Stopped> {
+        match self.ask(AdminRequest::Clients(query)).await? {
+            AdminReply::Clients { clients, more } => Ok(Page {
+                items: clients,
+                more,
+            }),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// One session (connected or not): its connection, subscriptions and queue.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn client(&self, client_id: &str) -> Result<Option<ClientDetail>, Stopped> {
+        let request = AdminRequest::Client {
+            client_id: client_id.to_owned(),
+        };
+        match self.ask(request).await? {
+            AdminReply::Client(detail) => Ok(detail.map(|d| *d)),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// Disconnects a connected client; a v5 client gets DISCONNECT with `reason` (e.g.
+    /// [`ReasonCode::ADMINISTRATIVE_ACTION`]). Its will is published. Returns whether a client
+    /// with that id was connected.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn disconnect(&self, client_id: &str, reason: ReasonCode) -> Result<bool, Stopped> {
+        let request = AdminRequest::Disconnect {
+            client_id: client_id.to_owned(),
+            reason,
+        };
+        match self.ask(request).await? {
+            AdminReply::Disconnected(done) => Ok(done),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// Retained messages whose topic starts with `prefix`, sorted by topic, a page of at most
+    /// `limit` after the topic `after`.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn retained(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RetainedEntry>, Stopped> {
+        let request = AdminRequest::Retained {
+            prefix: prefix.to_owned(),
+            after: after.map(str::to_owned),
+            limit,
+        };
+        match self.ask(request).await? {
+            AdminReply::Retained { messages, more } => Ok(Page {
+                items: messages,
+                more,
+            }),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// Deletes the retained message on `topic` (from the store too). Returns whether there
+    /// was one.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn delete_retained(&self, topic: &str) -> Result<bool, Stopped> {
+        let request = AdminRequest::DeleteRetained {
+            topic: topic.to_owned(),
+        };
+        match self.ask(request).await? {
+            AdminReply::RetainedDeleted(done) => Ok(done),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// The core's counters and sizes now.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn stats(&self) -> Result<StatsSnapshot, Stopped> {
+        match self.ask(AdminRequest::Stats).await? {
+            AdminReply::Stats(s) => Ok(*s),
+            _ => Err(Stopped),
+        }
+    }
+
+    /// Every message the broker accepts from now on, in order, with its publisher. The channel
+    /// holds `capacity` messages; when it is full the router waits for the consumer, which
+    /// slows publishers down (nothing is dropped and nothing buffers without bound). Drop the
+    /// receiver to stop.
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub async fn accepted(
+        &self,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Arc<AcceptedMessage>>, Stopped> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.router
+            .send(ToRouter::WatchAccepted { tx })
+            .await
+            .map_err(|_| Stopped)?;
+        Ok(rx)
+    }
+}
