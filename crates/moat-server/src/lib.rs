@@ -32,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug_span, error, info, warn, Instrument};
 
-pub use auth::AuthConfig;
-pub use config::{ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
-pub use moat_auth::Proof;
+pub use auth::{AuthConfig, AuthStats};
+pub use config::{
+    default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
+};
+pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
@@ -116,7 +118,11 @@ impl Server {
         if config.listeners.is_empty() {
             return Err(ServerError::NoListeners);
         }
-        let auth = Arc::new(AuthState::load(config.auth.clone())?);
+        let auth = Arc::new(AuthState::load(
+            config.auth.clone(),
+            config.max_concurrent_auth,
+            config.connect_timeout,
+        )?);
         // The store is opened and read before anything listens: a corrupt store refuses to
         // start (never a silent empty broker).
         let store = match &config.store {
@@ -174,6 +180,11 @@ impl Server {
             auth,
             store,
         })
+    }
+
+    /// Authentication counters (failures by kind, password checks), readable while it runs.
+    pub fn auth_stats(&self) -> AuthStats {
+        AuthStats(Arc::clone(&self.auth))
     }
 
     /// Notifying this makes every TLS listener re-read its files now (what SIGHUP does).
