@@ -45,11 +45,14 @@ use crate::connection::{Shared, TlsConn};
 use crate::router::{Router, ServerStats};
 
 /// Why the server could not start.
+///
+/// `Display` describes this level only; the cause is reached through
+/// [`source`](std::error::Error::source) (`{:#}` in anyhow prints the chain).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
     /// A listener's address could not be bound.
-    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    #[error("listener {name:?}: cannot bind {addr}")]
     Bind {
         /// The listener's name.
         name: String,
@@ -70,13 +73,13 @@ pub enum ServerError {
         kind: ListenerKind,
     },
     /// The durable store cannot be opened or read.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The password file or the ACL is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] moat_auth::LoadError),
     /// A listener's TLS material is unusable.
-    #[error("listener {name:?}: {source}")]
+    #[error("listener {name:?}")]
     Tls {
         /// The listener's name.
         name: String,
@@ -366,7 +369,7 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
                  refused until a certificate is back"
             ),
             ReloadOutcome::Failed(e) => {
-                error!(listener = name, error = %e, "new TLS files refused; the old ones stay in use");
+                error!(listener = name, error = %Chain(&e), "new TLS files refused; the old ones stay in use");
             }
             _ => {}
         }
@@ -543,6 +546,24 @@ async fn tls_accept(
     live.failures.record(reason);
     warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
     None
+}
+
+/// An error and its causes, `a: b: c` (what `{:#}` prints for an anyhow error), for log
+/// fields: the errors' `Display` describes one level each.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        // Bounded: a chain is a handful of levels; a cycle would be a bug elsewhere.
+        for _ in 0..16 {
+            let Some(c) = cause else { break };
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -4,11 +4,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Why the store could not open, load or apply.
+///
+/// `Display` describes this level only; an I/O cause is reached through
+/// [`source`](std::error::Error::source) (print with `{:#}` in anyhow, or walk the chain).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// A file system error.
-    #[error("store {}: {source}", path.display())]
+    #[error("store {}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
