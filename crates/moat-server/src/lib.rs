@@ -495,7 +495,7 @@ where
             None
         }
         Ok(Err(e)) => {
-            info!(error = %e, "websocket upgrade failed");
+            info!(error = %Chain(&e), "websocket upgrade failed");
             None
         }
         Ok(Ok(ws)) => Some(ws),
