@@ -41,7 +41,8 @@
 //!     Err(failure) => {
 //!         // CONNACK failure.reason_code() (v5 0x86 / 0x87) or failure.v3_return_code()
 //!         // (4 / 5); count failure.counter_name(); log failure.reason() with the peer;
-//!         // wait FailureTracker::record_failure(ip, now) before answering.
+//!         // FailureTracker::record_failure(ip, now); the next check from that address
+//!         // first waits FailureTracker::wait_before(ip, now).
 //!         # let _ = failure;
 //!     }
 //! }
@@ -55,7 +56,10 @@
 //! from `ClientInfo::username` and the client id.
 //!
 //! Failures: [`FailureCounters`] counts per [`FailureKind`]; [`FailureTracker`] (behind a
-//! `Mutex`) gives the delay for repeated failures from one address.
+//! `Mutex`) gives the delay for repeated failures from one address, to wait out before that
+//! address's next password check ([`FailureTracker::wait_before`]). The server bounds how many
+//! checks run at once (argon2id takes 19 MiB each) and answers a CONNECT that cannot get a
+//! check in time with [`AuthFailure::ServerBusy`].
 //!
 //! File formats and semantics: docs/AUTH.md.
 
@@ -73,8 +77,8 @@ pub mod throttle;
 pub use acl::{Acl, Action, Permission, Subject};
 pub use binding::Bindings;
 pub use error::LoadError;
-pub use password::{EditError, HashScheme, Password, PasswordFile, Verdict};
+pub use password::{CheckMemory, EditError, HashScheme, Password, PasswordFile, Verdict};
 pub use policy::{
     AuthFailure, AuthRequest, FailureCounters, FailureKind, ListenerPolicy, Principal, Proof,
 };
-pub use throttle::{FailureTracker, ThrottleConfig};
+pub use throttle::{address_key, FailureTracker, ThrottleConfig};

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, Version};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sha2::{Digest, Sha512};
@@ -73,6 +73,53 @@ impl From<&str> for Password {
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(<redacted>)")
+    }
+}
+
+/// Working memory for password checks (argon2's blocks: 19 MiB with the default cost), kept
+/// from one check to the next.
+///
+/// [`PasswordFile::verify`] allocates and frees it on every check. A server running up to N
+/// checks at once keeps N of these and lends one to each check instead: its memory for checks
+/// is then N times the largest cost in the password file, for good. Allocating per check is
+/// not bounded that way: after the first 19 MiB block is freed, glibc serves the next ones
+/// from its heaps and does not give them back, so a few checks at a time, one after the other
+/// for long enough, keep hundreds of MiB.
+///
+/// It grows to the largest argon2 memory cost it has been used for and never shrinks. What it
+/// holds between checks is argon2's intermediate state, which argon2 does not clear either.
+#[derive(Default)]
+pub struct CheckMemory {
+    blocks: Vec<Block>,
+}
+
+impl CheckMemory {
+    /// Empty: it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bytes it holds.
+    pub fn len_bytes(&self) -> usize {
+        self.blocks.len() * Block::SIZE
+    }
+
+    /// At least `n` blocks, as a slice of exactly `n`.
+    fn blocks(&mut self, n: usize) -> &mut [Block] {
+        if self.blocks.len() < n {
+            // Freed first: never both the old and the new at once.
+            self.blocks = Vec::new();
+            self.blocks.resize(n, Block::new());
+        }
+        &mut self.blocks[..n]
+    }
+}
+
+impl fmt::Debug for CheckMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckMemory")
+            .field("bytes", &self.len_bytes())
+            .finish()
     }
 }
 
@@ -226,11 +273,18 @@ impl PasswordFile {
     /// Checks a password. The work is the same whether or not the user exists: an unknown user
     /// is checked against a dummy hash of the same scheme and cost as the file's first entry.
     /// This is slow on purpose (tens of milliseconds for argon2id): call it from a blocking
-    /// thread pool, never on an async reactor.
+    /// thread pool, never on an async reactor. It allocates argon2's memory for this check
+    /// alone; [`PasswordFile::verify_in`] reuses memory.
     pub fn verify(&self, username: &str, password: &[u8]) -> Verdict {
+        self.verify_in(username, password, &mut CheckMemory::new())
+    }
+
+    /// [`PasswordFile::verify`] with argon2's working memory taken from (and left in)
+    /// `memory`.
+    pub fn verify_in(&self, username: &str, password: &[u8], memory: &mut CheckMemory) -> Verdict {
         match self.index.get(username).map(|&i| &self.lines[i]) {
             Some(Line::Entry { hash, .. }) => {
-                if hash.verify(password) {
+                if hash.verify(password, memory) {
                     Verdict::Ok
                 } else {
                     Verdict::WrongPassword
@@ -238,8 +292,8 @@ impl PasswordFile {
             }
             _ => {
                 let dummy = match &self.dummy {
-                    Some(d) => d.verify(password),
-                    None => Hash::dummy_argon2(&default_params()).verify(password),
+                    Some(d) => d.verify(password, memory),
+                    None => Hash::dummy_argon2(&default_params()).verify(password, memory),
                 };
                 let _ = std::hint::black_box(dummy);
                 Verdict::UnknownUser
@@ -575,7 +629,7 @@ impl Hash {
         }
     }
 
-    fn verify(&self, password: &[u8]) -> bool {
+    fn verify(&self, password: &[u8], memory: &mut CheckMemory) -> bool {
         match self {
             Self::Argon2 {
                 algorithm,
@@ -585,8 +639,10 @@ impl Hash {
                 hash,
             } => {
                 let mut out = Zeroizing::new(vec![0u8; hash.len()]);
+                let blocks = memory.blocks(params.block_count());
                 let ctx = Argon2::new(*algorithm, *version, params.clone());
-                ctx.hash_password_into(password, salt, &mut out).is_ok()
+                ctx.hash_password_into_with_memory(password, salt, &mut out, blocks)
+                    .is_ok()
                     && bool::from(out.ct_eq(hash))
             }
             Self::Pbkdf2Sha512 {

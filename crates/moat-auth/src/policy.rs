@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use moat_codec::ReasonCode;
 
 use crate::acl::Acl;
-use crate::password::{PasswordFile, Verdict};
+use crate::password::{CheckMemory, PasswordFile, Verdict};
 
 /// The proofs a listener requires from a client that is not anonymous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,22 +122,29 @@ pub enum AuthFailure {
         /// The peer address.
         ip: IpAddr,
     },
+    /// The password could not be checked in time: the server's password checks were all busy,
+    /// or this address's earlier checks and the delay its failures earned took too long. The
+    /// credentials were not looked at.
+    #[error("no password check slot in time (too many password checks at once)")]
+    ServerBusy,
 }
 
 impl AuthFailure {
     /// The MQTT 5 CONNACK reason code: 0x86 (bad user name or password) for credentials that
-    /// do not verify, 0x87 (not authorized) for the rest.
+    /// do not verify, 0x89 (server busy) for [`AuthFailure::ServerBusy`], 0x87 (not
+    /// authorized) for the rest.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             Self::UnknownUser(_)
             | Self::WrongPassword(_)
             | Self::IncompleteCredentials
             | Self::NoPasswordFile => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            Self::ServerBusy => ReasonCode::SERVER_BUSY,
             _ => ReasonCode::NOT_AUTHORIZED,
         }
     }
 
-    /// The MQTT 3.1.1 CONNACK return code: 4 or 5.
+    /// The MQTT 3.1.1 CONNACK return code: 4, 5, or 3 (server unavailable) when busy.
     pub fn v3_return_code(&self) -> u8 {
         self.reason_code().to_v3_connack()
     }
@@ -175,11 +182,13 @@ pub enum FailureKind {
     IdentityMismatch,
     /// [`AuthFailure::AddressNotAllowed`]
     AddressNotAllowed,
+    /// [`AuthFailure::ServerBusy`]
+    ServerBusy,
 }
 
 impl FailureKind {
     /// Every kind, in counter order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::UnknownUser,
         Self::WrongPassword,
         Self::IncompleteCredentials,
@@ -189,6 +198,7 @@ impl FailureKind {
         Self::CertificateRequired,
         Self::IdentityMismatch,
         Self::AddressNotAllowed,
+        Self::ServerBusy,
     ];
 
     /// The kind of a failure.
@@ -203,6 +213,7 @@ impl FailureKind {
             AuthFailure::CertificateRequired => Self::CertificateRequired,
             AuthFailure::IdentityMismatch { .. } => Self::IdentityMismatch,
             AuthFailure::AddressNotAllowed { .. } => Self::AddressNotAllowed,
+            AuthFailure::ServerBusy => Self::ServerBusy,
         }
     }
 
@@ -218,6 +229,7 @@ impl FailureKind {
             Self::CertificateRequired => "certificate_required",
             Self::IdentityMismatch => "identity_mismatch",
             Self::AddressNotAllowed => "address_not_allowed",
+            Self::ServerBusy => "server_busy",
         }
     }
 }
@@ -267,6 +279,21 @@ impl ListenerPolicy {
         passwords: Option<&PasswordFile>,
         acl: Option<&Acl>,
     ) -> Result<Principal, AuthFailure> {
+        self.authenticate_in(req, passwords, acl, &mut CheckMemory::new())
+    }
+
+    /// [`ListenerPolicy::authenticate`] with a password check's working memory taken from
+    /// (and left in) `memory` (see [`CheckMemory`]).
+    ///
+    /// # Errors
+    /// As [`ListenerPolicy::authenticate`].
+    pub fn authenticate_in(
+        &self,
+        req: &AuthRequest<'_>,
+        passwords: Option<&PasswordFile>,
+        acl: Option<&Acl>,
+        memory: &mut CheckMemory,
+    ) -> Result<Principal, AuthFailure> {
         let cert = req.cert_identity;
         if req.username.is_none() && req.password.is_none() && cert.is_none() {
             return if self.allow_anonymous {
@@ -286,7 +313,7 @@ impl ListenerPolicy {
                 let Some(file) = passwords else {
                     return Err(AuthFailure::NoPasswordFile);
                 };
-                match file.verify(user, pw) {
+                match file.verify_in(user, pw, memory) {
                     Verdict::Ok => Some(user),
                     Verdict::WrongPassword => {
                         return Err(AuthFailure::WrongPassword(user.to_owned()))

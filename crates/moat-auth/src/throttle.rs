@@ -1,6 +1,11 @@
 //! Slowing down repeated authentication failures from one address.
 //!
 //! The tracker reads no clock: every call takes `now`, so tests drive it with made-up instants.
+//!
+//! The delay an address has earned is waited out *before* its next password check starts
+//! ([`FailureTracker::wait_before`]), not after the refusal: with the checks of one address run
+//! one at a time, parallel connections then guess no faster than one client that tries again
+//! after each refusal.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,8 +42,8 @@ impl Default for ThrottleConfig {
 }
 
 /// Counts failures per address (IPv6 per /64, so one host cannot dodge it by changing its
-/// address) and says how long to wait before answering the next failed CONNECT. Put it behind a
-/// `std::sync::Mutex`: every call is short.
+/// address: see [`address_key`]) and says how long that address must wait before its next
+/// password check. Put it behind a `std::sync::Mutex`: every call is short.
 #[derive(Debug, Clone)]
 pub struct FailureTracker {
     config: ThrottleConfig,
@@ -66,10 +71,10 @@ impl FailureTracker {
         }
     }
 
-    /// Counts a failure from `ip` at `now` and returns how long to wait before sending the
-    /// refusal (zero for the first free failures).
+    /// Counts a failure from `ip` at `now` and returns the delay it earned: the next check from
+    /// this address waits that long after `now` (zero for the first free failures).
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        let key = key(ip);
+        let key = address_key(ip);
         if !self.entries.contains_key(&key) && self.entries.len() >= self.config.max_entries {
             self.evict(now);
         }
@@ -89,12 +94,25 @@ impl FailureTracker {
 
     /// Forgets `ip` after a successful authentication.
     pub fn record_success(&mut self, ip: IpAddr) {
-        self.entries.remove(&key(ip));
+        self.entries.remove(&address_key(ip));
+    }
+
+    /// How long, from `now`, `ip` must still wait before its next password check starts: the
+    /// delay its last failure earned, less the time since (zero for an address with no recent
+    /// failures past the free ones).
+    pub fn wait_before(&self, ip: IpAddr, now: Instant) -> Duration {
+        match self.entries.get(&address_key(ip)) {
+            Some(e) if now.saturating_duration_since(e.last) <= self.config.window => {
+                let ready = e.last.checked_add(self.delay_for(e.count));
+                ready.map_or(self.config.max_delay, |r| r.saturating_duration_since(now))
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// The delay the next failure from `ip` would get, without counting anything.
     pub fn peek(&self, ip: IpAddr, now: Instant) -> Duration {
-        match self.entries.get(&key(ip)) {
+        match self.entries.get(&address_key(ip)) {
             Some(e) if now.saturating_duration_since(e.last) <= self.config.window => {
                 self.delay_for(e.count.saturating_add(1))
             }
@@ -142,7 +160,9 @@ impl FailureTracker {
     }
 }
 
-fn key(ip: IpAddr) -> IpAddr {
+/// The key an address is counted and throttled under: an IPv4 address (IPv4-mapped IPv6 as
+/// IPv4) as it is, an IPv6 address as its /64.
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match normalize(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -185,6 +205,42 @@ mod tests {
         }
         t.record_success(a);
         assert_eq!(t.record_failure(a, later), Duration::ZERO);
+    }
+
+    #[test]
+    fn wait_before_counts_from_the_last_failure() {
+        let mut t = FailureTracker::default();
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(t.wait_before(a, t0), Duration::ZERO);
+        for _ in 0..3 {
+            t.record_failure(a, t0);
+            assert_eq!(t.wait_before(a, t0), Duration::ZERO);
+        }
+        // The 4th failure earns 0.5 s, counted from that failure.
+        t.record_failure(a, t0);
+        assert_eq!(ms(t.wait_before(a, t0)), 500);
+        assert_eq!(ms(t.wait_before(a, t0 + Duration::from_millis(200))), 300);
+        assert_eq!(
+            t.wait_before(a, t0 + Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        // The 5th, at 1 s, earns 1 s more.
+        let t1 = t0 + Duration::from_secs(1);
+        t.record_failure(a, t1);
+        assert_eq!(ms(t.wait_before(a, t1)), 1000);
+        // Other addresses and the same /64 in IPv6.
+        assert_eq!(t.wait_before(ip("192.0.2.2"), t1), Duration::ZERO);
+        for _ in 0..4 {
+            t.record_failure(ip("2001:db8::1"), t0);
+        }
+        assert_eq!(ms(t.wait_before(ip("2001:db8::2"), t0)), 500);
+        assert_eq!(address_key(ip("2001:db8::2")), ip("2001:db8::"));
+        assert_eq!(address_key(ip("::ffff:192.0.2.9")), ip("192.0.2.9"));
+        // A success forgets.
+        t.record_success(a);
+        assert_eq!(t.wait_before(a, t1), Duration::ZERO);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub(crate) struct LimitsFile {
     pub(crate) max_topic_length: Option<usize>,
     pub(crate) max_subscriptions_per_client: Option<usize>,
     pub(crate) max_connections: Option<usize>,
+    /// Password checks (argon2id, 19 MiB each) at once; default 2 per CPU, 2 to 32.
+    pub(crate) max_concurrent_auth: Option<usize>,
     pub(crate) connect_timeout_secs: Option<u64>,
     pub(crate) max_outbox_packets: Option<usize>,
     pub(crate) sys_interval_secs: Option<u64>,
@@ -395,6 +397,9 @@ impl LimitsFile {
         if let Some(v) = nonzero(self.max_connections, "max_connections")? {
             s.max_connections = v;
         }
+        if let Some(v) = nonzero(self.max_concurrent_auth, "max_concurrent_auth")? {
+            s.max_concurrent_auth = v;
+        }
         if let Some(v) = nonzero(self.connect_timeout_secs, "connect_timeout_secs")? {
             s.connect_timeout = Duration::from_secs(v);
         }
@@ -520,6 +525,7 @@ impl Settings {
                 max_topic_length: Some(b.max_topic_length),
                 max_subscriptions_per_client: Some(b.max_subscriptions_per_client),
                 max_connections: Some(s.max_connections),
+                max_concurrent_auth: Some(s.max_concurrent_auth),
                 connect_timeout_secs: Some(s.connect_timeout.as_secs()),
                 max_outbox_packets: Some(s.max_outbox_packets),
                 sys_interval_secs: Some(b.sys_interval.map_or(0, |d| d.as_secs())),
@@ -552,6 +558,8 @@ mod tests {
         let s = file.validate().expect("README example validates");
         assert_eq!(s.server.listeners.len(), 3);
         assert_eq!(s.server.broker.max_keep_alive, 60);
+        // The README shows the default of a 2-CPU machine.
+        assert_eq!(s.server.max_concurrent_auth, 4);
     }
 
     #[test]
@@ -572,6 +580,11 @@ mod tests {
         let s = ConfigFile::parse("").unwrap().validate().unwrap();
         assert_eq!(s.server.listeners, ServerConfig::default().listeners);
         assert_eq!(s.server.broker, ServerConfig::default().broker);
+        assert_eq!(
+            s.server.max_concurrent_auth,
+            moat_server::default_max_concurrent_auth()
+        );
+        assert!((2..=32).contains(&s.server.max_concurrent_auth));
         assert_eq!(s.data_dir, PathBuf::from("moat-data"));
         assert_eq!(
             s.server.auth.password_file,
@@ -609,6 +622,8 @@ mod tests {
         );
         let e = err("[[listeners]]\nallow_anonymus = true\n");
         assert!(e.contains("allow_anonymus"), "{e}");
+        let e = err("[limits]\nmax_concurrent_auth = 0\n");
+        assert!(e.contains("limits.max_concurrent_auth"), "{e}");
         let e = err("[limits]\nmax_inflight = 0\n");
         assert!(
             e.contains("limits.max_inflight") && e.contains("remove the key"),

@@ -20,6 +20,10 @@ pub(crate) struct ServeArgs {
     /// Print the effective configuration (defaults included) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Log lines as text (coloured only on a terminal) or one JSON object per line. Default:
+    /// the environment variable MOAT_LOG_FORMAT, else text.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<crate::LogFormat>,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -56,6 +60,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let kinds: Vec<_> = settings
             .server
             .listeners
@@ -76,7 +81,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
         spawn_sighup(server.reload_trigger());
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -99,23 +104,37 @@ fn spawn_sighup(trigger: std::sync::Arc<tokio::sync::Notify>) {
     let _ = trigger;
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM. The handlers are installed now (call it inside the runtime), not when
+/// the future is first polled: a signal that comes right after the listener lines are printed
+/// must stop the broker gracefully, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (int, term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(int) => {}
+                () = wait(term) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 
 /// Errors from making, reading and writing certificates and keys.
+///
+/// `Display` describes this level only (the file); the cause of [`Error::Io`] and
+/// [`Error::Key`] is reached through [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -19,7 +22,7 @@ pub enum Error {
     #[error("{0} already exists (use --force to replace it)")]
     Exists(PathBuf),
     /// A private key could not be used.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Key {
         /// The file (or a description of where the key came from).
         path: String,

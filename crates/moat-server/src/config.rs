@@ -93,6 +93,11 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// Open connections at most (over all listeners); more are closed at once.
     pub max_connections: usize,
+    /// Password checks (argon2id, 19 MiB each while it runs) at most at once over all
+    /// listeners; the checks of one address run one at a time. A CONNECT whose check cannot
+    /// start within `connect_timeout` is refused with "server busy" (v5 0x89, v3 3). Default:
+    /// [`default_max_concurrent_auth`].
+    pub max_concurrent_auth: usize,
     /// Packets waiting to be written to one client before QoS 0 messages to it are dropped
     /// (the slow-consumer policy) and reading from it pauses.
     pub max_outbox_packets: usize,
@@ -104,6 +109,15 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How often TLS files are checked for changes (SIGHUP checks at once).
     pub tls_poll_interval: Duration,
+}
+
+/// The default of [`ServerConfig::max_concurrent_auth`]: 2 per CPU, at least 2 and at most
+/// 32 (4 on a 2-CPU machine). More than the CPUs adds no throughput, only memory.
+pub fn default_max_concurrent_auth() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_mul(2)
+        .clamp(2, 32)
 }
 
 impl Default for ServerConfig {
@@ -119,6 +133,7 @@ impl Default for ServerConfig {
             store: None,
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_concurrent_auth: default_max_concurrent_auth(),
             max_outbox_packets: 1_000,
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),

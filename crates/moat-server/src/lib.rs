@@ -33,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug_span, error, info, warn, Instrument};
 
-pub use auth::AuthConfig;
-pub use config::{ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
+pub use auth::{AuthConfig, AuthStats};
+pub use config::{
+    default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
+};
 pub use handle::{BrokerHandle, Page, Stopped};
-pub use moat_auth::Proof;
+pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
@@ -45,11 +47,14 @@ use crate::connection::{Shared, TlsConn};
 use crate::router::{Router, ToRouter};
 
 /// Why the server could not start.
+///
+/// `Display` describes this level only; the cause is reached through
+/// [`source`](std::error::Error::source) (`{:#}` in anyhow prints the chain).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
     /// A listener's address could not be bound.
-    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    #[error("listener {name:?}: cannot bind {addr}")]
     Bind {
         /// The listener's name.
         name: String,
@@ -70,7 +75,7 @@ pub enum ServerError {
         kind: ListenerKind,
     },
     /// The durable store cannot be opened or read.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The durable store failed while the server ran: it stopped rather than acknowledge
     /// what it could not keep.
@@ -80,10 +85,10 @@ pub enum ServerError {
     #[error("stopped: the store task failed: {0}")]
     StoreTask(String),
     /// The password file or the ACL is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] moat_auth::LoadError),
     /// A listener's TLS material is unusable.
-    #[error("listener {name:?}: {source}")]
+    #[error("listener {name:?}")]
     Tls {
         /// The listener's name.
         name: String,
@@ -128,7 +133,11 @@ impl Server {
         if config.listeners.is_empty() {
             return Err(ServerError::NoListeners);
         }
-        let auth = Arc::new(AuthState::load(config.auth.clone())?);
+        let auth = Arc::new(AuthState::load(
+            config.auth.clone(),
+            config.max_concurrent_auth,
+            config.connect_timeout,
+        )?);
         // The store is opened and read before anything listens: a corrupt store refuses to
         // start (never a silent empty broker).
         let store = match &config.store {
@@ -195,6 +204,11 @@ impl Server {
     /// tools): usable from any task while [`Server::run`] runs.
     pub fn handle(&self) -> BrokerHandle {
         BrokerHandle::new(self.tx.clone())
+    }
+
+    /// Authentication counters (failures by kind, password checks), readable while it runs.
+    pub fn auth_stats(&self) -> AuthStats {
+        AuthStats(Arc::clone(&self.auth))
     }
 
     /// Notifying this makes every TLS listener re-read its files now (what SIGHUP does).
@@ -396,7 +410,7 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
                  refused until a certificate is back"
             ),
             ReloadOutcome::Failed(e) => {
-                error!(listener = name, error = %e, "new TLS files refused; the old ones stay in use");
+                error!(listener = name, error = %Chain(&e), "new TLS files refused; the old ones stay in use");
             }
             _ => {}
         }
@@ -522,7 +536,7 @@ where
             None
         }
         Ok(Err(e)) => {
-            info!(error = %e, "websocket upgrade failed");
+            info!(error = %Chain(&e), "websocket upgrade failed");
             None
         }
         Ok(Ok(ws)) => Some(ws),
@@ -579,6 +593,24 @@ async fn tls_accept(
     live.failures.record(reason);
     warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
     None
+}
+
+/// An error and its causes, `a: b: c` (what `{:#}` prints for an anyhow error), for log
+/// fields: the errors' `Display` describes one level each.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        // Bounded: a chain is a handful of levels; a cycle would be a bug elsewhere.
+        for _ in 0..16 {
+            let Some(c) = cause else { break };
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -158,7 +158,7 @@ impl Router {
                 true
             }
             Ok((_, _, Err(e))) => {
-                tracing::error!(error = %e, "the store failed: stopping without acknowledging what it could not keep");
+                tracing::error!(error = %crate::Chain(&e), "the store failed: stopping without acknowledging what it could not keep");
                 self.failure = Some(crate::ServerError::StoreFailed(e));
                 false
             }

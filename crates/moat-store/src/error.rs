@@ -4,17 +4,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Why the store could not open, load or apply.
+///
+/// `Display` describes this level only; an I/O cause is reached through
+/// [`source`](std::error::Error::source) (print with `{:#}` in anyhow, or walk the chain).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// A file system error. The OS error is part of the message, not a separate source:
-    /// printed with its causes (`{:#}`) it then appears once.
-    #[error("store {}: {cause}", path.display())]
+    /// A file system error.
+    #[error("store {}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The OS error.
-        cause: io::Error,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// The store is damaged or is not a Moat store.
     #[error(
@@ -70,7 +73,7 @@ impl StoreError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            cause: source,
+            source,
         }
     }
 
@@ -89,7 +92,7 @@ impl StoreError {
                     detail: format!("unreadable: {source}"),
                 }
             }
-            redb::Error::Io(cause) => Self::Io { path, cause },
+            redb::Error::Io(source) => Self::Io { path, source },
             redb::Error::DatabaseAlreadyOpen => Self::Locked { path },
             redb::Error::UpgradeRequired(v) => Self::Corrupt {
                 path,

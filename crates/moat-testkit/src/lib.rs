@@ -52,7 +52,12 @@ impl TestBroker {
     /// # Panics
     /// If the broker cannot bind.
     pub async fn start_with(config: ServerConfig) -> Self {
-        let server = Server::bind(config).await.expect("bind test broker");
+        Self::start_server(Server::bind(config).await.expect("bind test broker"))
+    }
+
+    /// Runs a server already bound (to read its handles, such as
+    /// [`Server::auth_stats`], first).
+    pub fn start_server(server: Server) -> Self {
         let addr = server.local_addrs()[0].1;
         let handle = server.handle();
         let (stop, stopped) = oneshot::channel::<()>();

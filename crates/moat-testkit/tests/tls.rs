@@ -318,7 +318,13 @@ async fn bad_material_refuses_to_start_with_the_finding() {
     let err = Server::bind(config)
         .await
         .expect_err("mismatched key must refuse to start");
-    let text = err.to_string();
+    // Display is one level (the listener); the finding is its source.
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
     assert!(text.contains("mqtts") && text.contains("key"), "{text}");
 }
 

@@ -25,7 +25,7 @@ use crate::{ClientAuth, TlsSettings};
 #[non_exhaustive]
 pub enum TlsError {
     /// A file cannot be read (a missing certificate file means "removed").
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

@@ -266,6 +266,10 @@ fn groups_and_codes() {
     assert_eq!(f, AuthFailure::NoPasswordFile);
     assert_eq!(f.v3_return_code(), 4);
     assert_eq!(AuthFailure::AnonymousNotAllowed.v3_return_code(), 5);
+    // Busy: v5 0x89, v3 3 (server unavailable), its own counter.
+    assert_eq!(AuthFailure::ServerBusy.reason_code().0, 0x89);
+    assert_eq!(AuthFailure::ServerBusy.v3_return_code(), 3);
+    assert_eq!(AuthFailure::ServerBusy.counter_name(), "server_busy");
     assert_eq!(
         AuthFailure::AnonymousNotAllowed.counter_name(),
         "anonymous_not_allowed"
