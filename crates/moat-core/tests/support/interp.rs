@@ -483,8 +483,8 @@ impl Run {
                 self.shutdown();
                 return false;
             }
-            _ => {
-                // op::STALE: the broker must ignore packets for connections it no longer has.
+            op::STALE => {
+                // The broker must ignore packets for connections it no longer has.
                 let slot = input.slot();
                 let conn = self.slots[slot].conn.unwrap_or(ConnId(u64::MAX));
                 if !self.conns.contains_key(&conn) {
@@ -503,6 +503,7 @@ impl Run {
                     self.drain();
                 }
             }
+            _ => unreachable!("operation codes are below op::COUNT"),
         }
         true
     }
