@@ -3,8 +3,9 @@
 //! Three clients connect (MQTT 3.1.1 or 5.0, clean or persistent, with a session expiry and a
 //! keep-alive), subscribe and unsubscribe (QoS 0/1/2, No Local) on a few filters with `+` and
 //! `#`, publish at every QoS with and without RETAIN, answer what they receive (late, in part or
-//! never), disconnect, lose their connection, take their own session over, and time passes on a
-//! virtual clock. The clients behave as the specification asks: they resend unacknowledged
+//! never), disconnect, lose their connection, take their own session over, time passes on a
+//! virtual clock, and the server restarts (with persistence on: the store ops go to an
+//! in-memory store, and a new broker loads it; persistent sessions survive, the others end). The clients behave as the specification asks: they resend unacknowledged
 //! PUBLISH and PUBREL packets when their session is resumed, and keep QoS 2 state (Method B).
 //!
 //! The model knows every session (its generation, expiry and subscriptions) and, for each
@@ -30,9 +31,12 @@
 //! exactly the retained messages of the model.
 //!
 //! The broker's window (2 or 256), its flow-control mark (3 or 1,000: publishers then wait for
-//! their acknowledgements) and persistence vary; queues never overflow. 8,000 sequences of up to
+//! their acknowledgements) and persistence (restarts) vary; queues never overflow. 8,000 sequences of up to
 //! 72 operations take about 5 s in a debug build. proptest shrinks a failure and records it in
 //! `ops.proptest-regressions`, which is committed with the fix.
+
+#[path = "support/mem_store.rs"]
+mod mem_store;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,9 +46,12 @@ use moat_codec::{
     Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish, QoS,
     ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
 };
+use moat_core::store::StoreOp;
 use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
 use proptest::prelude::*;
 use proptest::sample::select;
+
+use mem_store::MemStore;
 
 /// Clients the operations use; one more slot is the probe of the final retained check.
 const CLIENTS: usize = 3;
@@ -54,6 +61,8 @@ const TOPICS: [&str; 4] = ["a", "a/b", "a/c", "b/x"];
 const FILTERS: [&str; 7] = ["a", "a/b", "a/+", "a/#", "#", "+/x", "b/x"];
 /// The broker's maximum keep-alive (its default).
 const MAX_KEEP_ALIVE: u16 = 60;
+/// The wall clock when a sequence starts, Unix milliseconds.
+const UNIX_MS_AT_START: u64 = 1_700_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -105,6 +114,9 @@ enum Op {
     Advance {
         secs: u64,
     },
+    /// The server restarts (with persistence on): connections vanish, a new broker loads
+    /// what the store holds.
+    Restart,
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
@@ -175,6 +187,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, expiry)| Op::Disconnect { client, expiry }),
         1 => client().prop_map(|client| Op::Lose { client }),
         2 => select(vec![1u64, 5, 16, 61, 200]).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -197,7 +210,7 @@ struct Setup {
     max_inflight: u16,
     /// The flow-control mark (3 makes publishers' acknowledgements wait).
     flow_control_queued: usize,
-    /// Durable-store ops on (they are produced and thrown away).
+    /// Durable-store ops on: they go to an in-memory store that a restart loads.
     persist: bool,
 }
 
@@ -381,7 +394,10 @@ struct World {
     app_qos2: BTreeSet<(usize, u64, MsgId)>,
     /// (client, generation, publisher, QoS) -> the last message received first.
     last_in_order: BTreeMap<(usize, u64, usize, QoS), MsgId>,
-    store_ops: Vec<moat_core::store::StoreOp>,
+    store_ops: Vec<StoreOp>,
+    /// The durable store, with persistence on.
+    store: Option<MemStore>,
+    started: Instant,
 }
 
 impl World {
@@ -396,7 +412,7 @@ impl World {
         let now = Instant::now();
         let mut broker = Broker::new(config.clone(), now);
         if setup.persist {
-            broker.enable_persistence(now, 1_700_000_000_000);
+            broker.enable_persistence(now, UNIX_MS_AT_START);
         }
         Self {
             broker,
@@ -418,6 +434,8 @@ impl World {
             app_qos2: BTreeSet::new(),
             last_in_order: BTreeMap::new(),
             store_ops: Vec::new(),
+            store: setup.persist.then(MemStore::default),
+            started: now,
         }
     }
 
@@ -461,6 +479,7 @@ impl World {
                 }
             }
             Op::Advance { secs } => self.advance(Duration::from_secs(secs)),
+            Op::Restart => self.restart(),
         }
         assert_eq!(
             self.broker.retained_count(),
@@ -819,6 +838,34 @@ impl World {
         }
     }
 
+    /// The server restarts: every connection vanishes (the old broker is dropped, nothing is
+    /// reported lost), and a new broker loads the store. Persistent sessions (expiry above 0)
+    /// survive, offline from now if they were connected; the others end.
+    fn restart(&mut self) {
+        let Some(store) = &self.store else { return };
+        let snapshot = store.snapshot();
+        let elapsed = u64::try_from((self.now - self.started).as_millis()).expect("ms");
+        let mut broker = Broker::new(self.config.clone(), self.now);
+        broker.enable_persistence(self.now, UNIX_MS_AT_START + elapsed);
+        broker.restore(snapshot, self.now);
+        self.broker = broker;
+        for c in &mut self.clients {
+            if let Some(conn) = c.conn {
+                self.closed.insert(conn);
+            }
+            c.connection_ended();
+        }
+        for s in &mut self.sessions {
+            if s.expiry == 0 {
+                s.exists = false;
+                s.subs.clear();
+            } else if s.exists && s.offline_since.is_none() {
+                s.offline_since = Some(self.now);
+            }
+        }
+        self.pump();
+    }
+
     /// Time passes: broker deadlines and keep-alive timeouts (1.5 times the keep-alive without
     /// a packet from the client, as the server enforces it) happen in order.
     fn advance(&mut self, by: Duration) {
@@ -945,7 +992,11 @@ impl World {
         for _ in 0..8 {
             self.broker.drain_actions_into(&mut actions);
             self.broker.drain_store_ops_into(&mut self.store_ops);
-            self.store_ops.clear();
+            for op in self.store_ops.drain(..) {
+                if let Some(store) = &mut self.store {
+                    store.apply(op);
+                }
+            }
             if actions.is_empty() {
                 return;
             }
