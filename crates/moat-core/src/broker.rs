@@ -190,6 +190,20 @@ fn props_with_reason(reason: &str) -> Properties {
     }
 }
 
+/// Leaves the reason string out of a CONNACK or DISCONNECT that would otherwise exceed the
+/// client's Maximum Packet Size [MQTT-3.2.2-19], [MQTT-3.14.2-3].
+fn fit_reason(mut packet: Packet, protocol: ProtocolVersion, max_packet_size: u32) -> Packet {
+    let max = usize::try_from(max_packet_size).unwrap_or(usize::MAX);
+    if moat_codec::encoded_len(&packet, protocol) > max {
+        if let Packet::ConnAck(ConnAck { properties, .. })
+        | Packet::Disconnect(Disconnect { properties, .. }) = &mut packet
+        {
+            properties.reason_string = None;
+        }
+    }
+    packet
+}
+
 impl Broker {
     /// A broker with no sessions, started at `now`.
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
@@ -462,13 +476,12 @@ impl Broker {
             } else {
                 Properties::default()
             };
-            self.send(
-                conn_id,
-                Packet::Disconnect(Disconnect {
-                    reason_code: reason,
-                    properties,
-                }),
-            );
+            let disconnect = Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties,
+            });
+            let packet = fit_reason(disconnect, conn.protocol, conn.max_packet_size);
+            self.send(conn_id, packet);
         }
         self.actions.push(Action::Close(conn_id));
         self.connection_lost(conn_id, now);
@@ -486,20 +499,20 @@ impl Broker {
         now: Instant,
     ) -> ConnectOutcome {
         let v5 = connect.protocol.is_v5();
+        let protocol = connect.protocol;
+        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let refuse = |this: &mut Self, code: ReasonCode, why: &str| {
             let properties = if v5 {
                 props_with_reason(why)
             } else {
                 Properties::default()
             };
-            this.send(
-                conn_id,
-                Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    reason_code: code,
-                    properties,
-                }),
-            );
+            let connack = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties,
+            });
+            this.send(conn_id, fit_reason(connack, protocol, client_max));
             this.actions.push(Action::Close(conn_id));
             ConnectOutcome {
                 accepted: false,
