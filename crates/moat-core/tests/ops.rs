@@ -1,7 +1,7 @@
 //! Generated operation sequences over the broker core, checked against a model.
 //!
-//! Three clients connect (MQTT 3.1.1 or 5.0, clean or persistent, with a session expiry and a
-//! keep-alive), subscribe and unsubscribe (QoS 0/1/2, No Local) on a few filters with `+` and
+//! Three clients connect (MQTT 3.1.1 or 5.0, clean or persistent, with a session expiry, a
+//! keep-alive and sometimes a will with a delay), subscribe and unsubscribe (QoS 0/1/2, No Local) on a few filters with `+` and
 //! `#`, publish at every QoS with and without RETAIN, answer what they receive (late, in part or
 //! never), disconnect, lose their connection, take their own session over, time passes on a
 //! virtual clock, and the server restarts (with persistence on: the store ops go to an
@@ -15,6 +15,11 @@
 //!   published, at the QoS the subscriptions give (so nothing arrives for a filter after its
 //!   UNSUBACK unless another subscription matches), and a retained one only if it was retained;
 //! - QoS 0 reaches connected subscribers at once;
+//! - a will is published exactly when the model says: on a lost connection, a protocol error,
+//!   DISCONNECT 0x04 or a takeover (not one that resumes the session with a delayed will), at
+//!   once or after its delay or the session expiry, whichever is first, unless the session is
+//!   resumed first, and when a session that still has one ends (wills are checked like
+//!   acknowledged messages, not for order);
 //! - per publisher and delivered QoS, messages reach each session in the order they were
 //!   published (first receipts, messages that were not republished);
 //! - a QoS 2 message reaches the application once: a packet id in use is only reused by a DUP
@@ -43,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moat_codec::{
-    Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
+    Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish,
+    QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use moat_core::store::StoreOp;
 use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
@@ -64,18 +69,31 @@ const MAX_KEEP_ALIVE: u16 = 60;
 /// The wall clock when a sequence starts, Unix milliseconds.
 const UNIX_MS_AT_START: u64 = 1_700_000_000_000;
 
+/// A CONNECT on a new connection (a takeover if the client is connected).
+#[derive(Debug, Clone, Copy)]
+struct ConnectOp {
+    client: usize,
+    v5: bool,
+    clean: bool,
+    /// Session expiry (v5 only; v3 has 0 for clean and "never" otherwise).
+    expiry: u32,
+    keep_alive: u16,
+    receive_maximum: Option<u16>,
+    will: Option<WillOp>,
+}
+
+/// A will: topic, QoS, RETAIN and Will Delay Interval (v5 only).
+#[derive(Debug, Clone, Copy)]
+struct WillOp {
+    topic: usize,
+    qos: QoS,
+    retain: bool,
+    delay: u32,
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    /// A new connection for the client (a takeover if it is connected).
-    Connect {
-        client: usize,
-        v5: bool,
-        clean: bool,
-        /// Session expiry (v5 only; v3 has 0 for clean and "never" otherwise).
-        expiry: u32,
-        keep_alive: u16,
-        receive_maximum: Option<u16>,
-    },
+    Connect(ConnectOp),
     Subscribe {
         client: usize,
         filter: usize,
@@ -102,10 +120,11 @@ enum Op {
     Ping {
         client: usize,
     },
-    /// DISCONNECT, for v5 with a new session expiry.
+    /// DISCONNECT, for v5 with a new session expiry, or asking for the will (0x04).
     Disconnect {
         client: usize,
         expiry: Option<u32>,
+        with_will: bool,
     },
     /// The connection drops.
     Lose {
@@ -123,6 +142,21 @@ fn qos() -> impl Strategy<Value = QoS> {
     select(vec![QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce])
 }
 
+fn will_op() -> impl Strategy<Value = WillOp> {
+    (
+        0..TOPICS.len(),
+        qos(),
+        proptest::bool::weighted(0.3),
+        select(vec![0, 0, 5, 100]),
+    )
+        .prop_map(|(topic, qos, retain, delay)| WillOp {
+            topic,
+            qos,
+            retain,
+            delay,
+        })
+}
+
 fn connect_op() -> impl Strategy<Value = Op> {
     (
         0..CLIENTS,
@@ -131,15 +165,23 @@ fn connect_op() -> impl Strategy<Value = Op> {
         select(vec![0, 5, 60, u32::MAX]),
         select(vec![0u16, 0, 10, 100]),
         select(vec![None, None, Some(1), Some(2)]),
+        proptest::option::weighted(0.3, will_op()),
     )
         .prop_map(
-            |(client, v5, clean, expiry, keep_alive, receive_maximum)| Op::Connect {
-                client,
-                v5,
-                clean,
-                expiry,
-                keep_alive,
-                receive_maximum,
+            |(client, v5, clean, expiry, keep_alive, receive_maximum, will)| {
+                let will = will.map(|w| WillOp {
+                    delay: if v5 { w.delay } else { 0 },
+                    ..w
+                });
+                Op::Connect(ConnectOp {
+                    client,
+                    v5,
+                    clean,
+                    expiry,
+                    keep_alive,
+                    receive_maximum,
+                    will,
+                })
             },
         )
 }
@@ -183,8 +225,16 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (client(), prop_oneof![Just(usize::MAX), 0..3usize])
             .prop_map(|(client, count)| Op::Answer { client, count }),
         1 => client().prop_map(|client| Op::Ping { client }),
-        1 => (client(), proptest::option::of(select(vec![0, 5, 60])))
-            .prop_map(|(client, expiry)| Op::Disconnect { client, expiry }),
+        1 => (
+            client(),
+            proptest::option::of(select(vec![0, 5, 60])),
+            proptest::bool::weighted(0.3),
+        )
+            .prop_map(|(client, expiry, with_will)| Op::Disconnect {
+                client,
+                expiry,
+                with_will,
+            }),
         1 => client().prop_map(|client| Op::Lose { client }),
         2 => select(vec![1u64, 5, 16, 61, 200]).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Restart),
@@ -261,10 +311,10 @@ struct Msg {
     topic: &'static str,
     /// Every time the broker routed it (a QoS 1 message is routed again when it is resent).
     routings: Vec<Routing>,
-    /// A success PUBACK/PUBREC reached the publisher.
+    /// A success PUBACK/PUBREC reached the publisher (or it is a will, once published).
     acked: bool,
-    /// Resent by its publisher, so routed twice: left out of the order check.
-    resent: bool,
+    /// Resent by its publisher (so routed twice), or a will: left out of the order check.
+    unordered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +328,8 @@ struct SessionModel {
     offline_since: Option<Instant>,
     /// Filter index -> (QoS, No Local).
     subs: BTreeMap<usize, (QoS, bool)>,
+    /// A will waiting for its delay: when, the will, its message.
+    pending_will: Option<(Instant, WillOp, MsgId)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,6 +379,8 @@ struct Client {
     inbox: Vec<Packet>,
     /// Retained deliveries (RETAIN set): (topic, message).
     retained_seen: Vec<(String, Option<MsgId>)>,
+    /// The will of the current connection, and its message.
+    will: Option<(WillOp, MsgId)>,
     // The client's session state, kept while the broker keeps the session [MQTT-4.1.0-1].
     out: BTreeMap<u16, OutMsg>,
     in_use: BTreeMap<u16, InUse>,
@@ -345,6 +399,7 @@ impl Client {
             acks_expected: VecDeque::new(),
             inbox: Vec::new(),
             retained_seen: Vec::new(),
+            will: None,
             out: BTreeMap::new(),
             in_use: BTreeMap::new(),
             next_packet_id: 1,
@@ -354,6 +409,7 @@ impl Client {
     /// What belonged to the connection goes with it; the session state stays.
     fn connection_ended(&mut self) {
         self.conn = None;
+        self.will = None;
         self.owed.clear();
         self.acks_expected.clear();
     }
@@ -442,14 +498,7 @@ impl World {
     fn step(&mut self, op: &Op) {
         self.step += 1;
         match *op {
-            Op::Connect {
-                client,
-                v5,
-                clean,
-                expiry,
-                keep_alive,
-                receive_maximum,
-            } => self.connect(client, v5, clean, expiry, keep_alive, receive_maximum),
+            Op::Connect(c) => self.connect(c),
             Op::Subscribe {
                 client,
                 filter,
@@ -472,7 +521,11 @@ impl World {
                     assert_eq!(inbox, vec![Packet::PingResp], "step {}", self.step);
                 }
             }
-            Op::Disconnect { client, expiry } => self.disconnect(client, expiry),
+            Op::Disconnect {
+                client,
+                expiry,
+                with_will,
+            } => self.disconnect(client, expiry, with_will),
             Op::Lose { client } => {
                 if let Some(conn) = self.clients[client].conn {
                     self.lose(client, conn);
@@ -492,21 +545,35 @@ impl World {
 
     // ---- operations ----
 
-    fn connect(
-        &mut self,
-        client: usize,
-        v5: bool,
-        clean: bool,
-        expiry: u32,
-        keep_alive: u16,
-        receive_maximum: Option<u16>,
-    ) {
+    fn connect(&mut self, op: ConnectOp) {
+        let ConnectOp {
+            client,
+            v5,
+            clean,
+            expiry,
+            keep_alive,
+            receive_maximum,
+            will,
+        } = op;
         let requested = match (v5, clean) {
             (true, _) => expiry,
             (false, true) => 0,
             (false, false) => u32::MAX,
         };
+        // A takeover: the old connection's will goes out unless the session is resumed and the
+        // will has a delay.
+        let old_will = self.clients[client].will.take();
         let old = self.clients[client].conn.take();
+        if let (Some(_), Some((w, id))) = (old, old_will) {
+            if w.delay == 0 || clean {
+                self.publish_will(client, w, id);
+            }
+        }
+        let will = will.map(|w| {
+            let id = self.next_msg;
+            self.next_msg += 1;
+            (w, id)
+        });
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.conn_owner.insert(conn, client);
@@ -518,15 +585,23 @@ impl World {
         c.owed.clear();
         c.acks_expected.clear();
         c.inbox.clear();
+        c.will = will;
 
-        // The model's session: resumed, or a new one (the old one ends).
-        let s = &mut self.sessions[client];
-        let present = s.exists && !clean;
-        if !present {
+        // The model's session: resumed (a will waiting for its delay is cancelled), or a new
+        // one (the old one ends, and publishes a will still waiting).
+        let present = self.sessions[client].exists && !clean;
+        if present {
+            self.sessions[client].pending_will = None;
+        } else {
+            if self.sessions[client].exists {
+                self.end_session(client);
+            }
+            let s = &mut self.sessions[client];
             s.exists = true;
             s.generation += 1;
             s.subs.clear();
         }
+        let s = &mut self.sessions[client];
         s.expiry = requested;
         s.connect_expiry_zero = requested == 0;
         s.offline_since = None;
@@ -537,6 +612,16 @@ impl World {
             properties.session_expiry_interval = Some(expiry);
             properties.receive_maximum = receive_maximum;
         }
+        let will = will.map(|(w, id)| LastWill {
+            topic: TOPICS[w.topic].into(),
+            payload: payload(Some(id)),
+            qos: w.qos,
+            retain: w.retain,
+            properties: Properties {
+                will_delay_interval: (w.delay > 0).then_some(w.delay),
+                ..Properties::default()
+            },
+        });
         let connect = Connect {
             protocol: if v5 {
                 ProtocolVersion::V5
@@ -546,7 +631,7 @@ impl World {
             clean_start: clean,
             keep_alive,
             client_id: CLIENT_IDS[client].into(),
-            will: None,
+            will,
             username: None,
             password: None,
             properties,
@@ -607,7 +692,7 @@ impl World {
                 let routing = self.route(client, topic, m.qos);
                 if let Some(msg) = m.msg.and_then(|id| self.msgs.get_mut(&id)) {
                     msg.routings.push(routing.clone());
-                    msg.resent = true;
+                    msg.unordered = true;
                 }
                 Some(routing)
             } else {
@@ -710,7 +795,7 @@ impl World {
                 topic,
                 routings: vec![routing.clone()],
                 acked: false,
-                resent: false,
+                unordered: false,
             };
             self.msgs.insert(id, m);
         }
@@ -786,13 +871,18 @@ impl World {
         }
     }
 
-    fn disconnect(&mut self, client: usize, expiry: Option<u32>) {
+    fn disconnect(&mut self, client: usize, expiry: Option<u32>, with_will: bool) {
         let Some(conn) = self.clients[client].conn else {
             return;
         };
+        let v5 = self.clients[client].v5;
+        let will = self.clients[client].will.take();
         let mut disconnect = Disconnect::default();
+        if v5 && with_will {
+            disconnect.reason_code = ReasonCode::DISCONNECT_WITH_WILL_MESSAGE;
+        }
         let mut protocol_error = false;
-        if let (true, Some(e)) = (self.clients[client].v5, expiry) {
+        if let (true, Some(e)) = (v5, expiry) {
             disconnect.properties.session_expiry_interval = Some(e);
             let s = &mut self.sessions[client];
             if s.connect_expiry_zero && e != 0 {
@@ -801,6 +891,10 @@ impl World {
                 s.expiry = e;
             }
         }
+        // A normal DISCONNECT discards the will [MQTT-3.1.2-10]. The model first, so that it
+        // knows the will before it arrives.
+        let keep_will = protocol_error || (v5 && with_will);
+        self.offline(client, will.filter(|_| keep_will));
         self.send(client, Packet::Disconnect(disconnect));
         assert!(
             self.closed.contains(&conn),
@@ -815,27 +909,64 @@ impl World {
                 self.step
             );
         }
-        self.offline(client);
     }
 
     /// The server reports the connection gone.
     fn lose(&mut self, client: usize, conn: ConnId) {
+        let will = self.clients[client].will.take();
         self.clients[client].connection_ended();
         self.closed.insert(conn);
+        // The model first, so that it knows the will before it arrives.
+        self.offline(client, will);
         self.broker.connection_lost(conn, self.now);
         self.pump();
-        self.offline(client);
     }
 
-    /// The model's session of a client whose connection ended.
-    fn offline(&mut self, client: usize) {
-        let s = &mut self.sessions[client];
-        if s.expiry == 0 {
-            s.exists = false;
-            s.subs.clear();
+    /// The model's session of a client whose connection ended, and the will to publish: at
+    /// once without a delay or a session expiry (after the session ended), otherwise after
+    /// the delay or the session expiry, whichever comes first.
+    fn offline(&mut self, client: usize, will: Option<(WillOp, MsgId)>) {
+        let expiry = self.sessions[client].expiry;
+        if expiry == 0 {
+            self.end_session(client);
         } else {
-            s.offline_since = Some(self.now);
+            self.sessions[client].offline_since = Some(self.now);
         }
+        let Some((w, id)) = will else { return };
+        if w.delay == 0 || expiry == 0 {
+            self.publish_will(client, w, id);
+        } else {
+            let at = self.now + Duration::from_secs(u64::from(w.delay.min(expiry)));
+            self.sessions[client].pending_will = Some((at, w, id));
+        }
+    }
+
+    /// The session ends: its subscriptions go, then a will still waiting is published.
+    fn end_session(&mut self, client: usize) {
+        let s = &mut self.sessions[client];
+        s.exists = false;
+        s.subs.clear();
+        s.offline_since = None;
+        if let Some((_, w, id)) = s.pending_will.take() {
+            self.publish_will(client, w, id);
+        }
+    }
+
+    /// The broker publishes a will: routed now like a PUBLISH from its client.
+    fn publish_will(&mut self, client: usize, will: WillOp, id: MsgId) {
+        let topic = TOPICS[will.topic];
+        if will.retain {
+            self.retain(topic, Some(id));
+        }
+        let routing = self.route(client, topic, will.qos);
+        let m = Msg {
+            publisher: client,
+            topic,
+            routings: vec![routing],
+            acked: true,
+            unordered: true,
+        };
+        self.msgs.insert(id, m);
     }
 
     /// The server restarts: every connection vanishes (the old broker is dropped, nothing is
@@ -859,6 +990,7 @@ impl World {
             if s.expiry == 0 {
                 s.exists = false;
                 s.subs.clear();
+                s.pending_will = None;
             } else if s.exists && s.offline_since.is_none() {
                 s.offline_since = Some(self.now);
             }
@@ -901,9 +1033,15 @@ impl World {
     }
 
     fn tick(&mut self) {
-        self.broker.tick(self.now);
-        self.pump();
-        for s in &mut self.sessions {
+        // The model first: wills due are published, sessions past their expiry end.
+        for client in 0..self.sessions.len() {
+            let s = &mut self.sessions[client];
+            if s.pending_will.is_some_and(|(at, _, _)| at <= self.now) {
+                if let Some((_, w, id)) = s.pending_will.take() {
+                    self.publish_will(client, w, id);
+                }
+            }
+            let s = &self.sessions[client];
             let expired = match s.offline_since {
                 Some(t) if s.exists && s.expiry != u32::MAX => {
                     t + Duration::from_secs(u64::from(s.expiry)) <= self.now
@@ -911,11 +1049,11 @@ impl World {
                 _ => false,
             };
             if expired {
-                s.exists = false;
-                s.subs.clear();
-                s.offline_since = None;
+                self.end_session(client);
             }
         }
+        self.broker.tick(self.now);
+        self.pump();
         for client in 0..CLIENTS {
             if self
                 .keep_alive_deadline(client)
@@ -1208,7 +1346,7 @@ impl World {
                 CLIENT_IDS[client]
             );
         }
-        if first && !m.resent {
+        if first && !m.unordered {
             let key = (client, generation, m.publisher, p.qos);
             if let Some(&last) = self.last_in_order.get(&key) {
                 assert!(
@@ -1229,9 +1367,15 @@ impl World {
         self.step += 1;
         for client in 0..CLIENTS {
             if self.sessions[client].exists && self.clients[client].conn.is_none() {
-                let v5 = self.clients[client].v5;
-                let expiry = self.sessions[client].expiry;
-                self.connect(client, v5, false, expiry, 0, None);
+                self.connect(ConnectOp {
+                    client,
+                    v5: self.clients[client].v5,
+                    clean: false,
+                    expiry: self.sessions[client].expiry,
+                    keep_alive: 0,
+                    receive_maximum: None,
+                    will: None,
+                });
             }
         }
         let mut settled = false;
@@ -1273,7 +1417,15 @@ impl World {
         }
 
         // A fresh subscriber to '#' gets the retained messages.
-        self.connect(PROBE, true, true, 0, 0, None);
+        self.connect(ConnectOp {
+            client: PROBE,
+            v5: true,
+            clean: true,
+            expiry: 0,
+            keep_alive: 0,
+            receive_maximum: None,
+            will: None,
+        });
         self.clients[PROBE].retained_seen.clear();
         let all = FILTERS
             .iter()
