@@ -19,8 +19,9 @@
 //! - no `Send` to a connection after its `Close`, after the server reported it lost, or to a
 //!   connection the broker never saw; CONNACK is the first packet of every connection, and a
 //!   refused CONNECT is followed by `Close`; no connection is closed twice;
-//! - every packet sent encodes for the connection's protocol version, and a PUBLISH fits the
-//!   client's Maximum Packet Size and carries a packet id exactly when its QoS is above 0;
+//! - every packet sent encodes for the connection's protocol version and fits the client's
+//!   Maximum Packet Size (but a successful CONNACK), and a PUBLISH carries a packet id exactly
+//!   when its QoS is above 0 and no QoS above the broker's maximum;
 //! - after `tick(now)`, `next_deadline()` is later than `now`;
 //! - once every connection is gone, no client is counted as connected; `shutdown` closes every
 //!   open connection.
