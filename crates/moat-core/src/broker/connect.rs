@@ -14,20 +14,20 @@ impl Broker {
         now: Instant,
     ) -> ConnectOutcome {
         let v5 = connect.protocol.is_v5();
+        let protocol = connect.protocol;
+        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let refuse = |this: &mut Self, code: ReasonCode, why: &str| {
             let properties = if v5 {
                 props_with_reason(why)
             } else {
                 Properties::default()
             };
-            this.send(
-                conn_id,
-                Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    reason_code: code,
-                    properties,
-                }),
-            );
+            let connack = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties,
+            });
+            this.send(conn_id, fit_reason(connack, protocol, client_max));
             this.outputs.push_back(Output::Close(conn_id));
             ConnectOutcome {
                 accepted: false,
@@ -148,6 +148,10 @@ impl Broker {
                 client_id: client_id.clone(),
                 expiry_interval: expiry,
             });
+            if !was_persisted {
+                // A resumed session the store did not hold (its expiry was 0).
+                self.store_session_state(sid);
+            }
             if had_will {
                 self.op(StoreOp::WillRemove {
                     client_id: client_id.clone(),
@@ -231,6 +235,62 @@ impl Broker {
             accepted: true,
             client_id,
             keep_alive,
+        }
+    }
+
+    /// Writes what a session holds to the store: its subscriptions, its incoming QoS 2 packet
+    /// ids and its outgoing messages (in flight, in send order, then queued) under new store
+    /// keys (any earlier ones went with the session's `SessionRemove`).
+    pub(super) fn store_session_state(&mut self, sid: SessionId) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let client_id = session.client_id.clone();
+        let mut ops = Vec::new();
+        for (filter, (_, data)) in &session.subscriptions {
+            ops.push(StoreOp::SubscriptionSet {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                options: data.options,
+                id: data.id,
+            });
+        }
+        for &packet_id in &session.incoming_qos2 {
+            ops.push(StoreOp::IncomingQos2Add {
+                client_id: client_id.clone(),
+                packet_id,
+            });
+        }
+        let mut messages = Vec::new();
+        for id in session.inflight_in_order() {
+            let Some(f) = session.inflight.get_mut(&id) else {
+                continue;
+            };
+            let seq = session.next_store_seq;
+            session.next_store_seq += 1;
+            f.delivery.seq = Some(seq);
+            let state = match f.state {
+                OutState::Released => StoredState::Released(id),
+                OutState::Unacked | OutState::Unreceived => StoredState::Sent(id),
+            };
+            messages.push((seq, f.delivery.clone(), state));
+        }
+        for d in &mut session.queue {
+            let seq = session.next_store_seq;
+            session.next_store_seq += 1;
+            d.seq = Some(seq);
+            messages.push((seq, d.clone(), StoredState::Queued));
+        }
+        for (seq, delivery, state) in messages {
+            ops.push(StoreOp::MessagePut {
+                client_id: client_id.clone(),
+                seq,
+                message: self.stored_message(&delivery),
+                state,
+            });
+        }
+        for op in ops {
+            self.op(op);
         }
     }
 

@@ -250,6 +250,20 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// Leaves the reason string out of a CONNACK or DISCONNECT that would otherwise exceed the
+/// client's Maximum Packet Size [MQTT-3.2.2-19], [MQTT-3.14.2-3].
+fn fit_reason(mut packet: Packet, protocol: ProtocolVersion, max_packet_size: u32) -> Packet {
+    let max = usize::try_from(max_packet_size).unwrap_or(usize::MAX);
+    if moat_codec::encoded_len(&packet, protocol) > max {
+        if let Packet::ConnAck(ConnAck { properties, .. })
+        | Packet::Disconnect(Disconnect { properties, .. }) = &mut packet
+        {
+            properties.reason_string = None;
+        }
+    }
+    packet
+}
+
 /// A topic for a log line: at most 64 characters, with its length when cut.
 fn short(topic: &str) -> String {
     match topic.char_indices().nth(64) {
@@ -399,13 +413,12 @@ impl Broker {
             } else {
                 Properties::default()
             };
-            self.send(
-                conn_id,
-                Packet::Disconnect(Disconnect {
-                    reason_code: reason,
-                    properties,
-                }),
-            );
+            let disconnect = Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties,
+            });
+            let packet = fit_reason(disconnect, conn.protocol, conn.max_packet_size);
+            self.send(conn_id, packet);
         }
         self.outputs.push_back(Output::Close(conn_id));
         self.connection_lost(conn_id, now);
