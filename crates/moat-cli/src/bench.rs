@@ -259,12 +259,12 @@ impl Plan {
             });
             framed.send(&sub).await?;
             let suback = loop {
-                match tokio::time::timeout(Duration::from_secs(10), framed.recv()).await {
-                    Err(_) => bail!("no SUBACK within 10 s"),
-                    Ok(Ok(Some(Packet::SubAck(a)))) => break a,
-                    Ok(Ok(Some(_))) => {}
-                    Ok(Ok(None)) => bail!("the broker closed the connection after SUBSCRIBE"),
-                    Ok(Err(e)) => return Err(e.into()),
+                match framed.recv_timeout(Duration::from_secs(10)).await {
+                    Err(moat_client::ClientError::Timeout(_)) => bail!("no SUBACK within 10 s"),
+                    Ok(Some(Packet::SubAck(a))) => break a,
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the broker closed the connection after SUBSCRIBE"),
+                    Err(e) => return Err(e.into()),
                 }
             };
             if let Some(rc) = suback.reason_codes.first().filter(|rc| rc.is_error()) {
@@ -280,12 +280,8 @@ impl Plan {
             .server_keep_alive
             .filter(|_| v5)
             .unwrap_or(opts.keep_alive);
-        let version = framed.version();
-        let (io, leftover) = framed.into_parts();
         Ok(Connected {
-            io,
-            leftover,
-            version,
+            framed,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
             receive_maximum: connack.properties.receive_maximum.filter(|_| v5),
         })
@@ -593,7 +589,7 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 {
                     Ok(mut conn) => {
                         let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
-                        wire::disconnect(&mut conn.io, conn.version).await;
+                        wire::disconnect(&mut conn.framed).await;
                     }
                     Err(e) => {
                         failed += 1;

@@ -8,9 +8,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
-use moat_pki::generate::{self, Ca, CaOptions, ServerOptions};
-use moat_pki::{KeyType, Validity};
-use moat_testkit::pki::TestPki;
+use moat_pki::Validity;
+use moat_testkit::pki::{openssl_v1_server, TestPki};
 use support::{moat, must, run, text, Moat, Mosquitto, ANON};
 
 fn check(url: &str, extra: &[&str]) -> Output {
@@ -115,23 +114,13 @@ fn name_mismatch_names_the_hosts_and_the_fix() {
 fn expired_server_certificate() {
     let pki = TestPki::new("Check CA");
     let now = SystemTime::now();
-    let made = generate::server(
-        &ServerOptions {
-            hosts: vec!["127.0.0.1".into()],
-            key_type: KeyType::P256,
-            validity: Validity {
-                not_before: now - Duration::from_secs(40 * 86_400),
-                not_after: now - Duration::from_secs(5 * 86_400),
-            },
+    let (cert, key) = pki.server_with_validity(
+        "expired",
+        &["127.0.0.1"],
+        Validity {
+            not_before: now - Duration::from_secs(40 * 86_400),
+            not_after: now - Duration::from_secs(5 * 86_400),
         },
-        &pki.ca,
-    )
-    .expect("expired certificate");
-    let cert = support::write(pki.path(), "expired.pem", made.cert_pem().as_bytes());
-    let key = support::write(
-        pki.path(),
-        "expired.key",
-        made.key.to_pkcs8_pem().as_bytes(),
     );
     // moat refuses to serve an expired certificate, as it should: mosquitto serves anything.
     let broker = Mosquitto::start(
@@ -153,7 +142,7 @@ fn expired_server_certificate() {
 #[test]
 fn v1_cn_only_certificate_from_the_openssl_recipe_on_mosquitto() {
     let dir = tempfile::tempdir().expect("tempdir");
-    support::openssl_v1_server(dir.path(), "broker.local");
+    openssl_v1_server(dir.path(), "broker.local");
     let broker = Mosquitto::start(
         &format!(
             "allow_anonymous true\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
@@ -186,33 +175,9 @@ fn v1_cn_only_certificate_from_the_openssl_recipe_on_mosquitto() {
 #[test]
 fn chain_incomplete_when_the_broker_omits_the_intermediate() {
     let root = TestPki::new("Check Root CA");
-    let inter = generate::intermediate_ca(
-        &CaOptions {
-            common_name: "Check Intermediate CA".into(),
-            key_type: KeyType::P256,
-            validity: Validity::days_from(SystemTime::now(), 30),
-        },
-        &root.ca,
-    )
-    .expect("intermediate");
-    let inter_ca = Ca {
-        cert_der: inter.cert_der.clone(),
-        key: inter.key.clone(),
-        chain: Vec::new(),
-        root: Some(root.ca.cert_der.clone()),
-    };
-    let leaf = generate::server(
-        &ServerOptions {
-            hosts: vec!["127.0.0.1".into()],
-            key_type: KeyType::P256,
-            validity: Validity::days_from(SystemTime::now(), 30),
-        },
-        &inter_ca,
-    )
-    .expect("leaf");
-    let cert = support::write(root.path(), "leaf.pem", leaf.cert_pem().as_bytes());
-    let key = support::write(root.path(), "leaf.key", leaf.key.to_pkcs8_pem().as_bytes());
-    let chain = support::write(root.path(), "chain.pem", inter.cert_pem().as_bytes());
+    let inter = root.intermediate("Check Intermediate CA");
+    let (cert, key) = inter.server("leaf", &["127.0.0.1"]);
+    let chain = &inter.ca_pem;
     let broker = Moat::start(
         &format!(
             "{}{}",
@@ -435,7 +400,7 @@ fn mosquitto_sending_its_root_with_an_unknown_ca() {
 #[test]
 fn cn_only_certificate_dialed_by_its_cn() {
     let dir = tempfile::tempdir().expect("tempdir");
-    support::openssl_v1_server(dir.path(), "localhost");
+    openssl_v1_server(dir.path(), "localhost");
     let broker = Mosquitto::start(
         &format!(
             "allow_anonymous true\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",

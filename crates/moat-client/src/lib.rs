@@ -4,14 +4,19 @@
 //! Two layers, both generic over the transport (`IO: AsyncRead + AsyncWrite + Unpin + Send`,
 //! so TCP, TLS and WebSocket streams all fit):
 //!
-//! - [`Framed`] sends and receives single [`Packet`]s and does nothing else: no
-//!   acknowledgements, no pings. Tests use it to script exact packet sequences, and
-//!   [`Framed::send_raw`] writes arbitrary (malformed) bytes.
+//! - [`Framed`] sends and receives [`Packet`]s and does nothing else: no acknowledgements, no
+//!   pings. It is the one raw MQTT connection: tests script exact packet sequences with it
+//!   ([`Framed::send_raw`] writes arbitrary, malformed bytes), and `moat bench` batches with it
+//!   ([`Framed::feed`] and [`Framed::flush`] put many packets in one write).
 //! - [`Client`] is a connected client driven by a background Tokio task: CONNECT/CONNACK with
 //!   typed refusals ([`ClientError::Refused`]), publish with the QoS 1 and 2 flows completed,
 //!   subscribe, unsubscribe, receiving messages with automatic acknowledgements (a QoS 2
 //!   message is delivered once), keep-alive pings, and DISCONNECT in both directions.
 //!   [`connect_tcp`] is the shorthand for TCP.
+//!
+//! The connections themselves: [`transport`] opens TCP, TLS (rustls, *ring*), WebSocket and
+//! WebSocket-over-TLS streams from an `mqtt://`, `mqtts://`, `ws://` or `wss://` URL, with a
+//! timeout on every step; [`ws`] is the WebSocket adapter alone.
 //!
 //! ```no_run
 //! use moat_client::{connect_tcp, ConnectOptions, ProtocolVersion, QoS, SubscriptionOptions};
@@ -30,10 +35,9 @@
 //! # }
 //! ```
 //!
-//! What it does not do: open TLS or WebSocket connections itself (pass such a stream to
-//! [`Client::connect`] or [`Framed::new`]), reconnect, keep session state across connections
-//! (unacknowledged outgoing messages are not resent after a reconnect), enhanced
-//! authentication (AUTH), or send topic aliases on its own. It does not validate topic names
+//! What it does not do: reconnect, keep session state across connections (unacknowledged
+//! outgoing messages are not resent after a reconnect), enhanced authentication (AUTH), or
+//! send topic aliases on its own. It does not validate topic names
 //! or filters: the server is the judge, which is what broker tests want.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -10,7 +10,7 @@
 //!   are public too ([`resolve`], [`connect_tcp`], [`tls_handshake`], [`websocket`]).
 //!
 //! Every network step has a timeout. Nothing here speaks MQTT: pass the stream to
-//! [`Client::connect`](crate::Client::connect).
+//! [`Client::connect`](crate::Client::connect) or [`Framed::new`](crate::Framed::new).
 
 use std::fmt;
 use std::io;

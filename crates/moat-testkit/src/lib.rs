@@ -1,15 +1,17 @@
-//! Test helpers for Moat: a real broker on an ephemeral loopback port, and small raw-packet
-//! clients for scripting exact packet sequences. Not published.
+//! Test helpers for Moat: a real broker on an ephemeral loopback port ([`TestBroker`]), a
+//! raw-packet client for scripting exact packet sequences ([`RawClient`], moat-client's
+//! [`Framed`] with panicking conveniences) and a throwaway PKI ([`pki::TestPki`]). Not
+//! published.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod pki;
 
-use bytes::BytesMut;
+use moat_client::{ClientError, Framed};
 use moat_codec::{Codec, Connect, Packet, Properties, ProtocolVersion};
 use moat_server::{ListenerConfig, Server, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -103,14 +105,6 @@ impl TestBroker {
     }
 }
 
-impl std::fmt::Debug for RawClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawClient")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -123,12 +117,20 @@ impl Drop for TestBroker {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A client that sends and receives exact packets, with nothing automatic.
+/// A client that sends and receives exact packets, with nothing automatic: a [`Framed`] whose
+/// methods panic where a test would only `expect`, and that waits at most [`TIMEOUT`].
+///
+/// It decodes packets of any size (the broker's limits are what tests examine, not ours).
 pub struct RawClient {
-    stream: Box<dyn Io>,
-    codec: Codec,
-    rbuf: BytesMut,
-    version: ProtocolVersion,
+    framed: Framed<Box<dyn Io>>,
+}
+
+impl std::fmt::Debug for RawClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawClient")
+            .field("version", &self.framed.version())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawClient {
@@ -148,12 +150,16 @@ impl RawClient {
     pub fn over(stream: impl Io + 'static, version: ProtocolVersion) -> Self {
         let mut codec = Codec::new(u32::MAX);
         codec.set_version(version);
+        let stream: Box<dyn Io> = Box::new(stream);
         Self {
-            stream: Box::new(stream),
-            codec,
-            rbuf: BytesMut::new(),
-            version,
+            framed: Framed::with_codec(stream, codec),
         }
+    }
+
+    /// The connection underneath, for what the conveniences here do not cover (batched
+    /// writes, reads without a timeout).
+    pub fn framed(&mut self) -> &mut Framed<Box<dyn Io>> {
+        &mut self.framed
     }
 
     /// Sends CONNECT and returns the CONNACK (or `None` if the connection closed).
@@ -195,17 +201,15 @@ impl RawClient {
     /// # Panics
     /// If it cannot be encoded.
     pub async fn send(&mut self, packet: &Packet) {
-        let mut buf = BytesMut::new();
-        moat_codec::encode(packet, self.version, &mut buf).expect("encode");
-        self.send_raw(&buf).await;
+        self.framed.feed(packet).expect("encode");
+        // As in send_raw, a write error shows on the next recv.
+        let _ = self.framed.flush().await;
     }
 
     /// Sends raw bytes (for malformed input). A write error (the broker closed the
     /// connection) is not reported here: the next [`RawClient::recv`] returns `None`.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        if self.stream.write_all(bytes).await.is_ok() {
-            let _ = self.stream.flush().await;
-        }
+        let _ = self.framed.send_raw(bytes).await;
     }
 
     /// The next packet, or `None` when the broker closed the connection.
@@ -213,27 +217,22 @@ impl RawClient {
     /// # Panics
     /// If nothing arrives within [`TIMEOUT`] or the bytes do not decode.
     pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(TIMEOUT, self.recv_inner())
+        self.try_recv(TIMEOUT)
             .await
             .expect("no packet within the timeout")
     }
 
-    /// The next packet if one arrives within `wait`.
+    /// The next packet if one arrives within `wait` (`Some(None)`: the connection closed).
+    ///
+    /// # Panics
+    /// If the bytes do not decode.
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Option<Packet>> {
-        tokio::time::timeout(wait, self.recv_inner()).await.ok()
-    }
-
-    async fn recv_inner(&mut self) -> Option<Packet> {
-        loop {
-            match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(p)) => return Some(p),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent undecodable bytes: {e}"),
-            }
-            match self.stream.read_buf(&mut self.rbuf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
+        match self.framed.recv_timeout(wait).await {
+            Ok(packet) => Some(packet),
+            Err(ClientError::Timeout(_)) => None,
+            Err(ClientError::Decode(e)) => panic!("broker sent undecodable bytes: {e}"),
+            // Closed inside a packet, reset, or a TLS alert: closed all the same.
+            Err(_) => Some(None),
         }
     }
 

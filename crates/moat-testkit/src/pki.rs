@@ -1,5 +1,7 @@
-//! A throwaway PKI made at test time with moat-pki: CAs, server and client certificates written
-//! to a temp dir, and TLS client configurations that trust them.
+//! The one test PKI: a throwaway PKI made at test time with moat-pki's generator (root and
+//! intermediate CAs, server and client certificates, CRLs) written to a temp dir, the openssl
+//! CLI recipes some tests need (X.509 v1 certificates), and TLS client configurations that
+//! trust them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +20,8 @@ pub struct TestPki {
     pub dir: tempfile::TempDir,
     /// The CA.
     pub ca: Ca,
-    /// `dir/ca.pem`.
+    /// `dir/ca.pem`: the CA's certificate (for an [intermediate](TestPki::intermediate), the
+    /// chain file a server presents after its own certificate).
     pub ca_pem: PathBuf,
 }
 
@@ -34,32 +37,131 @@ fn validity() -> Validity {
     Validity::days_from(SystemTime::now(), 30)
 }
 
+fn ca_options(name: &str) -> CaOptions {
+    CaOptions {
+        common_name: name.into(),
+        key_type: KeyType::P256,
+        validity: validity(),
+    }
+}
+
+/// Runs the openssl CLI in `dir`.
+///
+/// # Panics
+/// If openssl is missing or fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The openssl CLI recipe that makes an X.509 v1, CN-only server certificate (OpenSSL 3.0's
+/// `x509 -req` without -extfile) under an RSA CA of its own, as vendor guides do: writes
+/// `ca.pem`, `ca.key`, `server.pem` and `server.key` in `dir`.
+///
+/// # Panics
+/// If openssl is missing or fails.
+pub fn openssl_v1_server(dir: &Path, cn: &str) {
+    let o = |args: &[&str]| openssl(dir, args);
+    o(&["genrsa", "-out", "ca.key", "2048"]);
+    o(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "30",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=Recipe CA",
+    ]);
+    o(&["genrsa", "-out", "server.key", "2048"]);
+    o(&[
+        "req",
+        "-new",
+        "-key",
+        "server.key",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-out",
+        "server.csr",
+    ]);
+    openssl_v1_sign(dir, "server.csr", "server.pem");
+}
+
+/// The recipes' signing step: `openssl x509 -req` with `ca.pem` and `ca.key` in `dir` and no
+/// extension file, which OpenSSL 3.0 makes an X.509 v1 certificate.
+fn openssl_v1_sign(dir: &Path, csr: &str, cert: &str) {
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            cert,
+        ],
+    );
+}
+
 impl TestPki {
     /// A new P-256 root CA named `name`.
     ///
     /// # Panics
     /// If generation fails.
     pub fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = generate::root_ca(&CaOptions {
-            common_name: name.into(),
-            key_type: KeyType::P256,
-            validity: validity(),
-        })
-        .expect("root CA");
-        let ca_pem = dir.path().join("ca.pem");
-        std::fs::write(&ca_pem, root.cert_pem()).expect("write ca.pem");
-        std::fs::write(
-            dir.path().join("ca.key"),
-            root.key.to_pkcs8_pem().as_bytes(),
-        )
-        .expect("write ca.key");
-        let ca = Ca {
+        let root = generate::root_ca(&ca_options(name)).expect("root CA");
+        Self::in_temp_dir(Ca {
             cert_der: root.cert_der,
             key: root.key,
             chain: Vec::new(),
             root: None,
-        };
+        })
+    }
+
+    /// A P-256 intermediate CA named `name`, issued by this CA, in a temp dir of its own.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn intermediate(&self, name: &str) -> Self {
+        let made = generate::intermediate_ca(&ca_options(name), &self.ca).expect("intermediate");
+        let mut chain = Vec::new();
+        if self.ca.is_intermediate() {
+            chain.push(self.ca.cert_der.clone());
+            chain.extend(self.ca.chain.iter().cloned());
+        }
+        Self::in_temp_dir(Ca {
+            cert_der: made.cert_der,
+            key: made.key,
+            chain,
+            root: Some(self.ca.anchor().to_vec()),
+        })
+    }
+
+    /// Writes `ca.pem` and `ca.key` to a new temp dir.
+    fn in_temp_dir(ca: Ca) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, moat_pki::decode::cert_pem(&ca.cert_der)).expect("write ca.pem");
+        std::fs::write(dir.path().join("ca.key"), ca.key.to_pkcs8_pem().as_bytes())
+            .expect("write ca.key");
         Self { dir, ca, ca_pem }
     }
 
@@ -73,53 +175,30 @@ impl TestPki {
         let key = dir.join(format!("{cn}.key"));
         let csr = dir.join(format!("{cn}.csr"));
         let cert = dir.join(format!("{cn}.pem"));
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl is needed (scripts/test.sh installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let (k, r, c) = (
             key.to_str().unwrap_or_default(),
             csr.to_str().unwrap_or_default(),
             cert.to_str().unwrap_or_default(),
         );
-        run(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            k,
-            "-subj",
-            &format!("/CN={cn}"),
-            "-out",
-            r,
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            r,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-out",
-            c,
-        ]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                k,
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                r,
+            ],
+        );
+        openssl_v1_sign(dir, r, c);
         (cert, key)
     }
 
@@ -133,16 +212,39 @@ impl TestPki {
     /// # Panics
     /// If generation fails.
     pub fn server(&self, stem: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
-        let c = generate::server(
+        self.server_with_validity(stem, hosts, validity())
+    }
+
+    /// Issues a server certificate for `hosts` valid over `validity` (in the past, say);
+    /// writes `{stem}.pem` and `{stem}.key`.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn server_with_validity(
+        &self,
+        stem: &str,
+        hosts: &[&str],
+        validity: Validity,
+    ) -> (PathBuf, PathBuf) {
+        let c = self.issue_server(hosts, validity);
+        self.write(stem, &c)
+    }
+
+    /// Issues a server certificate for `hosts` valid over `validity`, without writing files:
+    /// for tests that work on DER.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn issue_server(&self, hosts: &[&str], validity: Validity) -> Certified {
+        generate::server(
             &ServerOptions {
                 hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
                 key_type: KeyType::P256,
-                validity: validity(),
+                validity,
             },
             &self.ca,
         )
-        .expect("server certificate");
-        self.write(stem, &c)
+        .expect("server certificate")
     }
 
     /// Issues a client certificate with CN `cn`; writes `{cn}.pem` and `{cn}.key`.

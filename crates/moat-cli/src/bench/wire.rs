@@ -3,9 +3,9 @@
 //! A load generator has to be cheaper than the broker it measures, and it runs on one core: a
 //! publisher encodes as many PUBLISH packets as are due (up to [`BATCH_BYTES`]) and writes them
 //! with one write; a subscriber reads up to [`READ_BYTES`] at a time, decodes every packet in
-//! the buffer and writes the acknowledgements of a whole read with one write. The packets are
-//! moat-codec's, the connection (TCP, TLS, WebSocket) is moat-client's transport; no client
-//! task or channel sits in between. The broker under test sees ordinary MQTT clients that
+//! the buffer and writes the acknowledgements of a whole read with one write. Each connection
+//! is a [`Framed`] over moat-client's transport (TCP, TLS, WebSocket), fed packets and flushed
+//! once a batch; no client task or channel sits in between. The broker under test sees ordinary MQTT clients that
 //! happen to send in large writes, as a busy gateway does.
 
 use std::sync::atomic::Ordering;
@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use moat_client::moat_codec::{self, Codec, DEFAULT_MAX_PACKET_SIZE};
 use moat_client::transport::BoxStream;
-use moat_client::{Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use moat_client::{Framed, Packet, PacketId, Properties, PubAck, Publish, QoS};
+use tokio::io::{AsyncWrite, ReadHalf};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{header, Live, Sequence, SubResult, HEADER};
@@ -29,12 +28,10 @@ const READ_BYTES: usize = 64 * 1024;
 /// Maximum is lower).
 pub(super) const WINDOW: usize = 256;
 
-/// A connected client: the stream, the bytes read after the CONNACK, the protocol version and
-/// the keep-alive the broker expects (none when 0).
+/// A connected client: the connection (with any bytes read after the CONNACK and the protocol
+/// version), the keep-alive the broker expects (none when 0) and its receive maximum.
 pub(super) struct Connected {
-    pub(super) io: BoxStream,
-    pub(super) leftover: BytesMut,
-    pub(super) version: ProtocolVersion,
+    pub(super) framed: Framed<BoxStream>,
     pub(super) keep_alive: Option<Duration>,
     pub(super) receive_maximum: Option<u16>,
 }
@@ -53,9 +50,10 @@ pub(super) struct PublisherJob {
     pub(super) drain: Duration,
 }
 
-fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
+/// Queues `packet` for the next flush.
+fn feed<IO>(framed: &mut Framed<IO>, packet: &Packet) {
     // The bench builds only packets the codec accepts (topic and sizes were checked up front).
-    if let Err(e) = moat_codec::encode(packet, version, out) {
+    if let Err(e) = framed.feed(packet) {
         unreachable!("bench packet not encodable: {e}");
     }
 }
@@ -63,16 +61,13 @@ fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
 /// Publishes until the count or the deadline; returns how many were sent (QoS 0) or
 /// acknowledged (QoS 1 and 2).
 pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live>) -> u64 {
-    let version = conn.version;
-    let (reader, mut writer) = tokio::io::split(conn.io);
+    let (reader, mut writer) = conn.framed.split();
     let window = usize::from(conn.receive_maximum.unwrap_or(u16::MAX)).clamp(1, WINDOW);
     let credits = Arc::new(Semaphore::new(window));
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (rel_tx, mut rel_rx) = mpsc::unbounded_channel();
     let acks = tokio::spawn(publisher_acks(
         reader,
-        conn.leftover,
-        version,
         Arc::clone(&credits),
         Arc::clone(&acked),
         rel_tx,
@@ -80,7 +75,6 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
     ));
     let padding = vec![0u8; job.size - HEADER];
     let began = Instant::now();
-    let mut wbuf = BytesMut::with_capacity(BATCH_BYTES + job.size + 256);
     let mut n: u64 = 0;
     let mut next_id = PacketId::MIN;
     let mut rel_open = true;
@@ -105,7 +99,7 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
             // Ahead of the rate: PUBRELs still go out while waiting.
             tokio::select! {
                 biased;
-                Some(id) = rel_rx.recv(), if rel_open => pubrel(id, version, &mut wbuf),
+                Some(id) = rel_rx.recv(), if rel_open => pubrel(&mut writer, id),
                 () = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
         } else if reliable {
@@ -113,13 +107,13 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
             tokio::select! {
                 biased;
                 r = rel_rx.recv(), if rel_open => match r {
-                    Some(id) => pubrel(id, version, &mut wbuf),
+                    Some(id) => pubrel(&mut writer, id),
                     None => rel_open = false,
                 },
                 permit = credits.acquire() => match permit {
                     Ok(p) => {
                         p.forget();
-                        publish(&job, n, &padding, &mut next_id, version, &mut wbuf);
+                        publish(&mut writer, &job, n, &padding, &mut next_id);
                         n += 1;
                         batch += 1;
                     }
@@ -130,30 +124,29 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
         // Everything else that is due and allowed, up to a batch.
         while rel_open {
             match rel_rx.try_recv() {
-                Ok(id) => pubrel(id, version, &mut wbuf),
+                Ok(id) => pubrel(&mut writer, id),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => rel_open = false,
             }
         }
-        while wbuf.len() < BATCH_BYTES && batch < due {
+        while writer.write_buffer().len() < BATCH_BYTES && batch < due {
             if reliable {
                 match credits.try_acquire() {
                     Ok(p) => p.forget(),
                     Err(_) => break,
                 }
             }
-            publish(&job, n, &padding, &mut next_id, version, &mut wbuf);
+            publish(&mut writer, &job, n, &padding, &mut next_id);
             n += 1;
             batch += 1;
         }
-        if wbuf.is_empty() {
+        if writer.write_buffer().is_empty() {
             continue;
         }
-        if writer.write_all(&wbuf).await.is_err() || writer.flush().await.is_err() {
+        if writer.flush().await.is_err() {
             live.errors.fetch_add(1, Ordering::Relaxed);
             break;
         }
-        wbuf.clear();
         if !reliable {
             live.sent.store(n, Ordering::Relaxed);
         }
@@ -165,10 +158,8 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
             tokio::select! {
                 r = rel_rx.recv(), if rel_open => match r {
                     Some(id) => {
-                        pubrel(id, version, &mut wbuf);
-                        let _ = writer.write_all(&wbuf).await;
+                        pubrel(&mut writer, id);
                         let _ = writer.flush().await;
-                        wbuf.clear();
                     }
                     None => rel_open = false,
                 },
@@ -177,7 +168,7 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
             }
         }
     }
-    disconnect(&mut writer, version).await;
+    disconnect(&mut writer).await;
     acks.abort();
     if reliable {
         acked.load(Ordering::Relaxed)
@@ -186,13 +177,12 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
     }
 }
 
-fn publish(
+fn publish<IO>(
+    writer: &mut Framed<IO>,
     job: &PublisherJob,
     n: u64,
     padding: &[u8],
     next_id: &mut PacketId,
-    version: ProtocolVersion,
-    out: &mut BytesMut,
 ) {
     let mut payload = BytesMut::with_capacity(job.size);
     payload.put_u64(u64::try_from(job.start.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -212,29 +202,25 @@ fn publish(
         properties: Properties::default(),
         payload: payload.freeze(),
     });
-    encode(&p, version, out);
+    feed(writer, &p);
 }
 
-fn pubrel(id: PacketId, version: ProtocolVersion, out: &mut BytesMut) {
-    encode(&Packet::PubRel(PubAck::new(id)), version, out);
+fn pubrel<IO>(writer: &mut Framed<IO>, id: PacketId) {
+    feed(writer, &Packet::PubRel(PubAck::new(id)));
 }
 
 /// Reads a publisher's acknowledgements: PUBACK and PUBCOMP return a window credit, PUBREC
 /// asks the writer for a PUBREL. A refusal (v5 reason code 0x80 or above) counts as an error.
 async fn publisher_acks(
-    mut reader: ReadHalf<BoxStream>,
-    mut rbuf: BytesMut,
-    version: ProtocolVersion,
+    mut reader: Framed<ReadHalf<BoxStream>>,
     credits: Arc<Semaphore>,
     acked: Arc<std::sync::atomic::AtomicU64>,
     rel_tx: mpsc::UnboundedSender<PacketId>,
     live: Arc<Live>,
 ) {
-    let mut codec = Codec::new(DEFAULT_MAX_PACKET_SIZE);
-    codec.set_version(version);
     loop {
         loop {
-            match codec.decode(&mut rbuf) {
+            match reader.recv_buffered() {
                 Ok(Some(Packet::PubAck(a) | Packet::PubComp(a))) => {
                     if a.reason_code.is_error() {
                         live.errors.fetch_add(1, Ordering::Relaxed);
@@ -260,8 +246,7 @@ async fn publisher_acks(
                 }
             }
         }
-        rbuf.reserve(4096);
-        match reader.read_buf(&mut rbuf).await {
+        match reader.read_more().await {
             Ok(0) | Err(_) => {
                 credits.close();
                 return;
@@ -285,12 +270,8 @@ pub(super) async fn subscriber(
         out_of_order: 0,
         unique: 0,
     };
-    let version = conn.version;
-    let mut io = conn.io;
-    let mut rbuf = conn.leftover;
-    let mut wbuf = BytesMut::new();
-    let mut codec = Codec::new(DEFAULT_MAX_PACKET_SIZE);
-    codec.set_version(version);
+    let mut framed = conn.framed;
+    framed.set_read_size(READ_BYTES);
     let mut sequences: Vec<Sequence> = Vec::new();
     let ping_every = conn.keep_alive.map_or(Duration::from_secs(3600), |k| k / 2);
     let mut ping = tokio::time::interval(ping_every.max(Duration::from_secs(1)));
@@ -299,7 +280,7 @@ pub(super) async fn subscriber(
         // What is already buffered first (the first pass: bytes that came with the SUBACK).
         let mut batch = 0u64;
         loop {
-            let packet = match codec.decode(&mut rbuf) {
+            let packet = match framed.recv_buffered() {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(_) => {
@@ -309,20 +290,16 @@ pub(super) async fn subscriber(
             };
             let Packet::Publish(m) = packet else {
                 if let Packet::PubRel(a) = packet {
-                    encode(
-                        &Packet::PubComp(PubAck::new(a.packet_id)),
-                        version,
-                        &mut wbuf,
-                    );
+                    feed(&mut framed, &Packet::PubComp(PubAck::new(a.packet_id)));
                 }
                 continue;
             };
             match (m.qos, m.packet_id) {
                 (QoS::AtLeastOnce, Some(id)) => {
-                    encode(&Packet::PubAck(PubAck::new(id)), version, &mut wbuf);
+                    feed(&mut framed, &Packet::PubAck(PubAck::new(id)));
                 }
                 (QoS::ExactlyOnce, Some(id)) => {
-                    encode(&Packet::PubRec(PubAck::new(id)), version, &mut wbuf);
+                    feed(&mut framed, &Packet::PubRec(PubAck::new(id)));
                 }
                 _ => {}
             }
@@ -353,42 +330,35 @@ pub(super) async fn subscriber(
         }
         result.received += batch;
         live.received.fetch_add(batch, Ordering::Relaxed);
-        if !wbuf.is_empty() {
-            if io.write_all(&wbuf).await.is_err() || io.flush().await.is_err() {
-                break;
-            }
-            wbuf.clear();
+        if !framed.write_buffer().is_empty() && framed.flush().await.is_err() {
+            break;
         }
-        rbuf.reserve(READ_BYTES);
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            read = io.read_buf(&mut rbuf) => match read {
+            read = framed.read_more() => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
             _ = ping.tick() => {
-                encode(&Packet::PingReq, version, &mut wbuf);
-                if io.write_all(&wbuf).await.is_err() || io.flush().await.is_err() {
+                feed(&mut framed, &Packet::PingReq);
+                if framed.flush().await.is_err() {
                     break;
                 }
-                wbuf.clear();
             }
         }
     }
-    disconnect(&mut io, version).await;
+    disconnect(&mut framed).await;
     result
 }
 
 /// Ends a connection cleanly: DISCONNECT (success), then the write side is shut down. Errors
 /// are ignored: the run is over either way.
-pub(super) async fn disconnect<W: AsyncWrite + Unpin>(io: &mut W, version: ProtocolVersion) {
-    let mut wbuf = BytesMut::new();
+pub(super) async fn disconnect<W: AsyncWrite + Unpin>(framed: &mut Framed<W>) {
     let bye = Packet::Disconnect(moat_client::Disconnect {
         reason_code: moat_client::ReasonCode::SUCCESS,
         properties: Properties::default(),
     });
-    encode(&bye, version, &mut wbuf);
-    let _ = io.write_all(&wbuf).await;
-    let _ = io.shutdown().await;
+    feed(framed, &bye);
+    let _ = framed.shutdown().await;
 }

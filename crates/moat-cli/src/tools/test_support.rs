@@ -245,59 +245,11 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Runs a command that must succeed (openssl, mosquitto_passwd, ...).
+/// Runs a command that must succeed (mosquitto_passwd, ...).
 pub fn must(cmd: &mut Command) -> Output {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
     out
-}
-
-/// The openssl CLI recipe that makes an X.509 v1, CN-only server certificate (OpenSSL 3.0's
-/// `x509 -req` without -extfile): writes ca.pem, ca.key, server.pem, server.key in `dir`.
-pub fn openssl_v1_server(dir: &Path, cn: &str) {
-    let o = |args: &[&str]| {
-        must(Command::new("openssl").args(args).current_dir(dir));
-    };
-    o(&["genrsa", "-out", "ca.key", "2048"]);
-    o(&[
-        "req",
-        "-new",
-        "-x509",
-        "-days",
-        "30",
-        "-key",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=Recipe CA",
-    ]);
-    o(&["genrsa", "-out", "server.key", "2048"]);
-    o(&[
-        "req",
-        "-new",
-        "-key",
-        "server.key",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-out",
-        "server.csr",
-    ]);
-    o(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-out",
-        "server.pem",
-    ]);
 }
 
 /// Writes `data` to `dir/name` and returns the path.
