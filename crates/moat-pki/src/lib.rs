@@ -21,12 +21,13 @@
 //! - [`store`]: the CA directory layout and writing files (keys with mode 0600, no overwrite).
 //! - [`inspect`]: a description of each certificate, and which certificate signed which.
 //! - [`verify`]: chain verification for a host and a purpose, now.
-//! - [`lint`]: the rules, as findings with stable codes.
+//! - [`lint`]: the rules, as findings with stable codes ([`code::LintCode`]).
 //! - [`split`]: a bundle into leaf, ordered chain and root.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod code;
 pub mod decode;
 pub mod error;
 pub mod generate;
@@ -37,6 +38,7 @@ pub mod split;
 pub mod store;
 pub mod verify;
 
+pub use code::LintCode;
 pub use error::{Error, KeyError};
 pub use generate::{KeyType, Validity};
 pub use key::PrivateKey;
