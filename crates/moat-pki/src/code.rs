@@ -89,6 +89,14 @@ lint_codes! {
     CertNotYetValid = "cert-not-yet-valid", Error, hard,
         "the certificate is not valid yet",
         "check both clocks; reissue";
+    /// No certificate was presented in a handshake (not a lint finding).
+    CertMissing = "cert-missing", Error, hard,
+        "no certificate was presented in a TLS handshake: a listener that requires a client certificate got none, or a server sent none (`moat check`, the broker's log)",
+        "give the client a certificate: `moat cert client --ca DIR --cn ID`, then `--cert`/`--key`";
+    /// A certificate revocation list lists the certificate (not a lint finding).
+    CertRevoked = "cert-revoked", Error, hard,
+        "a CRL the peer loads lists the certificate (`moat check`, the broker's log)",
+        "issue a new certificate: `moat cert server/client ...`";
     /// The certificate expires within the warning window (30 days).
     CertExpiresSoon = "cert-expires-soon", Warning, hard,
         "the certificate expires within the warning window (30 days)",

@@ -27,6 +27,17 @@ pub enum San {
     Other(String),
 }
 
+impl San {
+    /// The bare name or address (`broker.local`, `127.0.0.1`); other kinds as displayed.
+    pub fn value(&self) -> String {
+        match self {
+            Self::Dns(d) => d.clone(),
+            Self::Ip(ip) => ip.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for San {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -309,6 +320,19 @@ impl CertInfo {
         }
     }
 
+    /// A short name of the issuer for messages: its CN, or the whole issuer name.
+    pub fn issuer_short_name(&self) -> String {
+        let cn = self
+            .issuer
+            .split(',')
+            .map(str::trim)
+            .find_map(|part| part.strip_prefix("CN="));
+        match cn {
+            Some(cn) => format!("CN={cn}"),
+            None => self.issuer.clone(),
+        }
+    }
+
     /// Whether `issuer` issued this certificate: the names chain and, when the algorithm is
     /// one ring checks, the signature verifies.
     pub fn issued_by(&self, issuer: &Self) -> bool {
@@ -398,6 +422,21 @@ pub fn hex_colon(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A DER distinguished name (as in a TLS CertificateRequest's list of accepted CAs) in words:
+/// `CN=...` when it has a common name, else the whole name. `None` when it cannot be parsed.
+pub fn describe_name(dn: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, name) = x509_parser::x509::X509Name::from_der(dn).ok()?;
+    let cn = name
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok().map(str::to_owned));
+    Some(match cn {
+        Some(cn) => format!("CN={cn}"),
+        None => name.to_string(),
+    })
 }
 
 /// Unix seconds as RFC 3339 UTC.
@@ -534,4 +573,20 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
         entries,
         chain_order: order,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinguished_names_in_words() {
+        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3, UTF8String "Test CA" } } }
+        let dn = [
+            0x30, 0x12, 0x31, 0x10, 0x30, 0x0e, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x07, b'T',
+            b'e', b's', b't', b' ', b'C', b'A',
+        ];
+        assert_eq!(describe_name(&dn).as_deref(), Some("CN=Test CA"));
+        assert_eq!(describe_name(&dn[..5]), None);
+    }
 }

@@ -21,6 +21,8 @@
 //! - [`store`]: the CA directory layout and writing files (keys with mode 0600, no overwrite).
 //! - [`inspect`]: a description of each certificate, and which certificate signed which.
 //! - [`verify`]: chain verification for a host and a purpose, now.
+//! - [`diagnose`]: why a TLS peer refuses a certificate, with the fix (`moat check`, the
+//!   broker's handshake log).
 //! - [`lint`]: the rules, as findings with stable codes ([`code::LintCode`]).
 //! - [`split`]: a bundle into leaf, ordered chain and root.
 
@@ -29,6 +31,7 @@
 
 pub mod code;
 pub mod decode;
+pub mod diagnose;
 pub mod error;
 pub mod generate;
 pub mod inspect;
