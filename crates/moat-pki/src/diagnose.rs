@@ -522,8 +522,8 @@ pub fn rejection(purpose: Purpose, r: Rejection) -> Diagnosis {
             LintCode::ChainNotAnchored,
             "the client certificate was not issued by a CA in the broker's client_ca",
             format!(
-                "use a client certificate issued by the CA in the broker's client_ca \
-                 (mosquitto: cafile): {CLIENT_REISSUE}"
+                "use a client certificate issued by the CA in the broker's client_ca: \
+                 {CLIENT_REISSUE}"
             ),
         ),
         (Purpose::Server, R::UnknownIssuer) => Diagnosis::new(
