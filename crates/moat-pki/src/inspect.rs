@@ -11,6 +11,18 @@ use x509_parser::objects::{oid2sn, oid_registry};
 use crate::decode::{self, DecodeError, Encoding, Kind};
 use crate::key::KeyAlgorithm;
 
+/// Why bytes are not a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertParseError {
+    /// The parser refused the bytes (its message).
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(String),
+    /// A certificate followed by this many other bytes.
+    #[error("{0} bytes of junk after the certificate")]
+    TrailingData(usize),
+}
+
 /// A name in the subjectAltName extension.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
@@ -137,15 +149,12 @@ impl CertInfo {
     /// Parses a DER certificate.
     ///
     /// # Errors
-    /// The parser's message when the bytes are not an X.509 certificate.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    /// [`CertParseError`] when the bytes are not exactly one X.509 certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self, CertParseError> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| CertParseError::NotX509(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(format!(
-                "{} bytes of junk after the certificate",
-                rest.len()
-            ));
+            return Err(CertParseError::TrailingData(rest.len()));
         }
         Ok(Self::from_parsed(&cert, der))
     }
@@ -514,7 +523,7 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
                 Err(e) => entries.push(Entry::Other {
                     index,
                     what: "certificate".into(),
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 }),
             },
             k if k.is_private_key() => {

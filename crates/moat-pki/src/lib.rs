@@ -42,7 +42,7 @@ pub mod store;
 pub mod verify;
 
 pub use code::LintCode;
-pub use error::{Error, KeyError};
+pub use error::{CaError, ContentError, Error, InvalidParameter, KeyError};
 pub use generate::{KeyType, Validity};
 pub use key::PrivateKey;
 pub use lint::{Finding, LintInput, LintProfile, Severity};
