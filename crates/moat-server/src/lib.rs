@@ -359,7 +359,11 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
                  refused until a certificate is back"
             ),
             ReloadOutcome::Failed(e) => {
-                error!(listener = name, error = %e, "new TLS files refused; the old ones stay in use");
+                error!(
+                    listener = name,
+                    error = &e as &dyn std::error::Error,
+                    "new TLS files refused; the old ones stay in use"
+                );
             }
             _ => {}
         }
