@@ -115,15 +115,20 @@ impl fmt::Display for KeyType {
 }
 
 impl FromStr for KeyType {
-    type Err = String;
+    type Err = UnknownKeyType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown key type {s:?} (one of p256, p384, ed25519, rsa2048, rsa3072, rsa4096)"))
+            .ok_or_else(|| UnknownKeyType(s.to_owned()))
     }
 }
+
+/// A key type name that is none of [`KeyType::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key type {0:?} (one of p256, p384, ed25519, rsa2048, rsa3072, rsa4096)")]
+pub struct UnknownKeyType(pub String);
 
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
