@@ -324,7 +324,7 @@ fn ca(a: CaArgs) -> anyhow::Result<ExitCode> {
         )
     };
     let files = store::write_ca(&a.out, &ca, pass.as_ref().map(|p| p.as_slice()), a.force)?;
-    let info = inspect::CertInfo::from_der(&ca.cert_der).map_err(anyhow::Error::msg)?;
+    let info = inspect::CertInfo::from_der(&ca.cert_der)?;
     println!(
         "made {kind} {} ({}, valid until {})",
         info.subject, info.key, info.not_after
@@ -412,7 +412,7 @@ fn safe_file_stem(cn: &str) -> anyhow::Result<String> {
 }
 
 fn report_made(what: &str, der: &[u8], paths: &[PathBuf]) -> anyhow::Result<()> {
-    let info = inspect::CertInfo::from_der(der).map_err(anyhow::Error::msg)?;
+    let info = inspect::CertInfo::from_der(der)?;
     println!(
         "made {what} {} ({}, valid until {})",
         info.subject, info.key, info.not_after
@@ -705,8 +705,8 @@ fn split_cmd(a: &SplitArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|c| inspect::CertInfo::from_der(c))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.bundle.display()))?;
-    let s = moat_pki::split::split(&infos).map_err(anyhow::Error::msg)?;
+        .with_context(|| a.bundle.display().to_string())?;
+    let s = moat_pki::split::split(&infos).with_context(|| a.bundle.display().to_string())?;
     store::ensure_dir(&a.out)?;
     let leaf_path = a.out.join("leaf.pem");
     let chain_path = a.out.join("chain.pem");

@@ -6,11 +6,12 @@
 //! it that cannot run are not printed. Exit code 1 when any step failed.
 //!
 //! The TLS step records the chain the server presented even when verification fails, and
-//! the certificate step then explains the failure from the certificates themselves (v1,
-//! CN-only, the name, expiry, the chain up to the CA file), not from the verifier's one-word
-//! error.
+//! the certificate step then explains the failure with [`moat_pki::diagnose`]: from the
+//! certificates themselves (v1, CN-only, the name, expiry, the chain up to the CA file), not
+//! from the verifier's one-word error. Each such cause ends with its code (`[name-mismatch]`),
+//! the one `moat cert lint` and the broker's handshake log use for the same fact.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,9 @@ use moat_client::{
     Client, ClientError, ConnAck, ConnectOptions, Properties, ProtocolVersion, Publish, QoS,
     ReasonCode, SubscriptionOptions,
 };
+use moat_pki::diagnose::{self, ClientCert, Diagnosis, Rejection, ServerChain};
 use moat_pki::inspect::{CertInfo, San};
+use moat_pki::Purpose;
 
 use crate::pubsub::common::{self, TlsArgs};
 
@@ -133,6 +136,15 @@ impl Report {
     /// A failed step whose cause the next line gives (not counted twice).
     fn note_failed(&mut self, step: &str, detail: &str) {
         println!("✗ {step}: {detail}");
+    }
+
+    /// A failed step explained by moat-pki's diagnosis: the cause, its code, the fix.
+    fn diagnosed(&mut self, step: &str, d: &Diagnosis) {
+        self.failures += 1;
+        println!("✗ {step}: {} [{}]", d.cause, d.code);
+        if let Some(fix) = &d.fix {
+            println!("    fix: {fix}");
+        }
     }
 
     fn fail(&mut self, step: &str, problem: &Problem) {
@@ -377,7 +389,7 @@ impl Checker {
                 "{} for {}, issued by {}, valid until {} ({days} days)",
                 leaf.short_name(),
                 names(&leaf),
-                issuer_name(&leaf),
+                leaf.issuer_short_name(),
                 leaf.not_after
             ),
         );
@@ -399,14 +411,20 @@ impl Checker {
                     "TLS handshake",
                     "this client refused the server certificate (see below)",
                 );
-                let problems = diagnose(
-                    &seen.server_chain,
-                    &self.anchors,
-                    self.cafile.as_deref(),
-                    &t.host,
-                    now_unix(),
-                );
-                if problems.is_empty() {
+                let ca_file = self.cafile.as_ref().map(|p| p.display().to_string());
+                let mut found = diagnose::server_chain(&ServerChain {
+                    presented: &seen.server_chain,
+                    anchors: &self.anchors,
+                    ca_file: ca_file.as_deref(),
+                    host: &t.host,
+                    now: SystemTime::now(),
+                });
+                if found.is_empty() {
+                    found.extend(
+                        certificate_rejection(err).map(|r| diagnose::rejection(Purpose::Server, r)),
+                    );
+                }
+                if found.is_empty() {
                     self.report.fail(
                         "server certificate",
                         &Problem::new(
@@ -415,8 +433,8 @@ impl Checker {
                         ),
                     );
                 }
-                for p in problems {
-                    self.report.fail("server certificate", &p);
+                for d in &found {
+                    self.report.diagnosed("server certificate", d);
                 }
             }
             Some(rustls::Error::AlertReceived(alert)) => {
@@ -453,7 +471,9 @@ impl Checker {
                     ),
                     TransportError::InvalidUrl { .. } => Problem::bare(common::chain(e)),
                     _ if seen.client_cert_requested && !seen.client_cert_sent => {
-                        client_cert_missing()
+                        self.report
+                            .diagnosed("client certificate", &client_cert_missing());
+                        return;
                     }
                     _ => Problem::new(
                         format!(
@@ -482,7 +502,7 @@ impl Checker {
         if seen.client_cert_requested {
             let step = "client certificate";
             if !seen.client_cert_sent {
-                self.report.fail(step, &client_cert_missing());
+                self.report.diagnosed(step, &client_cert_missing());
                 return;
             }
             if matches!(
@@ -497,8 +517,7 @@ impl Checker {
                     | A::HandshakeFailure
                     | A::DecryptError
             ) {
-                self.report
-                    .fail(step, &self.client_cert_refused(&words, seen));
+                self.client_cert_refused(alert, seen);
                 return;
             }
         }
@@ -521,34 +540,62 @@ impl Checker {
         self.report.fail("TLS handshake", &p);
     }
 
-    fn client_cert_refused(&self, words: &str, seen: &TlsObservations) -> Problem {
-        let ours = self
+    /// The broker refused the client certificate: why, from the certificate and the CAs the
+    /// broker named, else from its alert.
+    fn client_cert_refused(&mut self, alert: rustls::AlertDescription, seen: &TlsObservations) {
+        let step = "client certificate";
+        let words = common::alert_words(alert);
+        let ours: Vec<Vec<u8>> = self
             .client_cert
             .as_deref()
             .and_then(|p| transport::read_certificates(p).ok())
-            .and_then(|c| c.first().and_then(|d| CertInfo::from_der(d).ok()));
-        let mut cause = format!("the server refused the client certificate (alert: {words})");
-        if let Some(c) = &ours {
-            cause.push_str(&format!(
-                ": {} was issued by {}",
-                c.short_name(),
-                issuer_name(c)
-            ));
-            if c.not_after_unix < now_unix() {
-                cause.push_str(&format!(" and expired on {}", c.not_after));
+            .map(|c| c.into_iter().map(|d| d.as_ref().to_vec()).collect())
+            .unwrap_or_default();
+        let mut found = diagnose::client_certificate(&ClientCert {
+            presented: &ours,
+            accepted_issuers: &seen.acceptable_issuers,
+            now: SystemTime::now(),
+        });
+        if found.is_empty() {
+            found.extend(alert_rejection(alert).map(|r| diagnose::rejection(Purpose::Client, r)));
+        }
+        let leaf = ours.first().and_then(|d| CertInfo::from_der(d).ok());
+        if found.is_empty() {
+            let mut cause = format!("the server refused the client certificate (alert: {words})");
+            if let Some(c) = &leaf {
+                cause.push_str(&format!(
+                    ": {} was issued by {}",
+                    c.short_name(),
+                    c.issuer_short_name()
+                ));
             }
+            let accepted = accepted_issuers(seen);
+            if !accepted.is_empty() {
+                cause.push_str(&format!(
+                    "; the broker accepts certificates from {accepted}"
+                ));
+            }
+            self.report.fail(
+                step,
+                &Problem::new(
+                    cause,
+                    "use a client certificate issued by the CA in the broker's client_ca \
+                     (mosquitto: cafile), valid now, with clientAuth usage: moat cert client \
+                     --ca DIR --cn ID",
+                ),
+            );
+            return;
         }
-        let accepted = accepted_issuers(seen);
-        if !accepted.is_empty() {
-            cause.push_str(&format!(
-                "; the broker accepts certificates from {accepted}"
-            ));
+        let name = leaf
+            .map(|c| format!(" {}", c.short_name()))
+            .unwrap_or_default();
+        self.report.note_failed(
+            step,
+            &format!("the server refused the client certificate{name} (alert: {words})"),
+        );
+        for d in &found {
+            self.report.diagnosed(step, d);
         }
-        Problem::new(
-            cause,
-            "use a client certificate issued by the CA in the broker's client_ca (mosquitto: \
-             cafile), valid now, with clientAuth usage: moat cert client --ca DIR --cn ID",
-        )
     }
 
     /// CONNECT (v5 first unless -V says otherwise); also decides the client certificate step.
@@ -595,19 +642,16 @@ impl Checker {
                         rustls::AlertDescription::CertificateRequired,
                     )) => {
                         self.report
-                            .fail("client certificate", &client_cert_missing());
+                            .diagnosed("client certificate", &client_cert_missing());
                     }
                     Some(rustls::Error::AlertReceived(a)) if seen.client_cert_sent => {
-                        let words = common::alert_words(a);
-                        let p = self.client_cert_refused(&words, &seen);
-                        self.report.fail("client certificate", &p);
+                        self.client_cert_refused(a, &seen);
                     }
-                    Some(rustls::Error::AlertReceived(a))
+                    Some(rustls::Error::AlertReceived(_))
                         if seen.client_cert_requested && !seen.client_cert_sent =>
                     {
-                        let _ = a;
                         self.report
-                            .fail("client certificate", &client_cert_missing());
+                            .diagnosed("client certificate", &client_cert_missing());
                     }
                     Some(other) => self
                         .report
@@ -622,7 +666,7 @@ impl Checker {
                     // (TLS 1.2 implementations, some proxies).
                     if matches!(e, ClientError::Disconnected(None) | ClientError::Io(_)) {
                         self.report
-                            .fail("client certificate", &client_cert_missing());
+                            .diagnosed("client certificate", &client_cert_missing());
                         return None;
                     }
                 }
@@ -883,35 +927,43 @@ impl Checker {
     }
 }
 
-fn client_cert_missing() -> Problem {
-    Problem::new(
-        "the broker requires a client certificate and none was given",
-        "add --cert CLIENT.pem --key CLIENT.key, issued by the CA the broker trusts for clients \
-         (moat cert client --ca DIR --cn ID)",
-    )
+fn client_cert_missing() -> Diagnosis {
+    diagnose::rejection(Purpose::Client, Rejection::NoCertificate)
+}
+
+/// What the server's alert says about the client certificate, when it names a fact.
+fn alert_rejection(alert: rustls::AlertDescription) -> Option<Rejection> {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::UnknownCA => Some(Rejection::UnknownIssuer),
+        A::CertificateExpired => Some(Rejection::Expired),
+        A::CertificateRevoked => Some(Rejection::Revoked),
+        A::CertificateRequired => Some(Rejection::NoCertificate),
+        _ => None,
+    }
+}
+
+/// What this client's verifier said about the server certificate, when it names a fact.
+fn certificate_rejection(e: &rustls::CertificateError) -> Option<Rejection> {
+    use rustls::CertificateError as E;
+    match e {
+        E::UnknownIssuer => Some(Rejection::UnknownIssuer),
+        E::Expired | E::ExpiredContext { .. } => Some(Rejection::Expired),
+        E::NotValidYet | E::NotValidYetContext { .. } => Some(Rejection::NotYetValid),
+        E::Revoked => Some(Rejection::Revoked),
+        E::NotValidForName | E::NotValidForNameContext { .. } => Some(Rejection::NameMismatch),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => Some(Rejection::WrongPurpose),
+        _ => None,
+    }
 }
 
 /// The names the broker accepts client certificates from (CertificateRequest hints).
 fn accepted_issuers(seen: &TlsObservations) -> String {
     seen.acceptable_issuers
         .iter()
-        .filter_map(|dn| describe_dn(dn))
+        .filter_map(|dn| moat_pki::inspect::describe_name(dn))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A DER distinguished name in words (CN if any), best effort: find the CN attribute
-/// (OID 2.5.4.3) and take its string.
-fn describe_dn(dn: &[u8]) -> Option<String> {
-    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let at = dn.windows(CN_OID.len()).position(|w| w == CN_OID)?;
-    let rest = dn.get(at + CN_OID.len()..)?;
-    let (_tag, len) = (rest.first()?, usize::from(*rest.get(1)?));
-    if len >= 0x80 {
-        return None;
-    }
-    let value = rest.get(2..2 + len)?;
-    Some(format!("CN={}", String::from_utf8_lossy(value)))
 }
 
 fn now_unix() -> i64 {
@@ -924,497 +976,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// "SAN a, b" or "CN only".
+/// "SAN a, b" or "no SAN".
 fn names(c: &CertInfo) -> String {
     if c.has_san {
-        let sans: Vec<String> = c.sans.iter().map(san_value).collect();
+        let sans: Vec<String> = c.sans.iter().map(San::value).collect();
         format!("SAN {}", sans.join(", "))
     } else {
         "no SAN".into()
-    }
-}
-
-fn san_value(s: &San) -> String {
-    match s {
-        San::Dns(d) => d.clone(),
-        San::Ip(ip) => ip.to_string(),
-        other => other.to_string(),
-    }
-}
-
-fn issuer_name(c: &CertInfo) -> String {
-    let cn = c
-        .issuer
-        .split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("CN="));
-    match cn {
-        Some(cn) => format!("CN={cn}"),
-        None => c.issuer.clone(),
-    }
-}
-
-/// The hosts a certificate should be reissued for: the one dialed first, then those it
-/// already names.
-fn reissue_hosts(dialed: &str, c: &CertInfo) -> String {
-    let mut hosts = vec![dialed.to_owned()];
-    for h in c
-        .sans
-        .iter()
-        .filter(|s| matches!(s, San::Dns(_) | San::Ip(_)))
-        .map(san_value)
-        .chain(c.common_names.iter().cloned())
-    {
-        if !hosts.iter().any(|x| x.eq_ignore_ascii_case(&h)) {
-            hosts.push(h);
-        }
-    }
-    hosts
-        .iter()
-        .map(|h| format!("--host {h}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn date(unix: i64) -> String {
-    moat_pki::inspect::rfc3339(unix)
-}
-
-/// Why the server's chain is not acceptable for `host`, from the certificates themselves:
-/// every problem found, most basic first.
-fn diagnose(
-    chain: &[Vec<u8>],
-    anchors: &[Vec<u8>],
-    cafile: Option<&Path>,
-    host: &str,
-    now: i64,
-) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let Some(leaf_der) = chain.first() else {
-        problems.push(Problem::bare("the server presented no certificate"));
-        return problems;
-    };
-    let leaf = match CertInfo::from_der(leaf_der) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(Problem::new(
-                format!("the server certificate cannot be parsed: {e}"),
-                "reissue it: moat cert server --ca DIR --host HOST",
-            ));
-            return problems;
-        }
-    };
-    let reissue = format!(
-        "reissue with moat cert server --ca DIR {}",
-        reissue_hosts(host, &leaf)
-    );
-    if leaf.version < 3 {
-        problems.push(Problem::new(
-            format!(
-                "the server certificate ({}) is X.509 v{}, made without extensions (as `openssl \
-                 x509 -req` does without -extfile): rustls, Go and browsers refuse v1 \
-                 certificates, and a v1 certificate cannot carry a SAN",
-                leaf.short_name(),
-                leaf.version
-            ),
-            format!("{reissue} (or openssl x509 -req ... -extfile with subjectAltName)"),
-        ));
-    }
-    if !moat_pki::lint::covers(&leaf, host) {
-        let cn = leaf.common_names.first().cloned().unwrap_or_default();
-        let p = if !leaf.has_san && cn.eq_ignore_ascii_case(host) {
-            Problem::new(
-                format!(
-                    "the server certificate names {host} only in its CN and has no SAN: modern \
-                     TLS clients ignore the CN"
-                ),
-                reissue.clone(),
-            )
-        } else if !leaf.has_san {
-            Problem::new(
-                format!(
-                    "name mismatch: the server certificate names {} in its CN and has no SAN; \
-                     you dialed {host}",
-                    if cn.is_empty() { "nothing" } else { &cn }
-                ),
-                reissue.clone(),
-            )
-        } else {
-            let sans: Vec<String> = leaf.sans.iter().map(san_value).collect();
-            Problem::new(
-                format!(
-                    "name mismatch: the server certificate is for {} (SAN); you dialed {host}",
-                    sans.join(", ")
-                ),
-                format!("dial one of those names, or {reissue}"),
-            )
-        };
-        problems.push(p);
-    }
-    if leaf.not_after_unix < now {
-        problems.push(Problem::new(
-            format!(
-                "the server certificate expired on {} ({} days ago)",
-                date(leaf.not_after_unix),
-                (now - leaf.not_after_unix) / 86_400
-            ),
-            format!("renew it and give the broker the new file: {reissue}"),
-        ));
-    } else if leaf.not_before_unix > now {
-        problems.push(Problem::new(
-            format!(
-                "the server certificate is not valid yet: not before {}",
-                date(leaf.not_before_unix)
-            ),
-            "check the clocks of the broker's machine, the CA's and this one",
-        ));
-    }
-    if let Some(eku) = &leaf.extended_key_usage {
-        if !eku.server_auth && !eku.any {
-            problems.push(Problem::new(
-                "the server certificate lacks the serverAuth extended key usage (it is a client \
-                 certificate?)",
-                reissue.clone(),
-            ));
-        }
-    }
-    if let Some(p) = chain_problem(&leaf, chain, anchors, cafile, now) {
-        problems.push(p);
-    }
-    problems
-}
-
-/// Walks from the leaf through the presented intermediates to a certificate of the CA file.
-fn chain_problem(
-    leaf: &CertInfo,
-    chain: &[Vec<u8>],
-    anchors: &[Vec<u8>],
-    cafile: Option<&Path>,
-    now: i64,
-) -> Option<Problem> {
-    let presented: Vec<CertInfo> = chain
-        .iter()
-        .skip(1)
-        .filter_map(|d| CertInfo::from_der(d).ok())
-        .collect();
-    let trusted: Vec<CertInfo> = anchors
-        .iter()
-        .filter_map(|d| CertInfo::from_der(d).ok())
-        .collect();
-    let ca_words = match cafile {
-        Some(p) => format!("your CA file {}", p.display()),
-        None => "the system CA bundle (no --cafile given)".into(),
-    };
-    let holds = if trusted.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<String> = trusted.iter().map(CertInfo::short_name).collect();
-        format!(" (it holds {})", names.join(", "))
-    };
-    if leaf.self_signed {
-        if trusted.iter().any(|t| t.der() == leaf.der()) {
-            return None;
-        }
-        return Some(Problem::new(
-            format!(
-                "the server certificate {} is self-signed: no CA issued it, so {ca_words} \
-                 cannot vouch for it",
-                leaf.short_name()
-            ),
-            "issue the broker's certificate from a CA (moat cert ca, then moat cert server) and \
-             give that CA with --cafile; or, to trust this one certificate, pass it as --cafile",
-        ));
-    }
-    let mut current = leaf.clone();
-    for _ in 0..=presented.len() {
-        if trusted.iter().any(|t| current.issued_by(t)) {
-            // Trusted: an intermediate in the chain may still have expired.
-            return presented.iter().find(|c| c.not_after_unix < now).map(|c| {
-                Problem::new(
-                    format!(
-                        "the intermediate CA {} in the broker's chain expired on {}",
-                        c.short_name(),
-                        date(c.not_after_unix)
-                    ),
-                    "renew the intermediate CA and reissue the broker's chain file",
-                )
-            });
-        }
-        if let Some(same_name) = trusted.iter().find(|t| t.subject == current.issuer) {
-            return Some(Problem::new(
-                format!(
-                    "unknown CA: {} names {} as its issuer, and {ca_words} has a CA of that \
-                     name, but a different key signed it (was the CA made again?)",
-                    current.short_name(),
-                    same_name.short_name()
-                ),
-                "give the CA that really issued the broker's certificate with --cafile, or \
-                 reissue the broker's certificate from this CA",
-            ));
-        }
-        match presented
-            .iter()
-            .find(|p| current.issued_by(p) && p.der() != current.der())
-        {
-            Some(next) => current = next.clone(),
-            None => break,
-        }
-    }
-    let issuer = issuer_name(&current);
-    if current.self_signed {
-        return Some(Problem::new(
-            format!(
-                "unknown CA: the broker's chain ends at the root CA {}, which is not in \
-                 {ca_words}{holds}",
-                current.short_name()
-            ),
-            format!(
-                "give that root CA ({}) with --cafile (ask the broker's operator for it)",
-                current.short_name()
-            ),
-        ));
-    }
-    if current.der() != leaf.der() {
-        return Some(Problem::new(
-            format!(
-                "unknown CA: the broker's chain ends at {}, issued by {issuer}, which is not in \
-                 {ca_words}{holds}",
-                current.short_name()
-            ),
-            format!("give the root CA of {issuer} with --cafile (ask the broker's operator)"),
-        ));
-    }
-    // Only the leaf was sent and its issuer is not trusted: either an intermediate is
-    // missing (the broker must send it) or the CA is another one. The issuer's name decides
-    // which comes first.
-    let lower = issuer.to_ascii_lowercase();
-    let looks_intermediate = ["intermediate", "issuing", "sub ca", "subca", "sub-ca"]
-        .iter()
-        .any(|w| lower.contains(w));
-    if looks_intermediate && !trusted.is_empty() {
-        Some(Problem::new(
-            format!(
-                "chain incomplete: the broker sent only its certificate, issued by {issuer}, an \
-                 intermediate CA it did not send; {ca_words}{holds} cannot link it to a root"
-            ),
-            format!(
-                "make the broker send the intermediate: moat `chain = \"chain.pem\"` in \
-                 [listeners.tls] (mosquitto: append it to certfile after the leaf); or add \
-                 {issuer} to --cafile. If {issuer} is not under your CA, the CA is unknown: give \
-                 the right one with --cafile"
-            ),
-        ))
-    } else {
-        Some(Problem::new(
-            format!(
-                "unknown CA: the server certificate was issued by {issuer}, which is not in \
-                 {ca_words}{holds}"
-            ),
-            format!(
-                "give the CA that signed the broker's certificate ({issuer}) with --cafile; if \
-                 {issuer} is an intermediate CA, the chain is incomplete: the broker must send \
-                 it (moat: chain = \"chain.pem\"; mosquitto: certfile with leaf then \
-                 intermediate)"
-            ),
-        ))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::cloned_ref_to_slice_refs)]
-mod tests {
-    use std::time::SystemTime;
-
-    use moat_pki::generate::{self, Ca, CaOptions, ServerOptions};
-    use moat_pki::{KeyType, Validity};
-
-    use super::*;
-
-    fn ca(name: &str) -> Ca {
-        let root = generate::root_ca(&CaOptions {
-            common_name: name.into(),
-            key_type: KeyType::P256,
-            validity: Validity::days_from(SystemTime::now(), 30),
-        })
-        .unwrap();
-        Ca {
-            cert_der: root.cert_der,
-            key: root.key,
-            chain: Vec::new(),
-            root: None,
-        }
-    }
-
-    fn server(ca: &Ca, hosts: &[&str], validity: Validity) -> Vec<u8> {
-        generate::server(
-            &ServerOptions {
-                hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-                key_type: KeyType::P256,
-                validity,
-            },
-            ca,
-        )
-        .unwrap()
-        .cert_der
-    }
-
-    fn causes(p: &[Problem]) -> String {
-        p.iter()
-            .map(|p| format!("{} / {}", p.cause, p.fix.clone().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    #[test]
-    fn a_good_chain_has_no_problem() {
-        let ca = ca("Test CA");
-        let leaf = server(
-            &ca,
-            &["broker.local", "127.0.0.1"],
-            Validity::days_from(SystemTime::now(), 30),
-        );
-        let p = diagnose(
-            &[leaf],
-            &[ca.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        );
-        assert!(p.is_empty(), "{}", causes(&p));
-    }
-
-    #[test]
-    fn name_mismatch_names_the_fix() {
-        let ca = ca("Test CA");
-        let leaf = server(
-            &ca,
-            &["other.example"],
-            Validity::days_from(SystemTime::now(), 30),
-        );
-        let p = diagnose(
-            &[leaf],
-            &[ca.cert_der.clone()],
-            None,
-            "broker.local",
-            now_unix(),
-        );
-        let text = causes(&p);
-        assert!(text.contains("name mismatch"), "{text}");
-        assert!(
-            text.contains("--host broker.local --host other.example"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn expired_and_unknown_ca() {
-        let ca1 = ca("Test CA");
-        let ca2 = ca("Other CA");
-        let now = SystemTime::now();
-        let old = Validity {
-            not_before: now - Duration::from_secs(20 * 86_400),
-            not_after: now - Duration::from_secs(10 * 86_400),
-        };
-        let leaf = server(&ca1, &["127.0.0.1"], old);
-        let text = causes(&diagnose(
-            &[leaf.clone()],
-            &[ca1.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        ));
-        assert!(text.contains("expired on"), "{text}");
-        let text = causes(&diagnose(
-            &[leaf],
-            &[ca2.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        ));
-        assert!(text.contains("unknown CA"), "{text}");
-        assert!(text.contains("CN=Other CA"), "{text}");
-    }
-
-    #[test]
-    fn same_name_other_key_is_an_unknown_ca() {
-        let ca1 = ca("Test CA");
-        let ca2 = ca("Test CA");
-        let leaf = server(
-            &ca1,
-            &["127.0.0.1"],
-            Validity::days_from(SystemTime::now(), 30),
-        );
-        let text = causes(&diagnose(
-            &[leaf],
-            &[ca2.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        ));
-        assert!(text.contains("different key"), "{text}");
-    }
-
-    #[test]
-    fn missing_intermediate_is_an_incomplete_chain() {
-        let root = ca("Test Root CA");
-        let inter = generate::intermediate_ca(
-            &CaOptions {
-                common_name: "Test Intermediate CA".into(),
-                key_type: KeyType::P256,
-                validity: Validity::days_from(SystemTime::now(), 30),
-            },
-            &root,
-        )
-        .unwrap();
-        let inter = Ca {
-            cert_der: inter.cert_der,
-            key: inter.key,
-            chain: Vec::new(),
-            root: Some(root.cert_der.clone()),
-        };
-        let leaf = server(
-            &inter,
-            &["127.0.0.1"],
-            Validity::days_from(SystemTime::now(), 30),
-        );
-        let text = causes(&diagnose(
-            &[leaf.clone()],
-            &[root.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        ));
-        assert!(text.contains("chain incomplete"), "{text}");
-        let full = [leaf, inter.cert_der.clone()];
-        let p = diagnose(
-            &full,
-            &[root.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        );
-        assert!(p.is_empty(), "{}", causes(&p));
-        let other = ca("Other Root");
-        let text = causes(&diagnose(
-            &full,
-            &[other.cert_der.clone()],
-            None,
-            "127.0.0.1",
-            now_unix(),
-        ));
-        assert!(
-            text.contains("unknown CA: the broker's chain ends at CN=Test Intermediate CA"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn distinguished_names_in_words() {
-        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3, UTF8String "Test CA" } } }
-        let dn = [
-            0x30, 0x12, 0x31, 0x10, 0x30, 0x0e, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x07, b'T',
-            b'e', b's', b't', b' ', b'C', b'A',
-        ];
-        assert_eq!(describe_dn(&dn).as_deref(), Some("CN=Test CA"));
     }
 }

@@ -1,6 +1,12 @@
 //! Error types.
+//!
+//! Each message describes one level; the cause is reached through `source()` (the CLI prints
+//! the chain with `{:#}`: `ca/ca.key: the passphrase does not decrypt the private key`).
 
 use std::path::PathBuf;
+
+use crate::decode::DecodeError;
+use crate::inspect::CertParseError;
 
 /// Errors from making, reading and writing certificates and keys.
 ///
@@ -10,7 +16,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{path}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -19,7 +25,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A file already exists and `force` was not given.
-    #[error("{0} already exists (use --force to replace it)")]
+    #[error("{} already exists (use --force to replace it)", .0.display())]
     Exists(PathBuf),
     /// A private key could not be used.
     #[error("{path}")]
@@ -31,19 +37,38 @@ pub enum Error {
         source: KeyError,
     },
     /// A file's content is not what was expected.
-    #[error("{path}: {message}")]
+    #[error("{}", path.display())]
     Content {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: ContentError,
     },
-    /// A parameter is not valid (a host name, a common name, a number of days).
-    #[error("{0}")]
-    Invalid(String),
+    /// A parameter is not valid (a host name, a common name, a validity).
+    #[error(transparent)]
+    Invalid(#[from] InvalidParameter),
+    /// A CA cannot sign: its certificate and key do not fit, or it is no CA.
+    #[error("{}", match dir {
+        Some(d) => format!("the CA in {}", d.display()),
+        None => "the CA".to_owned(),
+    })]
+    Ca {
+        /// The CA directory, when it came from one.
+        dir: Option<PathBuf>,
+        /// What is wrong.
+        #[source]
+        source: CaError,
+    },
     /// Building or signing a certificate failed.
-    #[error("certificate generation failed: {0}")]
-    Generate(String),
+    #[error("{step} failed")]
+    Generate {
+        /// What was being done ("signing", "RSA key generation", ...).
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -54,18 +79,81 @@ impl Error {
         }
     }
 
-    pub(crate) fn content(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn content(path: impl Into<PathBuf>, source: ContentError) -> Self {
         Self::Content {
             path: path.into(),
-            message: message.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn generate(
+        step: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Generate {
+            step,
+            source: source.into(),
         }
     }
 }
 
 impl From<rcgen::Error> for Error {
     fn from(e: rcgen::Error) -> Self {
-        Self::Generate(e.to_string())
+        Self::generate("certificate generation", e)
     }
+}
+
+/// What is wrong with a file's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// Nothing usable could be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The file holds no certificate.
+    #[error("no certificate in the file")]
+    NoCertificate,
+    /// The passphrase file is empty.
+    #[error("the passphrase file is empty")]
+    EmptyPassphrase,
+}
+
+/// A parameter that is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidParameter {
+    /// A server certificate needs at least one host.
+    #[error("at least one --host is needed")]
+    NoHost,
+    /// A host is neither a DNS name nor an IP address.
+    #[error("{0:?} is neither a DNS name nor an IP address")]
+    Host(String),
+    /// The common name is empty.
+    #[error("the common name is empty")]
+    EmptyCommonName,
+    /// The common name is longer than X.509 allows (64 characters).
+    #[error("the common name {0:?} is longer than 64 characters")]
+    LongCommonName(String),
+    /// The validity ends before it starts.
+    #[error("the validity ends before it starts")]
+    Validity,
+}
+
+/// Why a CA cannot sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// The CA certificate cannot be parsed.
+    #[error(transparent)]
+    Certificate(#[from] CertParseError),
+    /// The key does not belong to the certificate.
+    #[error("the CA key does not belong to the CA certificate {0}")]
+    KeyMismatch(String),
+    /// The certificate is not a CA certificate.
+    #[error(
+        "{0} is not a CA certificate (no basicConstraints CA:TRUE); it cannot sign certificates"
+    )]
+    NotCa(String),
 }
 
 /// Why a private key could not be loaded.

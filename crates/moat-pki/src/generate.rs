@@ -18,7 +18,7 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 
-use crate::error::Error;
+use crate::error::{CaError, Error, InvalidParameter};
 use crate::inspect::CertInfo;
 use crate::key::{KeyAlgorithm, PrivateKey};
 
@@ -97,14 +97,14 @@ impl KeyType {
                     _ => 4096,
                 };
                 let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
-                    .map_err(|e| Error::Generate(format!("RSA key generation: {e}")))?;
+                    .map_err(|e| Error::generate("RSA key generation", e))?;
                 key.to_pkcs8_der()
-                    .map_err(|e| Error::Generate(format!("RSA key encoding: {e}")))?
+                    .map_err(|e| Error::generate("RSA key encoding", e))?
                     .as_bytes()
                     .to_vec()
             }
         };
-        PrivateKey::from_pkcs8_der(&der).map_err(|e| Error::Generate(e.to_string()))
+        PrivateKey::from_pkcs8_der(&der).map_err(|e| Error::generate("key generation", e))
     }
 }
 
@@ -115,15 +115,20 @@ impl fmt::Display for KeyType {
 }
 
 impl FromStr for KeyType {
-    type Err = String;
+    type Err = UnknownKeyType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown key type {s:?} (one of p256, p384, ed25519, rsa2048, rsa3072, rsa4096)"))
+            .ok_or_else(|| UnknownKeyType(s.to_owned()))
     }
 }
+
+/// A key type name that is none of [`KeyType::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key type {0:?} (one of p256, p384, ed25519, rsa2048, rsa3072, rsa4096)")]
+pub struct UnknownKeyType(pub String);
 
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,20 +182,14 @@ impl Ca {
     /// Checks that the key belongs to the certificate and that the certificate is a CA.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the problem.
-    pub fn check(&self) -> Result<CertInfo, Error> {
-        let info = CertInfo::from_der(&self.cert_der).map_err(Error::Invalid)?;
+    /// [`CaError`] naming the problem.
+    pub fn check(&self) -> Result<CertInfo, CaError> {
+        let info = CertInfo::from_der(&self.cert_der)?;
         if self.key.matches_certificate(&self.cert_der) != Some(true) {
-            return Err(Error::Invalid(format!(
-                "the CA key does not belong to the CA certificate {}",
-                info.short_name()
-            )));
+            return Err(CaError::KeyMismatch(info.short_name()));
         }
         if !info.is_ca() {
-            return Err(Error::Invalid(format!(
-                "{} is not a CA certificate (no basicConstraints CA:TRUE); it cannot sign certificates",
-                info.short_name()
-            )));
+            return Err(CaError::NotCa(info.short_name()));
         }
         Ok(info)
     }
@@ -219,7 +218,8 @@ impl Ca {
     }
 
     fn sign(&self, params: &CertificateParams, key: &PrivateKey) -> Result<Vec<u8>, Error> {
-        self.check()?;
+        self.check()
+            .map_err(|source| Error::Ca { dir: None, source })?;
         let issuer_key = self.key.to_rcgen().map_err(|source| Error::Key {
             path: "CA key".into(),
             source,
@@ -304,10 +304,7 @@ pub fn intermediate_ca(opts: &CaOptions, issuer: &Ca) -> Result<Certified, Error
 /// # Errors
 /// [`Error::Invalid`] when there is no host or a host is neither a DNS name nor an IP address.
 pub fn server(opts: &ServerOptions, issuer: &Ca) -> Result<Certified, Error> {
-    let first = opts
-        .hosts
-        .first()
-        .ok_or_else(|| Error::Invalid("at least one --host is needed".into()))?;
+    let first = opts.hosts.first().ok_or(InvalidParameter::NoHost)?;
     let mut params = leaf_params(&opts.validity)?;
     let mut sans = Vec::new();
     for host in &opts.hosts {
@@ -375,7 +372,7 @@ fn set_leaf_key_usage(params: &mut CertificateParams, key: &PrivateKey) {
 
 fn base_params(validity: &Validity) -> Result<CertificateParams, Error> {
     if validity.not_after <= validity.not_before {
-        return Err(Error::Invalid("the validity ends before it starts".into()));
+        return Err(InvalidParameter::Validity.into());
     }
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -387,8 +384,12 @@ fn base_params(validity: &Validity) -> Result<CertificateParams, Error> {
 
 fn random_serial() -> Result<SerialNumber, Error> {
     let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| Error::Generate("no randomness".into()))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        Error::generate(
+            "drawing a serial number",
+            "the system's random source failed",
+        )
+    })?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     Ok(SerialNumber::from_slice(&bytes))
@@ -396,12 +397,10 @@ fn random_serial() -> Result<SerialNumber, Error> {
 
 fn check_cn(cn: &str) -> Result<(), Error> {
     if cn.trim().is_empty() {
-        return Err(Error::Invalid("the common name is empty".into()));
+        return Err(InvalidParameter::EmptyCommonName.into());
     }
     if cn.len() > 64 {
-        return Err(Error::Invalid(format!(
-            "the common name {cn:?} is longer than 64 characters"
-        )));
+        return Err(InvalidParameter::LongCommonName(cn.to_owned()).into());
     }
     Ok(())
 }
@@ -436,14 +435,12 @@ pub fn parse_host(host: &str) -> Result<SanType, Error> {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !valid {
-        return Err(Error::Invalid(format!(
-            "{host:?} is neither a DNS name nor an IP address"
-        )));
+        return Err(InvalidParameter::Host(host.to_owned()).into());
     }
     let name = h
         .clone()
         .try_into()
-        .map_err(|_| Error::Invalid(format!("{host:?} is not a valid DNS name")))?;
+        .map_err(|_| InvalidParameter::Host(host.to_owned()))?;
     Ok(SanType::DnsName(name))
 }
 

@@ -11,6 +11,18 @@ use x509_parser::objects::{oid2sn, oid_registry};
 use crate::decode::{self, DecodeError, Encoding, Kind};
 use crate::key::KeyAlgorithm;
 
+/// Why bytes are not a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertParseError {
+    /// The parser refused the bytes (its message).
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(String),
+    /// A certificate followed by this many other bytes.
+    #[error("{0} bytes of junk after the certificate")]
+    TrailingData(usize),
+}
+
 /// A name in the subjectAltName extension.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
@@ -25,6 +37,17 @@ pub enum San {
     Uri(String),
     /// Another kind of name, described.
     Other(String),
+}
+
+impl San {
+    /// The bare name or address (`broker.local`, `127.0.0.1`); other kinds as displayed.
+    pub fn value(&self) -> String {
+        match self {
+            Self::Dns(d) => d.clone(),
+            Self::Ip(ip) => ip.to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for San {
@@ -126,15 +149,12 @@ impl CertInfo {
     /// Parses a DER certificate.
     ///
     /// # Errors
-    /// The parser's message when the bytes are not an X.509 certificate.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    /// [`CertParseError`] when the bytes are not exactly one X.509 certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self, CertParseError> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| CertParseError::NotX509(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(format!(
-                "{} bytes of junk after the certificate",
-                rest.len()
-            ));
+            return Err(CertParseError::TrailingData(rest.len()));
         }
         Ok(Self::from_parsed(&cert, der))
     }
@@ -309,6 +329,19 @@ impl CertInfo {
         }
     }
 
+    /// A short name of the issuer for messages: its CN, or the whole issuer name.
+    pub fn issuer_short_name(&self) -> String {
+        let cn = self
+            .issuer
+            .split(',')
+            .map(str::trim)
+            .find_map(|part| part.strip_prefix("CN="));
+        match cn {
+            Some(cn) => format!("CN={cn}"),
+            None => self.issuer.clone(),
+        }
+    }
+
     /// Whether `issuer` issued this certificate: the names chain and, when the algorithm is
     /// one ring checks, the signature verifies.
     pub fn issued_by(&self, issuer: &Self) -> bool {
@@ -400,6 +433,21 @@ pub fn hex_colon(bytes: &[u8]) -> String {
         .join(":")
 }
 
+/// A DER distinguished name (as in a TLS CertificateRequest's list of accepted CAs) in words:
+/// `CN=...` when it has a common name, else the whole name. `None` when it cannot be parsed.
+pub fn describe_name(dn: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, name) = x509_parser::x509::X509Name::from_der(dn).ok()?;
+    let cn = name
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok().map(str::to_owned));
+    Some(match cn {
+        Some(cn) => format!("CN={cn}"),
+        None => name.to_string(),
+    })
+}
+
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -475,7 +523,7 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
                 Err(e) => entries.push(Entry::Other {
                     index,
                     what: "certificate".into(),
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 }),
             },
             k if k.is_private_key() => {
@@ -534,4 +582,20 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<FileReport, DecodeError
         entries,
         chain_order: order,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinguished_names_in_words() {
+        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3, UTF8String "Test CA" } } }
+        let dn = [
+            0x30, 0x12, 0x31, 0x10, 0x30, 0x0e, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x07, b'T',
+            b'e', b's', b't', b' ', b'C', b'A',
+        ];
+        assert_eq!(describe_name(&dn).as_deref(), Some("CN=Test CA"));
+        assert_eq!(describe_name(&dn[..5]), None);
+    }
 }

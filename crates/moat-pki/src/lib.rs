@@ -21,13 +21,17 @@
 //! - [`store`]: the CA directory layout and writing files (keys with mode 0600, no overwrite).
 //! - [`inspect`]: a description of each certificate, and which certificate signed which.
 //! - [`verify`]: chain verification for a host and a purpose, now.
-//! - [`lint`]: the rules, as findings with stable codes.
+//! - [`diagnose`]: why a TLS peer refuses a certificate, with the fix (`moat check`, the
+//!   broker's handshake log).
+//! - [`lint`]: the rules, as findings with stable codes ([`code::LintCode`]).
 //! - [`split`]: a bundle into leaf, ordered chain and root.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod code;
 pub mod decode;
+pub mod diagnose;
 pub mod error;
 pub mod generate;
 pub mod inspect;
@@ -37,7 +41,8 @@ pub mod split;
 pub mod store;
 pub mod verify;
 
-pub use error::{Error, KeyError};
+pub use code::LintCode;
+pub use error::{CaError, ContentError, Error, InvalidParameter, KeyError};
 pub use generate::{KeyType, Validity};
 pub use key::PrivateKey;
 pub use lint::{Finding, LintInput, LintProfile, Severity};

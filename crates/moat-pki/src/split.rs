@@ -56,13 +56,22 @@ pub struct Split {
     pub unrelated: Vec<CertInfo>,
 }
 
+/// Why a bundle cannot be split.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SplitError {
+    /// The bundle holds no certificate.
+    #[error("no certificate in the bundle")]
+    Empty,
+}
+
 /// Splits a bundle's certificates.
 ///
 /// # Errors
-/// A message when there is no certificate.
-pub fn split(certs: &[CertInfo]) -> Result<Split, String> {
+/// [`SplitError::Empty`] when there is no certificate.
+pub fn split(certs: &[CertInfo]) -> Result<Split, SplitError> {
     if certs.is_empty() {
-        return Err("no certificate in the bundle".into());
+        return Err(SplitError::Empty);
     }
     let ordered = order(certs);
     let leaf = certs[ordered[0]].clone();

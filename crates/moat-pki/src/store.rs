@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::decode;
-use crate::error::{Error, KeyError};
+use crate::error::{ContentError, Error, KeyError};
 use crate::generate::Ca;
 use crate::key;
 
@@ -81,14 +81,10 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
 
 fn certs_in(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
     let data = read(path)?;
-    let decoded = decode::decode(&data)
-        .map_err(|e| Error::content(path.display().to_string(), e.to_string()))?;
+    let decoded = decode::decode(&data).map_err(|e| Error::content(path, e.into()))?;
     let certs = decoded.certificates();
     if certs.is_empty() {
-        return Err(Error::content(
-            path.display().to_string(),
-            "no certificate in the file",
-        ));
+        return Err(Error::content(path, ContentError::NoCertificate));
     }
     Ok(certs)
 }
@@ -98,7 +94,7 @@ fn certs_in(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
 ///
 /// # Errors
 /// [`Error::Io`] for a missing file, [`Error::Key`] (e.g. [`KeyError::Encrypted`]) for the key,
-/// [`Error::Invalid`] when the key does not match or the certificate is not a CA.
+/// [`Error::Ca`] when the key does not match or the certificate is not a CA.
 pub fn load_ca(dir: &Path, passphrase: Option<&[u8]>) -> Result<Ca, Error> {
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
@@ -126,8 +122,10 @@ pub fn load_ca(dir: &Path, passphrase: Option<&[u8]>) -> Result<Ca, Error> {
         chain,
         root,
     };
-    ca.check()
-        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    ca.check().map_err(|source| Error::Ca {
+        dir: Some(dir.to_owned()),
+        source,
+    })?;
     Ok(ca)
 }
 
@@ -196,16 +194,13 @@ pub fn write_key(
 /// Reads a passphrase file: its first line, without the line ending.
 ///
 /// # Errors
-/// [`Error::Io`], or [`Error::Invalid`] when it is empty.
+/// [`Error::Io`], or [`Error::Content`] when it is empty.
 pub fn read_passphrase_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
     let data = zeroize::Zeroizing::new(read(path)?);
     let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: the passphrase file is empty",
-            path.display()
-        )));
+        return Err(Error::content(path, ContentError::EmptyPassphrase));
     }
     Ok(zeroize::Zeroizing::new(line.to_vec()))
 }

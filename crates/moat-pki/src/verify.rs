@@ -19,16 +19,21 @@ pub enum Purpose {
 }
 
 impl std::str::FromStr for Purpose {
-    type Err = String;
+    type Err = UnknownPurpose;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "server" => Ok(Self::Server),
             "client" => Ok(Self::Client),
-            other => Err(format!("unknown purpose {other:?} (server or client)")),
+            other => Err(UnknownPurpose(other.to_owned())),
         }
     }
 }
+
+/// A purpose that is neither `server` nor `client`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown purpose {0:?} (server or client)")]
+pub struct UnknownPurpose(pub String);
 
 /// A failed verification: webpki's error and what it means.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

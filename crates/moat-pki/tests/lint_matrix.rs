@@ -104,7 +104,7 @@ fn input() -> LintInput {
 }
 
 fn codes(f: &[Finding]) -> Vec<&'static str> {
-    f.iter().map(|f| f.code).collect()
+    f.iter().map(|f| f.code.as_str()).collect()
 }
 
 #[track_caller]
@@ -326,7 +326,9 @@ fn key_rules() {
     i.key_passphrase = Some(b"wrong".to_vec().into());
     assert_finding(&lint::lint(&i), "key-wrong-passphrase", Severity::Error);
     i.key_passphrase = Some(b"s3cret".to_vec().into());
-    assert!(lint::lint(&i).iter().all(|f| !f.code.starts_with("key-")));
+    assert!(lint::lint(&i)
+        .iter()
+        .all(|f| !f.code.as_str().starts_with("key-")));
 
     // Key algorithm unlike the CA's (a warning).
     let rsa = server_with(

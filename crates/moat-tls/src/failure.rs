@@ -1,8 +1,14 @@
 //! Why a TLS handshake failed: one reason per failure, a counter per reason.
+//!
+//! Where a reason is a fact about the client's certificate (expired, unknown CA, v1, none
+//! sent...), its hint is moat-pki's diagnosis of that fact ([`moat_pki::diagnose::rejection`]):
+//! the same code, cause and fix that `moat check` prints on the client's side.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use moat_pki::diagnose::{self, Rejection};
+use moat_pki::{LintCode, Purpose};
 use rustls::{AlertDescription, CertificateError};
 
 use crate::verifier::V1ClientCertificate;
@@ -120,27 +126,43 @@ impl HandshakeFailure {
         }
     }
 
-    /// The fix to suggest in the log line.
-    pub fn hint(self) -> &'static str {
+    /// The fact about the client certificate this reason is, when it is one.
+    pub fn rejection(self) -> Option<Rejection> {
         match self {
-            Self::UnknownCa => "the client certificate was signed by a CA not in client_ca",
-            Self::Expired => "the client certificate has expired: issue a new one",
-            Self::NotYetValid => "the client certificate is not valid yet: check clocks",
-            Self::Revoked => "the client certificate is revoked by a configured CRL",
+            Self::UnknownCa => Some(Rejection::UnknownIssuer),
+            Self::Expired => Some(Rejection::Expired),
+            Self::NotYetValid => Some(Rejection::NotYetValid),
+            Self::Revoked => Some(Rejection::Revoked),
+            Self::NoClientCertificate => Some(Rejection::NoCertificate),
+            Self::V1Certificate => Some(Rejection::V1),
+            _ => None,
+        }
+    }
+
+    /// The code `moat check` and `moat cert lint` use for the same fact, when there is one.
+    pub fn code(self) -> Option<LintCode> {
+        self.rejection()
+            .map(|r| diagnose::rejection(Purpose::Client, r).code)
+    }
+
+    /// The cause and fix to give in the log line: `[code] cause; fix: ...` for a fact about
+    /// the client certificate (moat-pki's words), else a few words.
+    pub fn hint(self) -> String {
+        if let Some(r) = self.rejection() {
+            return diagnose::rejection(Purpose::Client, r).to_string();
+        }
+        match self {
             Self::NotAllowed => "the certificate may not be used here (missing clientAuth?)",
-            Self::NoClientCertificate => "this listener requires a client certificate",
-            Self::V1Certificate => {
-                "reissue with `moat cert client`, or set accept_v1_client_certs = true"
-            }
             Self::ProtocolVersion => "the client offers no TLS 1.2/1.3 cipher this server speaks",
             Self::ClientRejectedServerCertificate => {
                 "the client refused our certificate: give it the right CA file (--cafile) and \
-                 dial a name in the certificate's SAN"
+                 dial a name in the certificate's SAN; `moat check` on the client's side says why"
             }
             Self::Timeout => "the client did not finish the handshake in time",
             Self::NoServerCertificate => "the listener's certificate was removed",
-            Self::Other => "not a TLS client, or the connection broke",
+            _ => "not a TLS client, or the connection broke",
         }
+        .to_owned()
     }
 }
 
@@ -178,5 +200,44 @@ impl FailureCounters {
             .iter()
             .map(|r| (*r, self.get(*r)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_about_the_client_certificate_carry_moat_pki_codes() {
+        let table = [
+            (
+                HandshakeFailure::UnknownCa,
+                Some(LintCode::ChainNotAnchored),
+            ),
+            (HandshakeFailure::Expired, Some(LintCode::CertExpired)),
+            (
+                HandshakeFailure::NotYetValid,
+                Some(LintCode::CertNotYetValid),
+            ),
+            (HandshakeFailure::Revoked, Some(LintCode::CertRevoked)),
+            (
+                HandshakeFailure::NoClientCertificate,
+                Some(LintCode::CertMissing),
+            ),
+            (HandshakeFailure::V1Certificate, Some(LintCode::CertV1)),
+            (HandshakeFailure::Timeout, None),
+            (HandshakeFailure::Other, None),
+        ];
+        for (reason, code) in table {
+            assert_eq!(reason.code(), code, "{reason}");
+            match code {
+                Some(c) => assert!(reason.hint().starts_with(&format!("[{c}] ")), "{reason}"),
+                None => assert!(!reason.hint().starts_with('['), "{reason}"),
+            }
+        }
+        assert_eq!(
+            HandshakeFailure::NoClientCertificate.hint(),
+            diagnose::rejection(Purpose::Client, Rejection::NoCertificate).to_string()
+        );
     }
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use moat_pki::decode::{self, Kind};
+use moat_pki::decode::{self, DecodeError, Kind};
 use moat_pki::lint::{self, Finding, LintFile, LintInput, LintProfile, Severity};
+use moat_pki::KeyError;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
@@ -20,7 +21,8 @@ use zeroize::Zeroizing;
 use crate::verifier::Verifier;
 use crate::{ClientAuth, TlsSettings};
 
-/// Why a listener's TLS material cannot be used.
+/// Why a listener's TLS material cannot be used. Each message describes one level; the cause
+/// is reached through `source()`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -38,12 +40,69 @@ pub enum TlsError {
         /// Every finding (errors and warnings).
         findings: Vec<Finding>,
     },
-    /// The settings do not fit together (a client CA is needed for client authentication).
-    #[error("{0}")]
-    Settings(String),
-    /// rustls refused the material.
-    #[error("{0}")]
-    Build(String),
+    /// Client authentication is on and no client CA is set.
+    #[error(
+        "client_auth needs client_ca: set client_ca to the CA bundle that signed the client \
+         certificates (e.g. moat-data/pki/ca.pem)"
+    )]
+    NoClientCa,
+    /// A file passed lint but cannot be used.
+    #[error("{}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: FileError,
+    },
+    /// rustls refused to build part of the configuration.
+    #[error("cannot build the {part}")]
+    Config {
+        /// The part: "TLS versions", "client certificate verifier", "session ticketer".
+        part: &'static str,
+        /// rustls's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What is wrong with a file that lint accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// Nothing usable could be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The certificate file holds no certificate.
+    #[error("no certificate")]
+    NoCertificate,
+    /// The private key cannot be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// rustls refuses the private key.
+    #[error("rustls refuses the private key")]
+    SigningKey(#[source] rustls::Error),
+    /// A CRL file holds something else (the parser's message).
+    #[error("not a certificate revocation list: {0}")]
+    NotCrl(String),
+    /// rustls refuses a CA certificate of the client CA file.
+    #[error("CA certificate not usable")]
+    ClientCa(#[source] rustls::Error),
+}
+
+fn file_error(path: &Path, source: impl Into<FileError>) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        source: source.into(),
+    }
+}
+
+fn config_error(
+    part: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> TlsError {
+    TlsError::Config {
+        part,
+        source: Box::new(source),
+    }
 }
 
 /// Revoked serial numbers of one issuer, from a CRL.
@@ -153,11 +212,7 @@ impl Material {
 
     pub(crate) fn build(s: &TlsSettings, files: &Files, now: SystemTime) -> Result<Self, TlsError> {
         if s.client_auth != ClientAuth::None && s.client_ca.is_none() {
-            return Err(TlsError::Settings(
-                "client_auth needs client_ca: set client_ca to the CA bundle that signed the \
-                 client certificates (e.g. moat-data/pki/ca.pem)"
-                    .into(),
-            ));
+            return Err(TlsError::NoClientCa);
         }
         let display = |p: &Path| p.display().to_string();
         let mut input = LintInput::new(now);
@@ -185,12 +240,9 @@ impl Material {
         // chain file (without a repeated leaf), is sent as the chain.
         let certs = decode::decode(&files.cert)
             .map(|d| d.certificates())
-            .map_err(|e| TlsError::Build(format!("{}: {e}", s.cert.display())))?;
+            .map_err(|e| file_error(&s.cert, e))?;
         let Some(leaf) = certs.first().cloned() else {
-            return Err(TlsError::Build(format!(
-                "{}: no certificate",
-                s.cert.display()
-            )));
+            return Err(file_error(&s.cert, FileError::NoCertificate));
         };
         let mut chain: Vec<CertificateDer<'static>> = vec![CertificateDer::from(leaf.clone())];
         for c in certs.iter().skip(1) {
@@ -199,7 +251,7 @@ impl Material {
         if let (Some(data), Some(path)) = (&files.chain, &s.chain) {
             let extra = decode::decode(data)
                 .map(|d| d.certificates())
-                .map_err(|e| TlsError::Build(format!("{}: {e}", path.display())))?;
+                .map_err(|e| file_error(path, e))?;
             for c in extra {
                 if c != leaf && !chain.iter().any(|x| x.as_ref() == c.as_slice()) {
                     chain.push(CertificateDer::from(c));
@@ -210,14 +262,14 @@ impl Material {
             &files.key,
             files.passphrase.as_deref().map(|p| p.as_slice()),
         )
-        .map_err(|e| TlsError::Build(format!("{}: {e}", s.key.display())))?;
+        .map_err(|e| file_error(&s.key, e))?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
 
         let provider = provider();
         let signing_key = provider
             .key_provider
             .load_private_key(key_der)
-            .map_err(|e| TlsError::Build(format!("{}: {e}", s.key.display())))?;
+            .map_err(|e| file_error(&s.key, FileError::SigningKey(e)))?;
         let certified = Arc::new(CertifiedKey::new(chain, signing_key));
 
         // CRLs: for webpki during handshakes, and as serial sets to check live connections.
@@ -234,12 +286,8 @@ impl Material {
                 _ => vec![data.clone()],
             };
             for der in ders {
-                let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| {
-                    TlsError::Build(format!(
-                        "{}: not a certificate revocation list: {e}",
-                        path.display()
-                    ))
-                })?;
+                let (_, crl) = x509_parser::parse_x509_crl(&der)
+                    .map_err(|e| file_error(path, FileError::NotCrl(e.to_string())))?;
                 revoked.push(Revoked {
                     issuer: crl.issuer().as_raw().to_vec(),
                     serials: crl
@@ -253,21 +301,18 @@ impl Material {
 
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Build(e.to_string()))?;
+            .map_err(|e| config_error("TLS versions", e))?;
         let builder = match (&s.client_auth, &files.client_ca, &s.client_ca) {
             (ClientAuth::None, _, _) | (_, None, _) | (_, _, None) => builder.with_no_client_auth(),
             (auth, Some(ca_data), Some(ca_path)) => {
                 let ca_certs = decode::decode(ca_data)
                     .map(|d| d.certificates())
-                    .map_err(|e| TlsError::Build(format!("{}: {e}", ca_path.display())))?;
+                    .map_err(|e| file_error(ca_path, e))?;
                 let mut roots = RootCertStore::empty();
                 for c in &ca_certs {
-                    roots.add(CertificateDer::from(c.clone())).map_err(|e| {
-                        TlsError::Build(format!(
-                            "{}: CA certificate not usable: {e}",
-                            ca_path.display()
-                        ))
-                    })?;
+                    roots
+                        .add(CertificateDer::from(c.clone()))
+                        .map_err(|e| file_error(ca_path, FileError::ClientCa(e)))?;
                 }
                 let mut vb = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
@@ -279,7 +324,7 @@ impl Material {
                 }
                 let inner = vb
                     .build()
-                    .map_err(|e| TlsError::Build(format!("client verifier: {e}")))?;
+                    .map_err(|e| config_error("client certificate verifier", e))?;
                 let verifier = Verifier::new(
                     inner,
                     ca_certs,
@@ -294,8 +339,8 @@ impl Material {
         let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::clone(&certified))));
         config.alpn_protocols.clone_from(&s.alpn);
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-        config.ticketer =
-            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Build(e.to_string()))?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| config_error("session ticketer", e))?;
 
         let summary = moat_pki::inspect::CertInfo::from_der(&leaf)
             .map(|i| format!("{} (expires {})", i.short_name(), i.not_after))
