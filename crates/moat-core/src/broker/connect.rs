@@ -180,6 +180,7 @@ impl Broker {
             session: sid,
             connected_at: now,
             last_seen: now,
+            keep_alive_due: None,
             keep_alive,
             protocol: connect.protocol,
             info,
@@ -199,6 +200,9 @@ impl Broker {
         if keep_alive > 0 {
             let due = now + time::keep_alive_limit(keep_alive);
             self.timers.insert((due, Timer::KeepAlive(conn_id)));
+            if let Some(c) = self.conns.get_mut(&conn_id) {
+                c.keep_alive_due = Some(due);
+            }
         }
         self.stats.clients_connected += 1;
 
@@ -321,6 +325,7 @@ impl Broker {
         let Some(conn) = self.conns.remove(&old) else {
             return;
         };
+        self.cancel_keep_alive(old, &conn);
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         if let Some(session) = self.sessions.get_mut(&conn.session) {
             session.conn = None;
@@ -413,6 +418,7 @@ impl Broker {
         let Some(conn) = self.conns.remove(&conn_id) else {
             return;
         };
+        self.cancel_keep_alive(conn_id, &conn);
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         let sid = conn.session;
         let Some(session) = self.sessions.get_mut(&sid) else {

@@ -142,6 +142,9 @@ struct Conn {
     last_seen: Instant,
     /// The keep-alive enforced, in seconds (0: none).
     keep_alive: u16,
+    /// When its keep-alive timer fires (removed with the connection: a storm of short
+    /// connections leaves no timers behind).
+    keep_alive_due: Option<Instant>,
     protocol: ProtocolVersion,
     info: ClientInfo,
     /// Boxed: most connections have none, and the connection table keeps its entries small.

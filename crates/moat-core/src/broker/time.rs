@@ -115,6 +115,16 @@ impl Broker {
             );
         } else {
             self.timers.insert((due, Timer::KeepAlive(conn_id)));
+            if let Some(c) = self.conns.get_mut(&conn_id) {
+                c.keep_alive_due = Some(due);
+            }
+        }
+    }
+
+    /// Removes a closed connection's keep-alive timer.
+    pub(super) fn cancel_keep_alive(&mut self, conn_id: ConnId, conn: &Conn) {
+        if let Some(due) = conn.keep_alive_due {
+            self.timers.remove(&(due, Timer::KeepAlive(conn_id)));
         }
     }
 }
@@ -122,4 +132,51 @@ impl Broker {
 /// 1.5 times a keep-alive of `secs` seconds.
 pub(super) fn keep_alive_limit(secs: u16) -> Duration {
     Duration::from_millis(u64::from(secs) * 1500)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storm of short connections leaves no keep-alive timers behind.
+    #[test]
+    fn closed_connections_leave_no_timers() {
+        let now = Instant::now();
+        let mut b = Broker::new(BrokerConfig::default(), now);
+        for i in 0..100 {
+            let connect = Connect {
+                protocol: ProtocolVersion::V5,
+                clean_start: true,
+                keep_alive: 60,
+                client_id: format!("c{}", i % 10),
+                will: None,
+                username: None,
+                password: None,
+                properties: Properties::default(),
+            };
+            let conn = ConnId(i);
+            let info = ClientInfo::default();
+            let connect = Box::new(connect);
+            b.handle(
+                Input::Connect {
+                    conn,
+                    connect,
+                    info,
+                },
+                now,
+            );
+            if i % 2 == 0 {
+                b.handle(Input::Lost { conn }, now);
+            }
+        }
+        // Odd connections were taken over by the next even one or lost: none is open.
+        let live = b.conns.len();
+        let timers = b
+            .timers
+            .iter()
+            .filter(|(_, t)| matches!(t, Timer::KeepAlive(_)))
+            .count();
+        assert_eq!(timers, live);
+        assert!(live <= 10);
+    }
 }
