@@ -1502,3 +1502,36 @@ fn accepted_messages_interest_and_remote_messages() {
         }]
     );
 }
+
+/// A publisher that never waits for its acknowledgements, to a subscriber that never reads:
+/// the acknowledgements flow control holds back are bounded by `receive_maximum` (they were
+/// held without bound), in order, and the overflow is counted.
+#[test]
+fn held_acknowledgements_are_bounded() {
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        flow_control_queued: 10,
+        receive_maximum: 50,
+        max_queued_messages: 100,
+        ..BrokerConfig::default()
+    });
+    let s = h.connect("slow", V3, true);
+    h.subscribe(s, vec![sub("t", QoS::AtLeastOnce)]);
+    let p = h.connect("flood", V3, true);
+    let mut acked = Vec::new();
+    for i in 1..=500u16 {
+        h.send(p, Packet::Publish(publish("t", "x", QoS::AtLeastOnce, i)));
+        acked.extend(acks_of(&h.take(p)));
+        // Never more than receive_maximum acknowledgements outstanding.
+        assert!(
+            usize::from(i) - acked.len() <= 50,
+            "{} held at {i}",
+            usize::from(i) - acked.len()
+        );
+    }
+    let want: Vec<u16> = (1..=acked.len() as u16).collect();
+    assert_eq!(acked, want, "acknowledgements out of order");
+    let st = h.broker.stats();
+    assert!(st.flow_control_overruns > 0);
+    assert!(st.dropped_queue_full > 0);
+}

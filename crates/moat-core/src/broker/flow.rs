@@ -15,6 +15,19 @@ impl Broker {
             self.send(conn_id, ack);
             return;
         }
+        if conn.held_acks.len() >= usize::from(self.config.receive_maximum).max(1) {
+            // A publisher that keeps sending without waiting for its acknowledgements (beyond
+            // the Receive Maximum a v5 client is told) cannot make the broker hold them
+            // without bound: they go out now, in order. Its messages were queued; what follows
+            // meets the subscriber's queue limit (dropped and counted, v5: 0x97).
+            self.stats.flow_control_overruns += 1;
+            let held = std::mem::take(&mut conn.held_acks);
+            for (held_ack, _) in held {
+                self.send(conn_id, held_ack);
+            }
+            self.send(conn_id, ack);
+            return;
+        }
         conn.held_acks.push_back((ack, blocker));
         // Registers the connection with the session its first held acknowledgement waits for.
         self.release_acks(conn_id);

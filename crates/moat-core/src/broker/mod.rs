@@ -103,6 +103,9 @@ pub struct Stats {
     pub subscriptions_refused: u64,
     /// Retained messages not stored (`max_retained_messages`/`_bytes` reached).
     pub retained_dropped: u64,
+    /// Times a publisher had `receive_maximum` acknowledgements held back by flow control
+    /// and kept sending: they were released rather than held without bound.
+    pub flow_control_overruns: u64,
 }
 
 /// Why a message was dropped (each has its own counter).

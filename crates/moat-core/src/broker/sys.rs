@@ -6,7 +6,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let st = self.stats;
-        let items: [(&str, String); 17] = [
+        let items: [(&str, String); 18] = [
             ("version", format!("moat {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             (
@@ -43,6 +43,10 @@ impl Broker {
             ),
             ("retained messages/dropped", st.retained_dropped.to_string()),
             ("retained messages/bytes", self.retained_bytes.to_string()),
+            (
+                "flow control/overruns",
+                st.flow_control_overruns.to_string(),
+            ),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
         ];
