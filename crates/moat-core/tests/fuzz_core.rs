@@ -15,16 +15,10 @@ use moat_codec::{
     Subscribe, SubscriptionOptions,
 };
 
-use interp::{deep_topic_arg, op, raw_topic_arg, table_topic, Script};
+use interp::{deep_topic_arg, op, raw_topic_arg, table_topic, topic, Script};
 
-/// Deep chains in generated inputs are cut to this many levels, and those in corpus files to
-/// [`REPLAY_DEPTH`] (except in `deep-*` files): much deeper filters overflow the stack in the
-/// recursive topic trees until those are iterative and limit the number of levels. The cuts
-/// can go then.
-const MAX_GENERATED_DEPTH: usize = 64;
-const REPLAY_DEPTH: usize = 100;
-
-/// The corpus file with a 20,000-level filter and topic. It overflows the stack today.
+/// The corpus file with a 20,000-level filter and topic (it overflowed the stack in the
+/// recursive topic trees; now refused for `max_topic_levels`).
 const DEEP_SEED: &str = "deep-topic-20000";
 
 fn corpus_dir() -> PathBuf {
@@ -57,19 +51,15 @@ fn corpus_replays_without_broken_invariants() {
     let corpus = corpus();
     assert!(corpus.len() >= 30, "only {} corpus files", corpus.len());
     for (name, bytes) in &corpus {
-        // Skipped until the subscription and retained trees are iterative and limit the
-        // number of levels (the lead's fix for the stack overflow on a 10,000-level SUBSCRIBE):
-        // today this input overflows the stack and aborts the test process.
-        if name == DEEP_SEED {
-            continue;
-        }
-        let max_depth = if name.starts_with("deep-") {
-            usize::MAX
-        } else {
-            REPLAY_DEPTH
-        };
-        match std::panic::catch_unwind(|| interp::run(bytes, max_depth)) {
-            Ok(report) => eprintln!("{name}: {report:?}"),
+        match std::panic::catch_unwind(|| interp::run(bytes)) {
+            Ok(report) => {
+                eprintln!("{name}: {report:?}");
+                if name == DEEP_SEED {
+                    // The SUBSCRIBE, PUBLISH and UNSUBSCRIBE of 20,000 levels reach the broker
+                    // (and are refused).
+                    assert_eq!(report.over_limits, 3, "{name}: {report:?}");
+                }
+            }
             Err(panic) => {
                 eprintln!("corpus file {name} failed");
                 std::panic::resume_unwind(panic);
@@ -114,12 +104,14 @@ fn seeded_random_inputs_keep_the_invariants() {
         } else {
             random_input(&mut rng)
         };
-        match std::panic::catch_unwind(|| interp::run(&input, MAX_GENERATED_DEPTH)) {
+        match std::panic::catch_unwind(|| interp::run(&input)) {
             Ok(r) => {
                 total.steps += r.steps;
                 total.accepted += r.accepted;
                 total.sent += r.sent;
                 total.delivered += r.delivered;
+                total.over_limits += r.over_limits;
+                total.keep_alive_closes += r.keep_alive_closes;
             }
             Err(panic) => {
                 eprintln!("random input {i} failed: {input:?}");
@@ -131,6 +123,8 @@ fn seeded_random_inputs_keep_the_invariants() {
     // The inputs must reach the broker, or this test checks nothing.
     assert!(total.accepted > 10_000, "{total:?}");
     assert!(total.delivered > 2_500, "{total:?}");
+    assert!(total.over_limits > 500, "{total:?}");
+    assert!(total.keep_alive_closes > 100, "{total:?}");
 }
 
 /// xorshift64: a fixed, dependency-free stream of pseudo-random bytes.
@@ -292,15 +286,21 @@ fn random_topic(rng: &mut XorShift, name: bool) -> Vec<u8> {
         70..=74 => vec![u8::try_from(rng.below(interp::TOPICS.len())).unwrap_or(0)],
         75..=84 => {
             let n = rng.byte() & 7;
-            let mut v = vec![interp::topic::BUILT | n];
+            let mut v = vec![topic::BUILT | n];
             for _ in 0..=n {
                 v.push(rng.byte());
             }
             v
         }
         85..=89 => {
-            let depth = u16::try_from(rng.below(2 * MAX_GENERATED_DEPTH)).unwrap_or(1);
-            deep_topic_arg(depth, rng.byte())
+            // Mostly below the default limit of 128 levels, sometimes around it, sometimes far
+            // beyond it or beyond 4,096 bytes.
+            let depth = match rng.below(10) {
+                0..=5 => rng.below(128),
+                6..=8 => 120 + rng.below(16),
+                _ => rng.below(5_000),
+            };
+            deep_topic_arg(u16::try_from(depth).unwrap_or(1), rng.byte())
         }
         _ => {
             const ALPHABET: &[u8] = b"ab/+#$\0\xff";
@@ -861,6 +861,69 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
                 .subscribe(0, &t("#"), 1)
                 .unsubscribe(0, &deep_topic_arg(64, 1))
                 .answer(0),
+        ),
+        (
+            "seed-topic-limits",
+            Script::new(0)
+                .connect(0, V5, true, NO_EXPIRY)
+                .connect(1, V311, true, NO_EXPIRY)
+                // 129 levels: beyond the limit; 128: at it.
+                .subscribe(0, &deep_topic_arg(129, 0), 1)
+                .subscribe(0, &deep_topic_arg(128, 0), 1)
+                .subscribe(1, &deep_topic_arg(129, 1), 1)
+                .publish(1, 1, true, &deep_topic_arg(128, 0), 1)
+                .publish(1, 1, true, &deep_topic_arg(129, 0), 1)
+                .publish(0, 1, false, &deep_topic_arg(129, 0), 1)
+                .publish(0, 2, false, &deep_topic_arg(129, 3), 1)
+                .publish(0, 0, false, &deep_topic_arg(129, 3), 1)
+                // 2,100 levels of "a/b": beyond 4,096 bytes too.
+                .publish(0, 1, true, &deep_topic_arg(2_100, 3), 1)
+                .unsubscribe(0, &deep_topic_arg(129, 0))
+                .unsubscribe(1, &deep_topic_arg(129, 1))
+                .connect(2, V5, true, NO_EXPIRY)
+                .subscribe(2, &t("#"), 1)
+                .answer(0)
+                // A will topic beyond the limits: CONNACK 0x90 (flags: clean, will).
+                .op(
+                    op::CONNECT,
+                    &[2, V5, 0x03, 0, 0, 0, topic::DEEP, 0, 200, 0, 1],
+                )
+                .op(
+                    op::CONNECT,
+                    &[3, V311, 0x03, 0, 0, 0, topic::DEEP, 0, 200, 0, 1],
+                ),
+        ),
+        (
+            "seed-small-topic-limits",
+            Script::new(1)
+                .connect(0, V5, true, NO_EXPIRY)
+                .connect(1, V311, true, NO_EXPIRY)
+                .subscribe(0, &t("sport/tennis/player1"), 1)
+                .subscribe(0, &[0xC4, 0, 0, 0, 0, 0], 1)
+                .subscribe(0, &t("a"), 1)
+                .subscribe(0, &t("b"), 1)
+                .subscribe(0, &t("a/b"), 1)
+                .subscribe(0, &t("a/c"), 1)
+                // A fifth subscription: 0x97; beyond the limits too: 0x8F or 0x97.
+                .subscribe(0, &t("b/x"), 1)
+                .subscribe(0, &[0xC4, 0, 0, 0, 0, 0], 1)
+                .subscribe(1, &t("b/x"), 1)
+                .publish(1, 1, false, &t("sport/tennis/player1"), 1)
+                .publish(1, 1, false, &raw_topic_arg(b"a/b/a/b/a"), 1)
+                .publish(0, 1, false, &t("sport/tennis/player1"), 1)
+                .answer(0),
+        ),
+        (
+            "seed-retained-one-at-a-time",
+            Script::new(0x80)
+                .connect(0, V5, true, NO_EXPIRY)
+                .publish(0, 1, true, &t("a/b"), 1)
+                .publish(0, 1, true, &t("a/c"), 2)
+                .connect(1, V311, true, NO_EXPIRY)
+                .subscribe(1, &t("a/+"), 0)
+                .subscribe(1, &t("#"), 1)
+                .answer(1)
+                .answer(1),
         ),
         (
             DEEP_SEED,

@@ -1,16 +1,25 @@
 //! Generated operation sequences over the broker core, checked against a model.
 //!
 //! Three clients connect (MQTT 3.1.1 or 5.0, clean or persistent, with a session expiry, a
-//! keep-alive and sometimes a will with a delay), subscribe and unsubscribe (QoS 0/1/2, No Local) on a few filters with `+` and
-//! `#`, publish at every QoS with and without RETAIN, answer what they receive (late, in part or
-//! never), disconnect, lose their connection, take their own session over, time passes on a
-//! virtual clock, and the server restarts (with persistence on: the store ops go to an
-//! in-memory store, and a new broker loads it; persistent sessions survive, the others end). The clients behave as the specification asks: they resend unacknowledged
-//! PUBLISH and PUBREL packets when their session is resumed, and keep QoS 2 state (Method B).
+//! keep-alive and sometimes a will with a delay), subscribe and unsubscribe (QoS 0/1/2, No
+//! Local) on a few filters with `+` and `#`, publish at every QoS with and without RETAIN,
+//! answer what they receive (late, in part or never), disconnect, lose their connection, take
+//! their own session over, time passes on a virtual clock, and the server restarts (with
+//! persistence on: the store ops go to an in-memory store, and a new broker loads it;
+//! persistent sessions survive, the others end). The clients behave as the specification asks:
+//! they resend unacknowledged PUBLISH and PUBREL packets when their session is resumed, and
+//! keep QoS 2 state (Method B).
 //!
 //! The model knows every session (its generation, expiry and subscriptions) and, for each
 //! message, which sessions it was routed to and at which QoS. Checked while the sequence runs:
-//! - CONNACK's Session Present, SUBACK's and UNSUBACK's codes, the keep-alive in force;
+//! - CONNACK's Session Present, SUBACK's and UNSUBACK's codes, the keep-alive in force (the
+//!   answer to CONNECT is taken from `Output::Connected`, after the CONNACK);
+//! - keep-alive is the broker's timer: time advances to every keep-alive deadline of the model
+//!   (1.5 times the keep-alive after the client's last packet), and there the broker closes the
+//!   connection (v5 after DISCONNECT 0x8D), not later; the model takes it as a lost connection
+//!   (the will goes out by the rules below);
+//! - the broker closes no connection the model does not expect (a takeover, DISCONNECT, a
+//!   keep-alive deadline): none is closed early;
 //! - a PUBLISH reaches a session only if it had a matching subscription when the message was
 //!   published, at the QoS the subscriptions give (so nothing arrives for a filter after its
 //!   UNSUBACK unless another subscription matches), and a retained one only if it was retained;
@@ -27,7 +36,7 @@
 //! - new QoS 1/2 deliveries respect the client's Receive Maximum and the broker's window;
 //! - PUBACK/PUBREC go out in the order the PUBLISH packets came, with the reason code the
 //!   routing implies; PUBREL only follows PUBREC;
-//! - no packet for a connection after its `Close` or loss;
+//! - no packet for a connection after its `Close` or loss; store ops only with persistence on;
 //! - the number of retained messages matches the model after every step.
 //!
 //! At the end every session that still exists is resumed and every client answers everything;
@@ -36,9 +45,12 @@
 //! exactly the retained messages of the model.
 //!
 //! The broker's window (2 or 256), its flow-control mark (3 or 1,000: publishers then wait for
-//! their acknowledgements) and persistence (restarts) vary; queues never overflow. 8,000 sequences of up to
-//! 72 operations take about 5 s in a debug build. proptest shrinks a failure and records it in
-//! `ops.proptest-regressions`, which is committed with the fix.
+//! their acknowledgements) and persistence (restarts) vary; queues never overflow; topics,
+//! filters and subscriptions stay within the broker's limits (checked by
+//! `the_model_stays_within_the_topic_limits`). The server's outboxes always have room (`WantRoom`
+//! is answered at once). 8,000 sequences of up to 72 operations take 5-10 s in a debug build.
+//! proptest shrinks a failure and records it in `ops.proptest-regressions`, which is committed
+//! with the fix.
 
 #[path = "support/mem_store.rs"]
 mod mem_store;
@@ -51,8 +63,7 @@ use moat_codec::{
     Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish,
     QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
 };
-use moat_core::store::StoreOp;
-use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+use moat_core::{Broker, BrokerConfig, ClientInfo, ConnId, ConnectOutcome, Input, Output};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -297,6 +308,23 @@ proptest! {
     }
 }
 
+/// The model expects every SUBSCRIBE to be granted and every PUBLISH routed: its topics and
+/// filters are within the broker's topic limits, and a client holds every filter at most.
+#[test]
+fn the_model_stays_within_the_topic_limits() {
+    let config = World::new(Setup {
+        max_inflight: 2,
+        flow_control_queued: 3,
+        persist: false,
+    })
+    .config;
+    for t in TOPICS.iter().chain(&FILTERS) {
+        assert!(t.split('/').count() <= config.max_topic_levels, "{t}");
+        assert!(t.len() <= config.max_topic_length, "{t}");
+    }
+    assert!(FILTERS.len() <= config.max_subscriptions_per_client);
+}
+
 // ---- the model ----
 
 /// A message, by its number (the payload is "m<number>"); empty payloads have none.
@@ -450,7 +478,13 @@ struct World {
     app_qos2: BTreeSet<(usize, u64, MsgId)>,
     /// (client, generation, publisher, QoS) -> the last message received first.
     last_in_order: BTreeMap<(usize, u64, usize, QoS), MsgId>,
-    store_ops: Vec<StoreOp>,
+    /// The latest `Output::Connected`, not taken yet.
+    outcome: Option<(ConnId, ConnectOutcome)>,
+    /// Connections the broker is expected to close (a takeover, DISCONNECT, a keep-alive
+    /// timeout): any other `Close` is a failure.
+    expect_close: BTreeSet<ConnId>,
+    /// Connections whose keep-alive deadline is now, and their clients: the broker closes them.
+    keep_alive_due: BTreeMap<ConnId, usize>,
     /// The durable store, with persistence on.
     store: Option<MemStore>,
     started: Instant,
@@ -489,7 +523,9 @@ impl World {
             received: BTreeSet::new(),
             app_qos2: BTreeSet::new(),
             last_in_order: BTreeMap::new(),
-            store_ops: Vec::new(),
+            outcome: None,
+            expect_close: BTreeSet::new(),
+            keep_alive_due: BTreeMap::new(),
             store: setup.persist.then(MemStore::default),
             started: now,
         }
@@ -541,6 +577,12 @@ impl World {
             self.step,
             self.retained
         );
+        assert!(
+            self.expect_close.is_empty() && self.keep_alive_due.is_empty(),
+            "step {}: expected closes did not happen: {:?}",
+            self.step,
+            self.expect_close
+        );
     }
 
     // ---- operations ----
@@ -564,6 +606,7 @@ impl World {
         // will has a delay.
         let old_will = self.clients[client].will.take();
         let old = self.clients[client].conn.take();
+        self.expect_close.extend(old);
         if let (Some(_), Some((w, id))) = (old, old_will) {
             if w.delay == 0 || clean {
                 self.publish_will(client, w, id);
@@ -636,9 +679,18 @@ impl World {
             password: None,
             properties,
         };
-        let outcome = self
-            .broker
-            .connect(conn, connect, ClientInfo::default(), self.now);
+        let input = Input::Connect {
+            conn,
+            connect: Box::new(connect),
+            info: ClientInfo::default(),
+        };
+        self.broker.handle(input, self.now);
+        self.pump();
+        assert_eq!(self.expect_present, None, "step {}: no CONNACK", self.step);
+        let Some((answered, outcome)) = self.outcome.take() else {
+            panic!("step {}: no Output::Connected", self.step);
+        };
+        assert_eq!(answered, conn, "step {}", self.step);
         assert!(outcome.accepted, "step {}: CONNECT refused", self.step);
         let expected_keep_alive = if v5 {
             keep_alive.min(MAX_KEEP_ALIVE)
@@ -651,8 +703,6 @@ impl World {
             self.step
         );
         self.clients[client].keep_alive = outcome.keep_alive;
-        self.pump();
-        assert_eq!(self.expect_present, None, "step {}: no CONNACK", self.step);
         if let Some(old) = old {
             assert!(
                 self.closed.contains(&old),
@@ -895,6 +945,7 @@ impl World {
         // knows the will before it arrives.
         let keep_will = protocol_error || (v5 && with_will);
         self.offline(client, will.filter(|_| keep_will));
+        self.expect_close.insert(conn);
         self.send(client, Packet::Disconnect(disconnect));
         assert!(
             self.closed.contains(&conn),
@@ -918,7 +969,7 @@ impl World {
         self.closed.insert(conn);
         // The model first, so that it knows the will before it arrives.
         self.offline(client, will);
-        self.broker.connection_lost(conn, self.now);
+        self.broker.handle(Input::Lost { conn }, self.now);
         self.pump();
     }
 
@@ -998,17 +1049,20 @@ impl World {
         self.pump();
     }
 
-    /// Time passes: broker deadlines and keep-alive timeouts (1.5 times the keep-alive without
-    /// a packet from the client, as the server enforces it) happen in order.
+    /// Time passes: the broker's timers run at each deadline it gives and at each keep-alive
+    /// deadline of the model (1.5 times the keep-alive after the client's last packet, where
+    /// the broker must close the connection itself), in order.
     fn advance(&mut self, by: Duration) {
         let until = self.now + by;
-        for _ in 0..64 {
-            let next = [self.broker.next_deadline(), self.next_keep_alive()]
+        // Every deadline is visited (so that a keep-alive close is checked at its instant).
+        for visited in 0.. {
+            let next = [self.broker.poll_timeout(), self.next_keep_alive()]
                 .into_iter()
                 .flatten()
                 .min();
             match next {
                 Some(at) if at <= until => {
+                    assert!(visited < 64, "step {}: timers did not settle", self.step);
                     self.now = self.now.max(at);
                     self.tick();
                 }
@@ -1052,16 +1106,38 @@ impl World {
                 self.end_session(client);
             }
         }
-        self.broker.tick(self.now);
+        // Keep-alive: the broker closes the connections whose deadline is now, as lost ones; the
+        // model takes each loss when its `Close` comes (before the will it publishes), in the
+        // broker's order.
+        let due: Vec<(ConnId, usize)> = (0..CLIENTS)
+            .filter(|&c| self.keep_alive_deadline(c).is_some_and(|at| at <= self.now))
+            .filter_map(|c| Some((self.clients[c].conn?, c)))
+            .collect();
+        for &(conn, client) in &due {
+            self.keep_alive_due.insert(conn, client);
+            self.expect_close.insert(conn);
+        }
+        self.broker.handle_timeout(self.now);
         self.pump();
-        for client in 0..CLIENTS {
-            if self
-                .keep_alive_deadline(client)
-                .is_some_and(|at| at <= self.now)
-            {
-                if let Some(conn) = self.clients[client].conn {
-                    self.lose(client, conn);
-                }
+        // Closed at its deadline, not later (not earlier: an unexpected Close fails), after
+        // DISCONNECT 0x8D for v5.
+        for (conn, client) in due {
+            assert!(
+                self.closed.contains(&conn),
+                "step {}: {conn:?} of {} not closed at its keep-alive deadline",
+                self.step,
+                CLIENT_IDS[client]
+            );
+            let inbox = std::mem::take(&mut self.clients[client].inbox);
+            if self.clients[client].v5 {
+                assert!(
+                    matches!(inbox.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                    "step {}: keep-alive close of {} without DISCONNECT 0x8D: {inbox:?}",
+                    self.step,
+                    CLIENT_IDS[client]
+                );
+            } else {
+                assert_eq!(inbox, vec![], "step {}", self.step);
             }
         }
     }
@@ -1121,34 +1197,52 @@ impl World {
             return;
         };
         self.clients[client].last_seen = self.now;
-        self.broker.handle_packet(conn, packet, self.now);
+        self.broker.handle(Input::Packet { conn, packet }, self.now);
         self.pump();
     }
 
+    /// Takes the broker's output in order: packets to the clients, store ops to the store (with
+    /// persistence on), the CONNECT answer kept for `connect`; plays the server's part for
+    /// `Close` (reported lost, harmless) and `WantRoom` (an outbox with room: writable at once).
     fn pump(&mut self) {
-        let mut actions = Vec::new();
-        for _ in 0..8 {
-            self.broker.drain_actions_into(&mut actions);
-            self.broker.drain_store_ops_into(&mut self.store_ops);
-            for op in self.store_ops.drain(..) {
-                if let Some(store) = &mut self.store {
-                    store.apply(op);
-                }
-            }
-            if actions.is_empty() {
+        let mut outputs = Vec::new();
+        for _ in 0..64 {
+            self.broker.drain_outputs_into(&mut outputs);
+            if outputs.is_empty() {
                 return;
             }
             let mut closed_now = Vec::new();
-            for action in actions.drain(..) {
-                #[allow(unreachable_patterns)] // outputs the core may add later are ignored
-                match action {
-                    Action::Send(conn, packet) => self.receive(conn, packet),
-                    Action::Close(conn) => {
+            let mut writable = Vec::new();
+            for output in outputs.drain(..) {
+                match output {
+                    Output::Persist(op) => {
+                        let store = self.store.as_mut();
+                        let Some(store) = store else {
+                            panic!("step {}: {op:?} without persistence", self.step);
+                        };
+                        store.apply(op);
+                    }
+                    Output::Connected { conn, outcome } => {
+                        let previous = self.outcome.replace((conn, outcome));
+                        assert!(previous.is_none(), "step {}: two answers", self.step);
+                    }
+                    Output::WantRoom(conn) => writable.push(conn),
+                    Output::Send(conn, packet) => self.receive(conn, packet),
+                    Output::Close(conn) => {
                         assert!(
                             self.closed.insert(conn),
                             "step {}: {conn:?} closed twice",
                             self.step
                         );
+                        assert!(
+                            self.expect_close.remove(&conn),
+                            "step {}: {conn:?} closed unexpectedly",
+                            self.step
+                        );
+                        if let Some(client) = self.keep_alive_due.remove(&conn) {
+                            let will = self.clients[client].will.take();
+                            self.offline(client, will);
+                        }
                         let owner = self.conn_owner.get(&conn).copied();
                         if let Some(c) = owner.filter(|&c| self.clients[c].conn == Some(conn)) {
                             self.clients[c].connection_ended();
@@ -1160,7 +1254,10 @@ impl World {
             }
             // The server reports every closed connection (harmless for the broker).
             for conn in closed_now {
-                self.broker.connection_lost(conn, self.now);
+                self.broker.handle(Input::Lost { conn }, self.now);
+            }
+            for conn in writable {
+                self.broker.handle(Input::Writable { conn }, self.now);
             }
         }
         panic!("step {}: output did not settle", self.step);

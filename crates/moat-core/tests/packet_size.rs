@@ -8,7 +8,7 @@ use bytes::Bytes;
 use moat_codec::{
     encoded_len, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
 };
-use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+use moat_core::{Broker, BrokerConfig, ClientInfo, ConnId, ConnectOutcome, Input, Output};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -28,15 +28,48 @@ fn connect(max_packet_size: u32) -> Connect {
     }
 }
 
+fn outputs(broker: &mut Broker) -> Vec<Output> {
+    let mut out = Vec::new();
+    broker.drain_outputs_into(&mut out);
+    out
+}
+
 fn sent(broker: &mut Broker, conn: ConnId) -> Vec<Packet> {
-    broker
-        .take_actions()
+    outputs(broker)
         .into_iter()
         .filter_map(|a| match a {
-            Action::Send(c, p) if c == conn => Some(p),
+            Output::Send(c, p) if c == conn => Some(p),
             _ => None,
         })
         .collect()
+}
+
+/// Hands CONNECT to the broker; returns its answer and the packets sent to `conn`.
+fn connect_to(
+    broker: &mut Broker,
+    conn: ConnId,
+    c: Connect,
+    now: Instant,
+) -> (ConnectOutcome, Vec<Packet>) {
+    let input = Input::Connect {
+        conn,
+        connect: Box::new(c),
+        info: ClientInfo::default(),
+    };
+    broker.handle(input, now);
+    let mut outcome = None;
+    let mut packets = Vec::new();
+    for o in outputs(broker) {
+        match o {
+            Output::Send(c, p) if c == conn => packets.push(p),
+            Output::Connected {
+                conn: c,
+                outcome: o,
+            } if c == conn => outcome = Some(o),
+            _ => {}
+        }
+    }
+    (outcome.expect("an Output::Connected"), packets)
 }
 
 /// The DISCONNECT for an invalid topic name, to a client whose limit is `max_packet_size`.
@@ -44,8 +77,7 @@ fn disconnect_for_bad_topic(max_packet_size: u32) -> Packet {
     let now = Instant::now();
     let mut broker = Broker::new(BrokerConfig::default(), now);
     let conn = ConnId(1);
-    broker.connect(conn, connect(max_packet_size), ClientInfo::default(), now);
-    sent(&mut broker, conn);
+    connect_to(&mut broker, conn, connect(max_packet_size), now);
     let publish = Publish {
         dup: false,
         qos: QoS::AtMostOnce,
@@ -55,7 +87,8 @@ fn disconnect_for_bad_topic(max_packet_size: u32) -> Packet {
         properties: Properties::default(),
         payload: Bytes::new(),
     };
-    broker.handle_packet(conn, Packet::Publish(publish), now);
+    let packet = Packet::Publish(publish);
+    broker.handle(Input::Packet { conn, packet }, now);
     let out = sent(&mut broker, conn);
     assert_eq!(out.len(), 1, "{out:?}");
     out.into_iter().next().expect("one packet")
@@ -86,9 +119,8 @@ fn refused_connack_reason_string_only_where_it_fits() {
     let mut c = connect(16);
     c.properties.authentication_method = Some("SCRAM-SHA-1".into());
     let conn = ConnId(1);
-    let outcome = broker.connect(conn, c, ClientInfo::default(), now);
+    let (outcome, out) = connect_to(&mut broker, conn, c, now);
     assert!(!outcome.accepted);
-    let out = sent(&mut broker, conn);
     let Some(connack @ Packet::ConnAck(ack)) = out.first() else {
         panic!("{out:?}")
     };

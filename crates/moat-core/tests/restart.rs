@@ -11,7 +11,7 @@ use moat_codec::{
     Connect, Packet, PacketId, Properties, ProtocolVersion, PubAck, Publish, QoS, Subscribe,
     SubscriptionOptions,
 };
-use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+use moat_core::{Broker, BrokerConfig, ClientInfo, ConnId, ConnectOutcome, Input, Output};
 
 use mem_store::MemStore;
 
@@ -24,8 +24,8 @@ struct Node {
     started: Instant,
     now: Instant,
     next_conn: u64,
-    /// Actions not taken yet.
-    pending: Vec<Action>,
+    /// Outputs not taken yet (store ops excepted: they go to the store).
+    pending: Vec<Output>,
 }
 
 impl Node {
@@ -50,14 +50,44 @@ impl Node {
         }
     }
 
-    /// Moves the broker's output to `pending`, and its store ops to the store.
+    /// Moves the broker's output to `pending`, and its store ops to the store. A server whose
+    /// outboxes always have room: `WantRoom` is answered at once.
     fn collect(&mut self) {
-        let mut ops = Vec::new();
-        self.broker.drain_store_ops_into(&mut ops);
-        for op in ops {
-            self.store.apply(op);
+        let mut out = Vec::new();
+        loop {
+            self.broker.drain_outputs_into(&mut out);
+            if out.is_empty() {
+                return;
+            }
+            for o in out.drain(..) {
+                match o {
+                    Output::Persist(op) => self.store.apply(op),
+                    Output::WantRoom(conn) => {
+                        self.broker.handle(Input::Writable { conn }, self.now);
+                    }
+                    other => self.pending.push(other),
+                }
+            }
         }
-        self.broker.drain_actions_into(&mut self.pending);
+    }
+
+    /// The broker's answer to the CONNECT on `conn`, taken from the output.
+    fn outcome(&mut self, conn: ConnId) -> ConnectOutcome {
+        self.collect();
+        let i = self
+            .pending
+            .iter()
+            .position(|o| matches!(o, Output::Connected { conn: c, .. } if *c == conn))
+            .expect("an Output::Connected");
+        match self.pending.remove(i) {
+            Output::Connected { outcome, .. } => outcome,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The server reports the connection gone.
+    fn lose(&mut self, conn: ConnId) {
+        self.broker.handle(Input::Lost { conn }, self.now);
     }
 
     /// Connects; returns the connection, Session Present and the packets after CONNACK.
@@ -88,10 +118,13 @@ impl Node {
             password: None,
             properties,
         };
-        let outcome = self
-            .broker
-            .connect(conn, connect, ClientInfo::default(), self.now);
-        assert!(outcome.accepted);
+        let input = Input::Connect {
+            conn,
+            connect: Box::new(connect),
+            info: ClientInfo::default(),
+        };
+        self.broker.handle(input, self.now);
+        assert!(self.outcome(conn).accepted);
         let mut packets = self.packets_for(conn);
         let Some(Packet::ConnAck(ack)) = packets.first().cloned() else {
             panic!("no CONNACK: {packets:?}");
@@ -106,7 +139,7 @@ impl Node {
         let mut mine = Vec::new();
         for action in std::mem::take(&mut self.pending) {
             match action {
-                Action::Send(c, p) if c == conn => mine.push(p),
+                Output::Send(c, p) if c == conn => mine.push(p),
                 other => self.pending.push(other),
             }
         }
@@ -114,7 +147,7 @@ impl Node {
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Packet> {
-        self.broker.handle_packet(conn, packet, self.now);
+        self.broker.handle(Input::Packet { conn, packet }, self.now);
         self.packets_for(conn)
     }
 
@@ -172,7 +205,7 @@ fn persistent_session_and_its_messages_survive_a_restart() {
     let mut node = Node::new();
     let (s, _, _) = node.connect("s", false, false, 0);
     node.send(s, subscribe("t"));
-    node.broker.connection_lost(s, node.now);
+    node.lose(s);
     let (p, _, _) = node.connect("p", true, true, 0);
     let acks = node.send(p, publish("t", "queued", 1));
     assert!(matches!(acks.as_slice(), [Packet::PubAck(_)]), "{acks:?}");

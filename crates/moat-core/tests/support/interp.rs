@@ -12,8 +12,8 @@
 //! arguments from the bytes after it (missing bytes read as 0). `slot` arguments name one of
 //! [`SLOTS`] clients: the first four have fixed client ids, the last sends an empty one. Topics
 //! and filters are read by [`Input::topic`]: a table entry, a few levels from a table, a deep
-//! chain of levels (at most `max_depth` of them), or raw bytes. [`Script`] writes inputs in
-//! this format (the seed corpus is made with it).
+//! chain of up to 65,535 levels, or raw bytes. [`Script`] writes inputs in this format (the
+//! seed corpus is made with it).
 //!
 //! # What is checked
 //! - no `Send` to a connection after its `Close`, after the server reported it lost, or to a
@@ -22,17 +22,28 @@
 //! - every packet sent encodes for the connection's protocol version and fits the client's
 //!   Maximum Packet Size (but a successful CONNACK), and a PUBLISH carries a packet id exactly
 //!   when its QoS is above 0 and no QoS above the broker's maximum;
-//! - after `tick(now)`, `next_deadline()` is later than `now`;
+//! - the answer to `Input::Connect` is one `Output::Connected`, after the CONNACK; store ops
+//!   (`Output::Persist`) only with persistence on; `WantRoom` only for an open connection;
+//! - after `handle_timeout(now)`, `poll_timeout()` is later than `now`;
+//! - keep-alive is the broker's: `handle_timeout` runs at every keep-alive deadline (1.5 times
+//!   the keep-alive the broker returned after the client's last packet), and at each it closes
+//!   exactly the connections whose deadline it is, v5 ones after DISCONNECT 0x8D, v3 ones
+//!   without DISCONNECT; it closes nothing else (no connection is closed early or late);
+//! - the topic limits (`max_topic_levels`, `max_topic_length`): a SUBSCRIBE filter beyond them
+//!   is refused (0x8F, or 0x97 when the session is full; v3 0x80), an UNSUBSCRIBE one gets 0x8F
+//!   (v5); a PUBLISH beyond them is refused (v5 PUBACK/PUBREC 0x90, unless a QoS 2 resend)
+//!   and, at QoS 0 or 1, the connection stays; a will beyond them refuses the CONNECT (v5
+//!   0x90); no PUBLISH the broker sends has a topic beyond them;
 //! - once every connection is gone, no client is counted as connected; `shutdown` closes every
 //!   open connection.
 //!
-//! After `shutdown` the server stops, as the router does: `connection_lost` is not called for
-//! the connections it closed. (If it were, their wills would be published and delivered to
+//! After `shutdown` the server stops, as the router does: `Input::Lost` is not given for the
+//! connections it closed. (If it were, their wills would be published and delivered to
 //! connections already closed: `shutdown` closes connections without forgetting them.)
 //!
-//! The server's part is played here: it calls `connection_lost` for every `Close` (as the
-//! connection task does when it ends), for decode errors and for keep-alive timeouts (1.5 times
-//! the keep-alive the broker returned, without a packet from the client).
+//! The server's part is played here: it gives `Input::Lost` for every `Close` (as the
+//! connection task does when it ends) and for decode errors, and answers `WantRoom` with
+//! `Input::Writable` at once (an outbox that always has room).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -43,7 +54,9 @@ use moat_codec::{
     ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
     SubscriptionOptions, Unsubscribe,
 };
-use moat_core::{Action, Broker, BrokerConfig, ClientInfo, ConnId};
+use moat_core::{
+    Broker, BrokerConfig, ClientInfo, ConnId, ConnectOutcome, Input as CoreInput, Output,
+};
 
 /// Clients an input can drive.
 pub(crate) const SLOTS: usize = 5;
@@ -145,9 +158,10 @@ pub(crate) const ADVANCES_MS: [u64; 12] = [
 ];
 
 /// The broker configuration chosen by the first input byte:
-/// bit 0 small queues and windows, bit 1 persistence, bit 2 `$SYS` every 10 s, bit 3 QoS 1 at
-/// most, bits 4-5 the maximum keep-alive, bit 6 sessions expire after 100 s at most, bit 7 a
-/// Receive Maximum of 2 and at most 2 retained messages.
+/// bit 0 small queues and windows and small limits (4 topic levels, 16 bytes, 4 subscriptions
+/// per session), bit 1 persistence, bit 2 `$SYS` every 10 s, bit 3 QoS 1 at most, bits 4-5 the
+/// maximum keep-alive, bit 6 sessions expire after 100 s at most, bit 7 a Receive Maximum of
+/// 2, at most 2 retained messages, sent to a new subscription one at a time.
 pub(crate) fn config(byte: u8) -> BrokerConfig {
     let mut c = BrokerConfig {
         sys_interval: None,
@@ -159,6 +173,9 @@ pub(crate) fn config(byte: u8) -> BrokerConfig {
         c.max_queued_bytes = 64;
         c.flow_control_queued = 3;
         c.topic_alias_maximum = 2;
+        c.max_topic_levels = 4;
+        c.max_topic_length = 16;
+        c.max_subscriptions_per_client = 4;
     }
     if byte & 4 != 0 {
         c.sys_interval = Some(Duration::from_secs(10));
@@ -173,6 +190,7 @@ pub(crate) fn config(byte: u8) -> BrokerConfig {
     if byte & 0x80 != 0 {
         c.receive_maximum = 2;
         c.max_retained_messages = 2;
+        c.retained_batch = 1;
     }
     c
 }
@@ -207,8 +225,8 @@ impl<'a> Input<'a> {
         usize::from(self.byte()) % SLOTS
     }
 
-    /// A topic name or filter (see [`topic`]); deep chains have at most `max_depth` levels.
-    fn topic(&mut self, max_depth: usize) -> String {
+    /// A topic name or filter (see [`topic`]).
+    fn topic(&mut self) -> String {
         let kind = self.byte();
         if kind < topic::BUILT {
             return TOPICS[usize::from(kind) % TOPICS.len()].to_owned();
@@ -219,8 +237,7 @@ impl<'a> Input<'a> {
             return levels.join("/");
         }
         if kind < topic::RAW {
-            let depth = usize::from(u16::from_be_bytes([self.byte(), self.byte()]))
-                .clamp(1, max_depth.max(1));
+            let depth = usize::from(u16::from_be_bytes([self.byte(), self.byte()])).max(1);
             return deep_topic(depth, self.byte());
         }
         let n = usize::from(self.byte() % 32);
@@ -256,10 +273,6 @@ struct Slot {
     version: ProtocolVersion,
     /// Decodes the raw bytes this client sends.
     codec: Codec,
-    /// The keep-alive the broker returned (0: none).
-    keep_alive: u16,
-    /// When the client last sent something.
-    last_seen: Instant,
     /// Answers the client owes the broker: PUBACK/PUBREC for QoS 1/2 deliveries, PUBCOMP for
     /// PUBREL, PUBREL for PUBREC.
     owed: Vec<Packet>,
@@ -271,6 +284,37 @@ struct ConnState {
     version: ProtocolVersion,
     max_packet_size: u32,
     connacked: bool,
+    /// The keep-alive the broker returned (0: none).
+    keep_alive: u16,
+    /// When the client last sent a packet on it (or CONNECT).
+    last_seen: Instant,
+    /// The reason code of the DISCONNECT the broker sent on it, if any.
+    disconnect: Option<ReasonCode>,
+}
+
+impl ConnState {
+    /// When the broker must close the connection if nothing comes: 1.5 times the keep-alive
+    /// after the last packet [MQTT-3.1.2-22].
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        (self.keep_alive > 0)
+            .then(|| self.last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+}
+
+/// What the broker must answer to the input being handled, for the topic limits.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// SUBSCRIBE: for each filter, whether it is beyond the limits (then refused).
+    Suback(ConnId, Vec<bool>),
+    /// UNSUBSCRIBE: the same (v5: 0x8F).
+    Unsuback(ConnId, Vec<bool>),
+    /// A PUBLISH whose topic is beyond the limits (a valid name, no alias, a QoS the broker
+    /// grants): a v5 PUBACK for it says 0x90, and at QoS 0 or 1 the connection stays.
+    Refused {
+        conn: ConnId,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+    },
 }
 
 /// What a run did, so that tests can tell that their inputs reach the broker.
@@ -285,18 +329,23 @@ pub(crate) struct Report {
     pub(crate) sent: usize,
     /// PUBLISH packets among them.
     pub(crate) delivered: usize,
+    /// Topics and filters beyond the broker's limits that reached it (SUBSCRIBE, UNSUBSCRIBE,
+    /// PUBLISH, will).
+    pub(crate) over_limits: usize,
+    /// Connections the broker closed for their keep-alive.
+    pub(crate) keep_alive_closes: usize,
 }
 
-/// Runs `data` against a fresh broker; panics on a broken invariant. Deep topics read from the
-/// input are cut to `max_depth` levels.
-pub(crate) fn run(data: &[u8], max_depth: usize) -> Report {
+/// Runs `data` against a fresh broker; panics on a broken invariant.
+pub(crate) fn run(data: &[u8]) -> Report {
     let Some((&config_byte, ops)) = data.split_first() else {
         return Report::default();
     };
     let config = config(config_byte);
+    let persist = config_byte & 2 != 0;
     let now = Instant::now();
     let mut broker = Broker::new(config.clone(), now);
-    if config_byte & 2 != 0 {
+    if persist {
         broker.enable_persistence(now, 1_700_000_000_000);
     }
     let mut run = Run {
@@ -308,17 +357,18 @@ pub(crate) fn run(data: &[u8], max_depth: usize) -> Report {
             conn: None,
             version: ProtocolVersion::V3_1_1,
             codec: Codec::new(0),
-            keep_alive: 0,
-            last_seen: now,
             owed: Vec::new(),
             next_packet_id: 1,
         }),
         conns: BTreeMap::new(),
         closed: BTreeSet::new(),
         last_connack: None,
+        outcome: None,
+        expect: None,
+        last_ack: None,
+        persist,
         stopped: false,
         report: Report::default(),
-        max_depth,
     };
     let mut input = Input { data: ops };
     while !input.data.is_empty() {
@@ -341,12 +391,20 @@ struct Run {
     conns: BTreeMap<ConnId, ConnState>,
     /// Connections closed by the broker or lost.
     closed: BTreeSet<ConnId>,
-    /// The connection that got the latest CONNACK.
-    last_connack: Option<ConnId>,
+    /// The connection that got the latest CONNACK, and its reason code.
+    last_connack: Option<(ConnId, ReasonCode)>,
+    /// The latest `Output::Connected`, not taken yet.
+    outcome: Option<(ConnId, ConnectOutcome)>,
+    /// What the input being handled must be answered with.
+    expect: Option<Expect>,
+    /// The last PUBACK (false) or PUBREC (true) sent for the PUBLISH being handled, when it is
+    /// `Expect::Refused`.
+    last_ack: Option<(PacketId, bool, ReasonCode)>,
+    /// Persistence is on (store ops are expected).
+    persist: bool,
     /// Set by `shutdown`: the server no longer calls the broker.
     stopped: bool,
     report: Report,
-    max_depth: usize,
 }
 
 impl Run {
@@ -370,7 +428,7 @@ impl Run {
                 let n = 1 + usize::from(input.byte() % 3);
                 let filters = (0..n)
                     .map(|_| {
-                        let filter = input.topic(self.max_depth);
+                        let filter = input.topic();
                         let o = input.byte();
                         let mut options = SubscriptionOptions {
                             qos: qos(o),
@@ -404,7 +462,7 @@ impl Run {
             op::UNSUBSCRIBE => {
                 let slot = input.slot();
                 let n = 1 + usize::from(input.byte() % 3);
-                let filters = (0..n).map(|_| input.topic(self.max_depth)).collect();
+                let filters = (0..n).map(|_| input.topic()).collect();
                 let packet_id = self.packet_id(slot);
                 let unsubscribe = Unsubscribe {
                     packet_id,
@@ -498,9 +556,10 @@ impl Run {
                         properties: Properties::default(),
                         payload: Bytes::from_static(b"stale"),
                     };
-                    self.broker.handle_packet(conn, Packet::PingReq, self.now);
-                    self.broker
-                        .handle_packet(conn, Packet::Publish(p), self.now);
+                    for packet in [Packet::PingReq, Packet::Publish(p)] {
+                        self.broker
+                            .handle(CoreInput::Packet { conn, packet }, self.now);
+                    }
                     self.drain();
                 }
             }
@@ -539,7 +598,7 @@ impl Run {
             }
         }
         let will = (flags & 2 != 0).then(|| {
-            let topic = input.topic(self.max_depth);
+            let topic = input.topic();
             let payload = Bytes::from(vec![b'w'; usize::from(input.byte() % 8)]);
             let mut properties = Properties::default();
             if v5 && flags & 0x80 != 0 {
@@ -584,7 +643,7 @@ impl Run {
                 properties.message_expiry_interval = Some(expiry);
             }
         }
-        let mut topic = input.topic(self.max_depth);
+        let mut topic = input.topic();
         if empty_topic {
             topic.clear();
         }
@@ -619,47 +678,127 @@ impl Run {
         id
     }
 
-    /// Hands CONNECT to the broker on a new connection, as the server does.
+    /// Whether a topic name or filter is beyond the broker's limits (more levels or bytes than
+    /// `max_topic_levels` / `max_topic_length`): the broker must refuse it.
+    fn over_limits(&self, topic: &str) -> bool {
+        topic.len() > self.config.max_topic_length
+            || topic.split('/').count() > self.config.max_topic_levels
+    }
+
+    /// Hands CONNECT to the broker on a new connection, as the server does; the answer comes in
+    /// the output (`Output::Connected`, after the CONNACK).
     fn connect(&mut self, slot: usize, connect: Connect) {
+        let step = self.report.steps;
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let version = connect.protocol;
+        // A will topic beyond the limits is refused with 0x90, unless an earlier check refuses
+        // the CONNECT (authentication method, empty client id).
+        let will_over = connect
+            .will
+            .as_ref()
+            .is_some_and(|w| valid_topic_name(&w.topic) && self.over_limits(&w.topic));
+        let empty_id_refused = connect.client_id.is_empty()
+            && match version {
+                ProtocolVersion::V3_1 => true,
+                ProtocolVersion::V3_1_1 => !connect.clean_start,
+                ProtocolVersion::V5 => false,
+            };
+        let refused_earlier =
+            connect.properties.authentication_method.is_some() || empty_id_refused;
+        let will_refused = will_over && !refused_earlier;
+        self.report.over_limits += usize::from(will_over);
         let state = ConnState {
             version,
             max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
             connacked: false,
+            keep_alive: 0,
+            last_seen: self.now,
+            disconnect: None,
         };
         self.conns.insert(conn, state);
         // The slot's client speaks on the new connection from now on (resent messages that
         // follow CONNACK are owed answers there).
         let previous = self.slots[slot].conn.replace(conn);
         self.slots[slot].owed.clear();
-        let outcome = self
-            .broker
-            .connect(conn, connect, ClientInfo::default(), self.now);
+        let input = CoreInput::Connect {
+            conn,
+            connect: Box::new(connect),
+            info: ClientInfo::default(),
+        };
+        self.broker.handle(input, self.now);
         self.drain();
+        let connack = self.last_connack.filter(|(c, _)| *c == conn);
+        assert!(connack.is_some(), "step {step}: no CONNACK on {conn:?}");
+        let Some((c, outcome)) = self.outcome.take() else {
+            panic!("step {step}: no Output::Connected for {conn:?}");
+        };
         assert_eq!(
-            self.last_connack,
-            Some(conn),
-            "step {}: no CONNACK on {conn:?}",
-            self.report.steps
+            c, conn,
+            "step {step}: Output::Connected for another connection"
         );
+        if will_refused {
+            assert!(
+                !outcome.accepted,
+                "step {step}: a will topic beyond the limits was accepted"
+            );
+            if version.is_v5() {
+                assert_eq!(
+                    connack.map(|(_, code)| code),
+                    Some(ReasonCode::TOPIC_NAME_INVALID),
+                    "step {step}: CONNACK for a will topic beyond the limits"
+                );
+            }
+        }
         if outcome.accepted {
             self.report.accepted += 1;
             let s = &mut self.slots[slot];
             s.version = version;
             s.codec = Codec::new(self.config.max_packet_size);
             s.codec.set_version(version);
-            s.keep_alive = outcome.keep_alive;
-            s.last_seen = self.now;
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.keep_alive = outcome.keep_alive;
+            }
         } else {
             assert!(
                 self.closed.contains(&conn),
-                "step {}: refused {conn:?} not closed",
-                self.report.steps
+                "step {step}: refused {conn:?} not closed"
             );
             self.slots[slot].conn = previous;
         }
+    }
+
+    /// What the broker must answer to `packet` on `conn`, for the topic limits.
+    fn expectation(&mut self, conn: ConnId, packet: &Packet) -> Option<Expect> {
+        let expect = match packet {
+            Packet::Subscribe(s) => {
+                let over: Vec<bool> = s.filters.iter().map(|(f, _)| self.over_limits(f)).collect();
+                self.report.over_limits += over.iter().filter(|o| **o).count();
+                Expect::Suback(conn, over)
+            }
+            Packet::Unsubscribe(u) => {
+                let over: Vec<bool> = u.filters.iter().map(|f| self.over_limits(f)).collect();
+                self.report.over_limits += over.iter().filter(|o| **o).count();
+                Expect::Unsuback(conn, over)
+            }
+            // Earlier checks (an alias, an invalid name, a QoS above the maximum) close the
+            // connection first.
+            Packet::Publish(p)
+                if p.properties.topic_alias.is_none()
+                    && valid_topic_name(&p.topic)
+                    && p.qos as u8 <= self.config.max_qos
+                    && self.over_limits(&p.topic) =>
+            {
+                self.report.over_limits += 1;
+                Expect::Refused {
+                    conn,
+                    qos: p.qos,
+                    packet_id: p.packet_id,
+                }
+            }
+            _ => return None,
+        };
+        Some(expect)
     }
 
     /// The slot's client sends a packet on its connection (if it has one).
@@ -667,12 +806,44 @@ impl Run {
         let Some(conn) = self.slots[slot].conn else {
             return;
         };
-        if !self.conns.contains_key(&conn) {
+        let Some(state) = self.conns.get_mut(&conn) else {
             return;
-        }
-        self.slots[slot].last_seen = self.now;
-        self.broker.handle_packet(conn, packet, self.now);
+        };
+        state.last_seen = self.now;
+        self.expect = self.expectation(conn, &packet);
+        self.last_ack = None;
+        self.broker
+            .handle(CoreInput::Packet { conn, packet }, self.now);
         self.drain();
+        let step = self.report.steps;
+        if let Some(Expect::Refused {
+            conn,
+            qos,
+            packet_id,
+        }) = self.expect.take()
+        {
+            // Valid MQTT beyond this broker's limits: refused, the connection stays (at QoS 2
+            // a PUBLISH beyond the Receive Maximum closes it first).
+            if qos != QoS::ExactlyOnce {
+                assert!(
+                    self.conns.contains_key(&conn),
+                    "step {step}: a PUBLISH beyond the topic limits closed {conn:?}"
+                );
+            }
+            // Its acknowledgement is the last one sent (they go out in order). A QoS 2 packet
+            // id the broker already holds is a resend, acknowledged with success.
+            let v5 = self.conns.get(&conn).is_some_and(|s| s.version.is_v5());
+            if let (true, Some(id), Some((ack_id, rec, reason))) = (v5, packet_id, self.last_ack) {
+                if ack_id == id {
+                    assert_eq!(rec, qos == QoS::ExactlyOnce, "step {step}: wrong ack kind");
+                    let resend = qos == QoS::ExactlyOnce && reason == ReasonCode::SUCCESS;
+                    assert!(
+                        reason == ReasonCode::TOPIC_NAME_INVALID || resend,
+                        "step {step}: PUBLISH beyond the topic limits acknowledged with {reason:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// Bytes from the slot's client, decoded as the server does: CONNECT first, then packets
@@ -709,71 +880,94 @@ impl Run {
         if self.conns.remove(&conn).is_some() {
             self.closed.insert(conn);
         }
-        self.broker.connection_lost(conn, self.now);
+        self.broker.handle(CoreInput::Lost { conn }, self.now);
         self.drain();
     }
 
-    /// Virtual time passes: the broker's deadlines and keep-alive timeouts fire in order.
+    /// Virtual time passes: the broker's timers run at each deadline it gives, and at each
+    /// keep-alive deadline (where the broker must close the connection itself).
     fn advance(&mut self, by: Duration) {
         let until = self.now + by;
-        // Bounded: $SYS alone is due every 10 s.
-        for _ in 0..32 {
-            let keep_alive = self
-                .keep_alive_deadlines()
-                .into_iter()
-                .map(|(at, _)| at)
-                .min();
-            let next = [self.broker.next_deadline(), keep_alive]
-                .into_iter()
-                .flatten()
-                .min();
-            match next {
-                Some(at) if at <= until => {
-                    self.now = self.now.max(at);
-                    self.tick();
+        // Bounded: $SYS alone is due every 10 s. Keep-alive deadlines are always visited (each
+        // closes a connection).
+        let mut broker_steps = 0;
+        loop {
+            let keep_alive = self.next_keep_alive().filter(|at| *at <= until);
+            let broker = self
+                .broker
+                .poll_timeout()
+                .filter(|at| *at <= until && broker_steps < 32);
+            let at = match (keep_alive, broker) {
+                (Some(k), Some(b)) if b < k => {
+                    broker_steps += 1;
+                    b
                 }
-                _ => break,
-            }
+                (Some(k), _) => k,
+                (None, Some(b)) => {
+                    broker_steps += 1;
+                    b
+                }
+                (None, None) => break,
+            };
+            self.now = self.now.max(at);
+            self.tick();
         }
         self.now = until;
         self.tick();
     }
 
-    fn keep_alive_deadlines(&self) -> Vec<(Instant, ConnId)> {
-        self.slots
-            .iter()
-            .filter(|s| s.keep_alive > 0)
-            .filter_map(|s| {
-                let conn = s.conn.filter(|c| self.conns.contains_key(c))?;
-                let limit = Duration::from_millis(u64::from(s.keep_alive) * 1500);
-                Some((s.last_seen + limit, conn))
-            })
-            .collect()
+    /// The earliest keep-alive deadline of an open connection.
+    fn next_keep_alive(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(ConnState::keep_alive_deadline)
+            .min()
     }
 
+    /// The broker's timers run at `now`. It closes exactly the connections whose keep-alive
+    /// deadline is now (a v5 client first gets DISCONNECT 0x8D), and nothing else: a
+    /// connection is closed neither before its deadline nor after it.
     fn tick(&mut self) {
-        self.broker.tick(self.now);
-        self.drain();
-        if let Some(at) = self.broker.next_deadline() {
+        let step = self.report.steps;
+        self.broker.handle_timeout(self.now);
+        let closed = self.drain();
+        if let Some(at) = self.broker.poll_timeout() {
             assert!(
                 at > self.now,
-                "step {}: next_deadline {:?} not after tick",
-                self.report.steps,
+                "step {step}: poll_timeout {:?} not after handle_timeout",
                 at - self.now
             );
         }
-        let expired: Vec<ConnId> = self
-            .keep_alive_deadlines()
-            .into_iter()
-            .filter(|(at, _)| *at <= self.now)
-            .map(|(_, conn)| conn)
-            .collect();
-        for conn in expired {
-            self.lose(conn);
+        for (conn, state) in closed {
+            let deadline = state.keep_alive_deadline();
+            assert_eq!(
+                deadline,
+                Some(self.now),
+                "step {step}: {conn:?} closed by a timer at {:?}, not at its keep-alive deadline",
+                self.now
+            );
+            let expected = state
+                .version
+                .is_v5()
+                .then_some(ReasonCode::KEEP_ALIVE_TIMEOUT);
+            assert_eq!(
+                state.disconnect, expected,
+                "step {step}: keep-alive close of {conn:?} without the right DISCONNECT"
+            );
+            self.report.keep_alive_closes += 1;
+        }
+        for (conn, state) in &self.conns {
+            if let Some(at) = state.keep_alive_deadline() {
+                assert!(
+                    at > self.now,
+                    "step {step}: {conn:?} still open {:?} after its keep-alive deadline",
+                    self.now - at
+                );
+            }
         }
     }
 
-    /// The server shuts down: it applies the broker's last actions and stops (it reports no
+    /// The server shuts down: it applies the broker's last outputs and stops (it reports no
     /// connection lost after this, so the broker is not called again).
     fn shutdown(&mut self) {
         let open: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -800,48 +994,73 @@ impl Run {
         self.tick();
     }
 
-    /// Takes the broker's output and checks it; plays the server's part for `Close`.
-    fn drain(&mut self) {
-        let mut actions = Vec::new();
-        let mut store_ops = Vec::new();
-        // Bounded: a `connection_lost` for a closed connection may publish a will, whose
-        // delivery closes nothing.
-        for _ in 0..8 {
-            self.broker.drain_actions_into(&mut actions);
-            self.broker.drain_store_ops_into(&mut store_ops);
-            if actions.is_empty() {
-                return;
+    /// Takes the broker's output and checks it; plays the server's part for `Close` (reported
+    /// lost) and `WantRoom` (an outbox with room: reported writable at once). Returns the
+    /// connections the broker closed, as they were.
+    fn drain(&mut self) -> Vec<(ConnId, ConnState)> {
+        let step = self.report.steps;
+        let mut outputs = Vec::new();
+        let mut closed = Vec::new();
+        // Bounded: an `Input::Lost` for a closed connection may publish a will, whose delivery
+        // closes nothing; a writable outbox takes one more batch of retained messages.
+        for _ in 0..64 {
+            self.broker.drain_outputs_into(&mut outputs);
+            if outputs.is_empty() {
+                return closed;
             }
             let mut closed_now = Vec::new();
-            for action in actions.drain(..) {
-                #[allow(unreachable_patterns)] // outputs the core may add later are ignored
-                match action {
-                    Action::Send(conn, packet) => self.check_send(conn, &packet),
-                    Action::Close(conn) => {
+            let mut writable = Vec::new();
+            for output in outputs.drain(..) {
+                match output {
+                    Output::Send(conn, packet) => self.check_send(conn, &packet),
+                    Output::Close(conn) => {
                         assert!(
                             !self.closed.contains(&conn),
-                            "step {}: {conn:?} closed twice",
-                            self.report.steps
+                            "step {step}: {conn:?} closed twice"
                         );
-                        assert!(
-                            self.conns.remove(&conn).is_some(),
-                            "step {}: Close for unknown {conn:?}",
-                            self.report.steps
-                        );
+                        let Some(state) = self.conns.remove(&conn) else {
+                            panic!("step {step}: Close for unknown {conn:?}");
+                        };
                         self.closed.insert(conn);
                         closed_now.push(conn);
+                        closed.push((conn, state));
                     }
-                    _ => {}
+                    Output::WantRoom(conn) => {
+                        assert!(
+                            self.conns.contains_key(&conn),
+                            "step {step}: WantRoom for closed or unknown {conn:?}"
+                        );
+                        writable.push(conn);
+                    }
+                    Output::Persist(op) => {
+                        assert!(self.persist, "step {step}: {op:?} without persistence");
+                    }
+                    Output::Connected { conn, outcome } => {
+                        assert!(
+                            self.last_connack.is_some_and(|(c, _)| c == conn),
+                            "step {step}: Output::Connected before the CONNACK of {conn:?}"
+                        );
+                        assert!(
+                            self.outcome.replace((conn, outcome)).is_none(),
+                            "step {step}: two Output::Connected for one CONNECT"
+                        );
+                    }
+                    Output::Accepted(_) | Output::Interest { .. } | Output::Reply { .. } => {}
                 }
             }
             if self.stopped {
-                return;
+                return closed;
             }
             for conn in closed_now {
-                self.broker.connection_lost(conn, self.now);
+                self.broker.handle(CoreInput::Lost { conn }, self.now);
+            }
+            for conn in writable {
+                if self.conns.contains_key(&conn) {
+                    self.broker.handle(CoreInput::Writable { conn }, self.now);
+                }
             }
         }
-        panic!("step {}: output did not settle", self.report.steps);
+        panic!("step {step}: output did not settle");
     }
 
     fn check_send(&mut self, conn: ConnId, packet: &Packet) {
@@ -851,16 +1070,66 @@ impl Run {
             !self.closed.contains(&conn),
             "step {step}: Send after Close or loss of {conn:?}: {packet:?}"
         );
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.conns.get(&conn) else {
             panic!("step {step}: Send to unknown {conn:?}: {packet:?}");
         };
-        if !state.connacked {
+        let v5 = state.version.is_v5();
+        // The topic limits (see `Expect`).
+        match (packet, &self.expect) {
+            (Packet::SubAck(a), Some(Expect::Suback(c, over))) if *c == conn => {
+                assert_eq!(a.reason_codes.len(), over.len(), "step {step}: {a:?}");
+                for (code, over) in a.reason_codes.iter().zip(over) {
+                    // 0x97 if the session holds `max_subscriptions_per_client` already.
+                    let refused = if v5 {
+                        [ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::QUOTA_EXCEEDED]
+                            .contains(code)
+                    } else {
+                        *code == ReasonCode(0x80)
+                    };
+                    assert!(
+                        !over || refused,
+                        "step {step}: a filter beyond the limits got {code:?}"
+                    );
+                }
+            }
+            (Packet::UnsubAck(a), Some(Expect::Unsuback(c, over))) if *c == conn && v5 => {
+                assert_eq!(a.reason_codes.len(), over.len(), "step {step}: {a:?}");
+                for (code, over) in a.reason_codes.iter().zip(over) {
+                    assert!(
+                        !over || *code == ReasonCode::TOPIC_FILTER_INVALID,
+                        "step {step}: a filter beyond the limits got {code:?} in UNSUBACK"
+                    );
+                }
+            }
+            (Packet::PubAck(a), Some(Expect::Refused { conn: c, .. })) if *c == conn => {
+                self.last_ack = Some((a.packet_id, false, a.reason_code));
+            }
+            (Packet::PubRec(a), Some(Expect::Refused { conn: c, .. })) if *c == conn => {
+                self.last_ack = Some((a.packet_id, true, a.reason_code));
+            }
+            _ => {}
+        }
+        if let Packet::Publish(p) = packet {
+            // Nothing beyond the limits is ever routed or retained (an empty topic is an
+            // alias).
             assert!(
-                matches!(packet, Packet::ConnAck(_)),
-                "step {step}: first packet to {conn:?} is not CONNACK: {packet:?}"
+                p.topic.is_empty() || !self.over_limits(&p.topic),
+                "step {step}: PUBLISH on a topic beyond the limits: {} bytes",
+                p.topic.len()
             );
+        }
+        let Some(state) = self.conns.get_mut(&conn) else {
+            unreachable!("checked above");
+        };
+        if !state.connacked {
+            let Packet::ConnAck(ack) = packet else {
+                panic!("step {step}: first packet to {conn:?} is not CONNACK: {packet:?}");
+            };
             state.connacked = true;
-            self.last_connack = Some(conn);
+            self.last_connack = Some((conn, ack.reason_code));
+        }
+        if let Packet::Disconnect(d) = packet {
+            state.disconnect = Some(d.reason_code);
         }
         let mut buf = BytesMut::new();
         if let Err(e) = encode(packet, state.version, &mut buf) {
@@ -907,6 +1176,11 @@ impl Run {
             }
         }
     }
+}
+
+/// A valid topic name (not checked against the limits): not empty, no wildcard, no NUL.
+fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
 /// QoS from the low two bits (3 reads as 2).
