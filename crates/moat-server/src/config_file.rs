@@ -1,15 +1,15 @@
 //! moat.toml: the raw file as written ([`ConfigFile`], every key optional, unknown keys
 //! refused), its validation into the server's settings ([`ConfigFile::validate_in`] ->
 //! [`Settings`]) and the way back ([`Settings::effective`]: the settings in force as a file,
-//! what `moat serve --print-config` prints). The server and an admin API
-//! can read and write the configuration with it.
+//! what `moat serve --print-config` prints). [`ConfigFile::save`] writes a file atomically, so
+//! that the server and an admin API can write the configuration as well as read it.
 //!
 //! Errors ([`ConfigError`]) name the file, the key and the fix.
 //!
 //! What this module does not do: make certificates (the CLI's first run does), read the
 //! environment, or keep comments of a file it rewrites (it writes the model, not the text).
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -165,6 +165,14 @@ pub enum ConfigError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The file could not be written; the file at `path`, if any, is unchanged.
+    #[error("cannot write config file {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// Something in this file is wrong: the source says what.
     #[error("config file {}", path.display())]
     File {
@@ -302,6 +310,80 @@ impl ConfigFile {
             reason: e.to_string().trim_end().to_owned(),
         })
     }
+
+    /// Writes the file atomically: a temporary file in the same folder, written and flushed
+    /// to disk, renamed over `path`, then the folder flushed (so the rename survives a crash).
+    /// A reader sees the old file or the new one, never a part.
+    ///
+    /// The mode of an existing file is kept; a new file gets 0644 (less what the umask
+    /// removes): a config file holds paths and limits, never a secret (keys, passphrases and
+    /// password hashes live in the files it names). A symbolic link at `path` is followed:
+    /// its target is replaced. Comments in the old file are not kept.
+    ///
+    /// Validate first ([`validate_in`](Self::validate_in)): `save` writes what it is given.
+    ///
+    /// # Errors
+    /// [`ConfigError::Write`] for an I/O error (the old file is unchanged, unless only the
+    /// last step, flushing the folder, failed) and [`ConfigError::File`] around
+    /// [`ConfigError::Unrepresentable`].
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = self.to_toml_string().map_err(|e| e.in_file(path))?;
+        let write_err = |source| ConfigError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let target = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(path).map_err(write_err)?
+            }
+            _ => path.to_owned(),
+        };
+        write_atomic(&target, text.as_bytes()).map_err(write_err)
+    }
+}
+
+/// Temporary files of concurrent saves in one process get distinct names.
+static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp{}-{}",
+        std::process::id(),
+        SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+    let existing = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o644);
+        let mut f = opts.open(&tmp)?;
+        if let Some(perms) = existing {
+            f.set_permissions(perms)?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    // The rename is durable once the folder is. Not every platform opens a folder as a file.
+    #[cfg(unix)]
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -334,5 +416,64 @@ mod tests {
         assert_eq!(e.to_string(), format!("config file {}", path.display()));
         let cause = std::error::Error::source(&e).unwrap().to_string();
         assert!(cause.contains("max_inflight"), "{cause}");
+    }
+
+    #[test]
+    fn save_writes_atomically_and_keeps_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("moat.toml");
+        let mut file = ConfigFile::from_str("[limits]\nmax_inflight = 7\n").unwrap();
+        file.save(&path).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap(), file);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            // A new file: 0644 at most (the umask may remove more).
+            assert_eq!(mode(&path) & !0o644, 0);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            file.data_dir = Some("elsewhere".into());
+            file.save(&path).unwrap();
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(ConfigFile::load(&path).unwrap(), file);
+
+            // A link is followed, not replaced.
+            let link = dir.path().join("link.toml");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            file.data_dir = Some("third".into());
+            file.save(&link).unwrap();
+            assert!(std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            assert_eq!(ConfigFile::load(&path).unwrap(), file);
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn failed_save_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("moat.toml");
+        std::fs::write(&path, "data_dir = \"old\"\n").unwrap();
+        let file = ConfigFile {
+            data_dir: Some("new".into()),
+            ..ConfigFile::default()
+        };
+        // The folder is gone: nothing can be written there.
+        let gone = dir.path().join("gone").join("moat.toml");
+        let e = file.save(&gone).unwrap_err();
+        assert!(matches!(e, ConfigError::Write { .. }), "{e:?}");
+        assert!(e.to_string().contains("gone"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "data_dir = \"old\"\n"
+        );
     }
 }
