@@ -10,8 +10,7 @@ use anyhow::Context;
 use moat_pki::generate::{self, Ca, CaOptions, ServerOptions};
 use moat_pki::inspect::CertInfo;
 use moat_pki::{store, KeyType, Validity};
-
-use crate::config::{ConfigFile, ListenerFile, TlsFile};
+use moat_server::config_file::{ConfigFile, ListenerFile, TlsFile};
 
 /// The files the first run made or found.
 #[derive(Debug)]
@@ -146,19 +145,17 @@ fn read_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("{}: no certificate", path.display()))
 }
 
-/// The configuration `moat serve` uses without a file.
+/// The configuration `moat serve` uses without a file: it names the files [`ensure_pki`]
+/// makes, so it lives beside it.
 pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
     let pki = |f: &str| Some(data_dir.join("pki").join(f));
     let tls = TlsFile {
         cert: pki("server.pem"),
-        chain: None,
         key: pki("server.key"),
-        key_passphrase_file: None,
         client_auth: Some("optional".into()),
         client_ca: pki("ca.pem"),
-        crl: Vec::new(),
         identity: Some("cn".into()),
-        accept_v1_client_certs: None,
+        ..TlsFile::default()
     };
     ConfigFile {
         data_dir: Some(data_dir.to_owned()),
@@ -168,9 +165,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 kind: Some("tcp".into()),
                 bind: Some("127.0.0.1:1883".into()),
                 allow_anonymous: Some(true),
-                auth: None,
-                path: None,
-                tls: None,
+                ..ListenerFile::default()
             },
             ListenerFile {
                 name: Some("mqtts".into()),
@@ -178,8 +173,8 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 bind: Some("0.0.0.0:8883".into()),
                 allow_anonymous: Some(false),
                 auth: Some("either".into()),
-                path: None,
                 tls: Some(tls.clone()),
+                ..ListenerFile::default()
             },
             ListenerFile {
                 name: Some("wss".into()),
@@ -191,9 +186,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 tls: Some(tls),
             },
         ],
-        auth: None,
-        store: None,
-        limits: None,
+        ..ConfigFile::default()
     }
 }
 

@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cert;
 mod check;
-mod config;
 mod firstrun;
 mod pubsub;
 mod serve;

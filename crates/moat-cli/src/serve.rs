@@ -1,12 +1,12 @@
 //! `moat serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use moat_server::config_file::Settings;
 use moat_server::{ListenerKind, Server};
 
-use crate::config::ConfigFile;
 use crate::firstrun;
 
 /// Flags of `moat serve`.
@@ -28,31 +28,25 @@ pub(crate) struct ServeArgs {
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut guidance = None;
-    let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
+    let settings = match &args.config {
+        // Relative paths in the file are relative to the file's folder; errors name the file.
+        Some(path) => Settings::load(path)?,
         None => {
             let data_dir = PathBuf::from("moat-data");
-            let file = firstrun::default_config(&data_dir);
             if !args.print_config {
                 let pki = firstrun::ensure_pki(&data_dir)
                     .with_context(|| format!("cannot prepare {}", data_dir.display()))?;
                 guidance = Some(firstrun::guidance(&pki, &data_dir));
             }
-            file
+            firstrun::default_config(&data_dir).validate()?
         }
-    };
-    let settings = match args.config.as_ref() {
-        Some(path) => {
-            // Relative paths in the file are relative to the file's folder.
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            file.validate_in(base.unwrap_or(std::path::Path::new(".")))
-                .with_context(|| format!("config file {}", path.display()))?
-        }
-        None => file.validate()?,
     };
     if args.print_config {
-        let text = toml::to_string(&settings.effective()).context("cannot print the config")?;
-        print!("{text}");
+        let base = &settings.base_dir;
+        if !base.as_os_str().is_empty() && base != Path::new(".") {
+            println!("# relative paths are relative to {}", base.display());
+        }
+        print!("{}", settings.effective().to_toml_string()?);
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

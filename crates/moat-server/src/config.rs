@@ -1,4 +1,4 @@
-//! Validated server settings (the CLI turns moat.toml into these).
+//! Validated server settings ([`crate::config_file`] turns moat.toml into these).
 
 use std::net::SocketAddr;
 use std::time::Duration;

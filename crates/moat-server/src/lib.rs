@@ -13,6 +13,7 @@
 
 mod auth;
 mod config;
+pub mod config_file;
 mod connection;
 mod handle;
 mod outbox;
