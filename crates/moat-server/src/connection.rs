@@ -663,9 +663,9 @@ mod tests {
     }
 
     /// Every idle connection pays for its task's future: tokio allocates it with about 104
-    /// bytes of header and trailer, in 128-byte steps. 528 bytes (a 640-byte task) keeps an
-    /// idle TCP connection under 2 KiB; 8 more would cost 128. Box or move state out of the
-    /// loop instead of growing it (ARCHITECTURE.md).
+    /// bytes of header and trailer, in 128-byte steps. 512 bytes (a 640-byte task) keeps an
+    /// idle TCP connection under 2 KiB; beyond 536 it would cost 128 more. Box or move state
+    /// out of the loop instead of growing it (ARCHITECTURE.md).
     #[test]
     fn connection_task_stays_small() {
         let n = future_size(serve);
