@@ -382,6 +382,16 @@ impl AuthState {
         })
     }
 
+    /// Password checks finished so far (right or wrong).
+    pub(crate) fn password_checks(&self) -> u64 {
+        self.checks.done.load(Ordering::Relaxed)
+    }
+
+    /// Password checks running now.
+    pub(crate) fn password_checks_running(&self) -> usize {
+        self.checks.running.load(Ordering::Relaxed)
+    }
+
     /// Counts a decision: a failure by kind and for its address's slow-down, a success
     /// forgets the address's failures.
     fn record(&self, decided: &Result<Principal, AuthFailure>, peer: IpAddr) {
@@ -409,7 +419,7 @@ impl AuthStats {
 
     /// Password checks finished so far (right or wrong).
     pub fn password_checks(&self) -> u64 {
-        self.0.checks.done.load(Ordering::Relaxed)
+        self.0.password_checks()
     }
 
     /// The most password checks that ran at the same time so far.

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::auth::AuthState;
 use crate::config::{ListenerConfig, ServerConfig};
+use crate::metrics::ConnectionSlot;
 use crate::outbox::{CloseReason, Outbox};
 use crate::router::{EndNote, ToRouter};
 use moat_tls::{ConnectionGuard, IdentitySource, PeerIdentity};
@@ -153,12 +154,10 @@ pub(crate) struct Accepted {
     pub(crate) conn: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) listener: Arc<ListenerConfig>,
-    /// The listener's name, shared by its connections.
-    pub(crate) listener_name: Arc<str>,
     pub(crate) live_tls: Option<Arc<moat_tls::LiveTls>>,
     pub(crate) shared: Arc<Shared>,
-    /// The connection's place under `max_connections`.
-    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+    /// The connection's place under `max_connections` and its listener's counters.
+    pub(crate) slot: ConnectionSlot,
 }
 
 /// Serves one connection until it ends: the connection task's whole future. It takes one
@@ -172,10 +171,9 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
             conn,
             peer,
             listener,
-            listener_name,
             live_tls,
             shared,
-            permit,
+            slot,
         } = *accepted;
         let transport = crate::open_transport(stream, peer, &listener, live_tls, &shared);
         let (io, tls) = Box::pin(transport).await?;
@@ -199,8 +197,7 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
             shared,
             peer,
             listener,
-            listener_name,
-            _permit: permit,
+            slot,
         };
         Some((c, tls))
     };
@@ -235,7 +232,7 @@ fn closed_message(c: &Connection, end: End) -> ToRouter {
         other => Some(Box::new(EndNote {
             reason: other.to_string(),
             peer: c.peer,
-            listener: Arc::clone(&c.listener_name),
+            listener: Arc::clone(&c.slot.listener.name),
         })),
     };
     ToRouter::Closed { conn: c.conn, note }
@@ -262,9 +259,8 @@ struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
-    listener_name: Arc<str>,
-    /// The connection's place under `max_connections`.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The connection's place under `max_connections`, and its listener's name and counters.
+    slot: ConnectionSlot,
 }
 
 impl Connection {
@@ -330,7 +326,7 @@ impl Connection {
         };
 
         let info = ClientInfo {
-            listener: Arc::clone(&self.listener_name),
+            listener: Arc::clone(&self.slot.listener.name),
             peer: Some(peer),
             username: principal.username,
             tls: tls.map(|t| Arc::new(t.info())),
@@ -389,7 +385,7 @@ impl Connection {
             }
             match self.io.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(End::Closed),
-                Ok(_) => {}
+                Ok(n) => self.slot.listener.received(n),
                 Err(e) => return Err(End::Io(e)),
             }
         }
@@ -447,6 +443,7 @@ impl Connection {
             cx,
             &mut self.rbuf
         ))?;
+        self.slot.listener.received(n);
         Poll::Ready(Ok((n, spare)))
     }
 
@@ -515,7 +512,10 @@ impl Connection {
         match timeout(self.shared.config.write_timeout, write).await {
             Err(_) => Err(End::WriteTimeout),
             Ok(Err(e)) => Err(End::Io(e)),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.slot.listener.sent(self.wbuf.len());
+                Ok(())
+            }
         }
     }
 
@@ -663,9 +663,9 @@ mod tests {
     }
 
     /// Every idle connection pays for its task's future: tokio allocates it with about 104
-    /// bytes of header and trailer, in 128-byte steps. 528 bytes (a 640-byte task) keeps an
-    /// idle TCP connection under 2 KiB; 8 more would cost 128. Box or move state out of the
-    /// loop instead of growing it (ARCHITECTURE.md).
+    /// bytes of header and trailer, in 128-byte steps. 512 bytes (a 640-byte task) keeps an
+    /// idle TCP connection under 2 KiB; beyond 536 it would cost 128 more. Box or move state
+    /// out of the loop instead of growing it (ARCHITECTURE.md).
     #[test]
     fn connection_task_stays_small() {
         let n = future_size(serve);

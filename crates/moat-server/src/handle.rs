@@ -11,6 +11,7 @@ use moat_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::router::ToRouter;
 
 /// The server stopped: a request could not be answered.
@@ -22,6 +23,7 @@ pub struct Stopped;
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
     router: mpsc::Sender<ToRouter>,
+    metrics: Arc<Metrics>,
 }
 
 /// A page of results and whether more follow.
@@ -34,8 +36,8 @@ pub struct Page<T> {
 }
 
 impl BrokerHandle {
-    pub(crate) fn new(router: mpsc::Sender<ToRouter>) -> Self {
-        Self { router }
+    pub(crate) fn new(router: mpsc::Sender<ToRouter>, metrics: Arc<Metrics>) -> Self {
+        Self { router, metrics }
     }
 
     async fn ask(&self, request: AdminRequest) -> Result<AdminReply, Stopped> {
@@ -142,6 +144,18 @@ impl BrokerHandle {
             AdminReply::Stats(s) => Ok(*s),
             _ => Err(Stopped),
         }
+    }
+
+    /// Every metric of the server in the Prometheus text format (version 0.0.4; serve it
+    /// with [`crate::METRICS_CONTENT_TYPE`]): what `/metrics` shows. README.md lists them.
+    ///
+    /// The core's counters and sizes are asked of the router first (one request, answered in
+    /// order with the others); once the server has stopped, the last ones read are shown.
+    pub async fn metrics_text(&self) -> String {
+        if let Ok(snapshot) = self.stats().await {
+            self.metrics.set_core(snapshot);
+        }
+        self.metrics.encode()
     }
 
     /// Every message the broker accepts from now on, in order, with its publisher. The channel

@@ -16,6 +16,7 @@ mod config;
 pub mod config_file;
 mod connection;
 mod handle;
+mod metrics;
 mod outbox;
 mod router;
 mod ws;
@@ -39,12 +40,14 @@ pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
 pub use handle::{BrokerHandle, Page, Stopped};
+pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
 use crate::auth::{AclAuthorizer, AuthState};
 use crate::connection::{Shared, TlsConn};
+use crate::metrics::{ListenerMetrics, Metrics, SysValues};
 use crate::router::{Router, ToRouter};
 
 /// Why the server could not start.
@@ -102,6 +105,7 @@ struct Bound {
     config: Arc<ListenerConfig>,
     socket: TcpListener,
     tls: Option<Arc<LiveTls>>,
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl std::fmt::Debug for Bound {
@@ -123,6 +127,7 @@ pub struct Server {
     reload: Arc<Notify>,
     auth: Arc<AuthState>,
     store: Option<(moat_store::DiskStore, moat_core::store::Snapshot)>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -156,7 +161,7 @@ impl Server {
             }
             None => None,
         };
-        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
         for l in &config.listeners {
             // TLS material is checked before anything is bound: a bad file refuses to start.
             let tls = if l.kind.is_tls() {
@@ -183,12 +188,26 @@ impl Server {
                     addr: l.bind,
                     source,
                 })?;
-            listeners.push(Bound {
-                config: Arc::new(l.clone()),
+            bound.push((Arc::new(l.clone()), socket, tls));
+        }
+        let names: Vec<_> = bound
+            .iter()
+            .map(|(l, _, tls)| (l.name.as_str(), tls.clone()))
+            .collect();
+        let (metrics, per_listener) = Metrics::new(Arc::clone(&auth), &names);
+        if let Some((store, _)) = &store {
+            metrics.store().set_bytes(store.disk_usage());
+        }
+        let listeners = bound
+            .into_iter()
+            .zip(per_listener)
+            .map(|((config, socket, tls), metrics)| Bound {
+                config,
                 socket,
                 tls,
-            });
-        }
+                metrics,
+            })
+            .collect();
         let (tx, rx) = mpsc::channel(4096);
         Ok(Self {
             config: Arc::new(config),
@@ -198,13 +217,14 @@ impl Server {
             reload: Arc::new(Notify::new()),
             auth,
             store,
+            metrics: Arc::new(metrics),
         })
     }
 
     /// A handle on the broker for everything that is not a socket (admin API, forwarders,
     /// tools): usable from any task while [`Server::run`] runs.
     pub fn handle(&self) -> BrokerHandle {
-        BrokerHandle::new(self.tx.clone())
+        BrokerHandle::new(self.tx.clone(), Arc::clone(&self.metrics))
     }
 
     /// Authentication counters (failures by kind, password checks), readable while it runs.
@@ -263,6 +283,7 @@ impl Server {
         let mut broker = Broker::new(broker_config, started);
         broker.set_clock(started, unix_ms_now());
         broker.set_authorizer(Box::new(AclAuthorizer(Arc::clone(&self.auth))));
+        broker.set_sys_source(Box::new(SysValues(Arc::clone(&self.metrics))));
         let fatal = CancellationToken::new();
         let store = match self.store {
             Some((store, snapshot)) => {
@@ -275,8 +296,11 @@ impl Server {
             }
             None => None,
         };
-        let router =
-            Router::new(broker, rx, config.max_outbox_packets).with_store(store, fatal.clone());
+        let router = Router::new(broker, rx, config.max_outbox_packets).with_store(
+            store,
+            fatal.clone(),
+            self.metrics.store(),
+        );
         let router_task = tokio::spawn(router.run(router_stop.clone()));
 
         let shared = Arc::new(Shared {
@@ -312,6 +336,7 @@ impl Server {
                 config: listener,
                 socket,
                 tls,
+                metrics,
             } = bound;
             if let Ok(addr) = socket.local_addr() {
                 info!(listener = %listener.name, %addr, kind = ?listener.kind, "listening");
@@ -333,6 +358,7 @@ impl Server {
             let accept = accept_loop(
                 socket,
                 listener,
+                metrics,
                 tls,
                 Arc::clone(&shared),
                 tracker.clone(),
@@ -418,16 +444,17 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is one of the listener's shared parts
 async fn accept_loop(
     socket: TcpListener,
     listener: Arc<ListenerConfig>,
+    metrics: Arc<ListenerMetrics>,
     tls: Option<Arc<LiveTls>>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     permits: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
 ) {
-    let listener_name: Arc<str> = Arc::from(listener.name.as_str());
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(x) => x,
@@ -468,10 +495,9 @@ async fn accept_loop(
             conn,
             peer,
             listener,
-            listener_name: Arc::clone(&listener_name),
             live_tls: tls,
             shared,
-            permit,
+            slot: metrics.admit(permit),
         }));
         if span.is_disabled() {
             tracker.spawn(task);

@@ -25,6 +25,7 @@ use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::StoreMetrics;
 use crate::outbox::Outbox;
 
 /// Messages to the router: from connection tasks and from [`crate::BrokerHandle`]s.
@@ -90,6 +91,8 @@ pub(crate) struct Router {
     /// The durable store: each batch's ops are made durable before the outputs after them.
     store: Option<DiskStore>,
     store_ops: Vec<StoreOp>,
+    /// Commit latency and the store's size, for the metrics.
+    store_metrics: Option<StoreMetrics>,
     /// Messages handled per batch: 256 with group commit, 1 with fsync-each.
     batch_limit: usize,
     /// Cancelled when the store fails: the server stops rather than acknowledge what it
@@ -117,13 +120,19 @@ impl Router {
             watchers: Vec::new(),
             store: None,
             store_ops: Vec::new(),
+            store_metrics: None,
             batch_limit: 256,
             fatal: CancellationToken::new(),
             failure: None,
         }
     }
 
-    pub(crate) fn with_store(mut self, store: Option<DiskStore>, fatal: CancellationToken) -> Self {
+    pub(crate) fn with_store(
+        mut self,
+        store: Option<DiskStore>,
+        fatal: CancellationToken,
+        metrics: StoreMetrics,
+    ) -> Self {
         if let Some(s) = &store {
             if s.durability() == Durability::FsyncEach {
                 self.batch_limit = 1;
@@ -131,6 +140,7 @@ impl Router {
         }
         self.store = store;
         self.fatal = fatal;
+        self.store_metrics = Some(metrics);
         self
     }
 
@@ -144,6 +154,7 @@ impl Router {
             return true;
         };
         let ops = std::mem::take(&mut self.store_ops);
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let r = store.apply(&ops);
             (store, ops, r)
@@ -151,7 +162,11 @@ impl Router {
         .await;
         match result {
             Ok((store, mut ops, Ok(()))) => {
-                self.broker.set_store_bytes(store.disk_usage());
+                let bytes = store.disk_usage();
+                if let Some(m) = &self.store_metrics {
+                    m.committed(started.elapsed(), bytes);
+                }
+                self.broker.set_store_bytes(bytes);
                 self.store = Some(store);
                 ops.clear();
                 self.store_ops = ops;

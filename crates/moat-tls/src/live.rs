@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
-use crate::material::{Files, Material, TlsError};
+use crate::material::{CertificateExpiry, Files, Material, TlsError};
 use crate::TlsSettings;
 
 struct State {
@@ -204,6 +204,16 @@ impl LiveTls {
             id,
             token,
         }
+    }
+
+    /// The certificates in use (served and trusted for clients) with their expiry; none while
+    /// the certificate is removed.
+    pub fn certificates(&self) -> Vec<CertificateExpiry> {
+        self.read_state()
+            .material
+            .as_ref()
+            .map(|m| m.certificates.clone())
+            .unwrap_or_default()
     }
 
     /// Number of registered TLS connections.

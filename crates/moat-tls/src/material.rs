@@ -122,6 +122,53 @@ pub struct Material {
     pub(crate) digest: Vec<u8>,
     /// One line about the server certificate, for logs.
     pub summary: String,
+    /// The certificates served (leaf and chain) and trusted for clients, with their expiry.
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// What a listener's certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CertificateRole {
+    /// The server certificate (the leaf).
+    Server,
+    /// An intermediate sent after the leaf.
+    Chain,
+    /// A CA client certificates are verified against.
+    ClientCa,
+}
+
+impl CertificateRole {
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Chain => "chain",
+            Self::ClientCa => "client_ca",
+        }
+    }
+}
+
+/// A certificate a listener serves or trusts, and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// What it is for.
+    pub role: CertificateRole,
+    /// Its subject, RFC 4514 style.
+    pub subject: String,
+    /// Its notAfter, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertificateExpiry {
+    fn of(role: CertificateRole, der: &[u8]) -> Option<Self> {
+        let info = moat_pki::inspect::CertInfo::from_der(der).ok()?;
+        Some(Self {
+            role,
+            subject: info.subject,
+            not_after: info.not_after_unix,
+        })
+    }
 }
 
 impl std::fmt::Debug for Material {
@@ -245,6 +292,7 @@ impl Material {
             return Err(file_error(&s.cert, FileError::NoCertificate));
         };
         let mut chain: Vec<CertificateDer<'static>> = vec![CertificateDer::from(leaf.clone())];
+        let mut certificates = Vec::new();
         for c in certs.iter().skip(1) {
             chain.push(CertificateDer::from(c.clone()));
         }
@@ -257,6 +305,14 @@ impl Material {
                     chain.push(CertificateDer::from(c));
                 }
             }
+        }
+        for (i, c) in chain.iter().enumerate() {
+            let role = if i == 0 {
+                CertificateRole::Server
+            } else {
+                CertificateRole::Chain
+            };
+            certificates.extend(CertificateExpiry::of(role, c));
         }
         let key = moat_pki::key::load(
             &files.key,
@@ -310,6 +366,7 @@ impl Material {
                     .map_err(|e| file_error(ca_path, e))?;
                 let mut roots = RootCertStore::empty();
                 for c in &ca_certs {
+                    certificates.extend(CertificateExpiry::of(CertificateRole::ClientCa, c));
                     roots
                         .add(CertificateDer::from(c.clone()))
                         .map_err(|e| file_error(ca_path, FileError::ClientCa(e)))?;
@@ -351,6 +408,7 @@ impl Material {
             warnings,
             digest: files.digest(),
             summary,
+            certificates,
         })
     }
 }

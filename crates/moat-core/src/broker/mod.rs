@@ -59,6 +59,14 @@ pub trait Authorizer: Send {
     }
 }
 
+/// Values the engine adds to `$SYS/broker/` each `sys_interval`, published with the core's
+/// own (the server's metrics: connections and bytes per listener, authentication and TLS
+/// failures). Asked only when `$SYS` is published.
+pub trait SysSource: Send {
+    /// Appends (topic below `$SYS/broker/`, value) pairs to `out`.
+    fn sys_values(&self, out: &mut Vec<(String, String)>);
+}
+
 /// The authorizer that allows everything.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
@@ -200,6 +208,8 @@ struct RetainedWalk {
 pub struct Broker {
     config: BrokerConfig,
     authorizer: Box<dyn Authorizer>,
+    /// The engine's `$SYS` values, if it has any.
+    sys_source: Option<Box<dyn SysSource>>,
     /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
     sessions: HashMap<SessionId, Box<Session>>,
     /// Ordered: the admin API lists clients by id, a page at a time.
@@ -293,6 +303,7 @@ impl Broker {
         Self {
             config,
             authorizer: Box::new(AllowAll),
+            sys_source: None,
             sessions: HashMap::new(),
             by_client_id: BTreeMap::new(),
             conns: HashMap::new(),
@@ -339,6 +350,11 @@ impl Broker {
     /// Replaces the authorizer.
     pub fn set_authorizer(&mut self, authorizer: Box<dyn Authorizer>) {
         self.authorizer = authorizer;
+    }
+
+    /// Adds the engine's values to every `$SYS` publication.
+    pub fn set_sys_source(&mut self, source: Box<dyn SysSource>) {
+        self.sys_source = Some(source);
     }
 
     /// The settings in force.

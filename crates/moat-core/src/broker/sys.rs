@@ -1,4 +1,4 @@
-//! `$SYS/broker/...` statistics.
+//! `$SYS/broker/...` statistics: the core's own, then the engine's ([`SysSource`]).
 
 use super::*;
 
@@ -52,17 +52,30 @@ impl Broker {
         ];
         let store = self.store_bytes.map(|b| ("store/bytes", b.to_string()));
         for (name, value) in items.into_iter().chain(store) {
-            let message = Arc::new(Message {
-                topic: format!("$SYS/broker/{name}"),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Properties::default(),
-                expires_at: None,
-                origin: None,
-            });
-            self.retained_put(Arc::clone(&message));
-            self.route(&message, now);
+            self.publish_sys_value(name, value, now);
         }
+        // The engine's values (the server's metrics) go out with the core's.
+        let mut extra = Vec::new();
+        if let Some(source) = &self.sys_source {
+            source.sys_values(&mut extra);
+        }
+        for (name, value) in extra {
+            self.publish_sys_value(&name, value, now);
+        }
+    }
+
+    /// Publishes `$SYS/broker/{name}`, retained (in memory only: `$SYS` is never stored).
+    fn publish_sys_value(&mut self, name: &str, value: String, now: Instant) {
+        let message = Arc::new(Message {
+            topic: format!("$SYS/broker/{name}"),
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+        });
+        self.retained_put(Arc::clone(&message));
+        self.route(&message, now);
     }
 }
