@@ -187,12 +187,11 @@ impl Broker {
             will: connect.will.map(Box::new),
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
-            aliases_in: BTreeMap::new(),
-            aliases_out: BTreeMap::new(),
+            aliases: None,
             alias_max_out: props.topic_alias_maximum.unwrap_or(0),
             problem_info: props.request_problem_information.unwrap_or(1) == 1,
             connect_expiry_zero: requested_expiry == 0,
-            held_acks: VecDeque::new(),
+            held_acks: None,
             retained_walks: None,
         };
         let want_response_info = props.request_response_information == Some(1);

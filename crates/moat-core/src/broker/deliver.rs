@@ -175,12 +175,13 @@ impl Broker {
                 .subscription_identifiers
                 .clone_from(&d.subscription_ids);
             if conn.alias_max_out > 0 {
-                if let Some(&alias) = conn.aliases_out.get(&m.topic) {
+                let out = &mut conn.aliases.get_or_insert_with(Box::default).outbound;
+                if let Some(&alias) = out.get(&m.topic) {
                     p.topic = String::new();
                     p.properties.topic_alias = Some(alias);
-                } else if conn.aliases_out.len() < usize::from(conn.alias_max_out) {
-                    let alias = u16::try_from(conn.aliases_out.len() + 1).unwrap_or(u16::MAX);
-                    conn.aliases_out.insert(m.topic.clone(), alias);
+                } else if out.len() < usize::from(conn.alias_max_out) {
+                    let alias = u16::try_from(out.len() + 1).unwrap_or(u16::MAX);
+                    out.insert(m.topic.clone(), alias);
                     p.properties.topic_alias = Some(alias);
                 }
             }
@@ -190,9 +191,11 @@ impl Broker {
             if len > conn.max_packet_size as usize {
                 // An alias set by this packet would never reach the client.
                 if !p.topic.is_empty() {
-                    if let Some(alias) = p.properties.topic_alias {
-                        if conn.aliases_out.get(&m.topic) == Some(&alias) {
-                            conn.aliases_out.remove(&m.topic);
+                    if let (Some(alias), Some(aliases)) =
+                        (p.properties.topic_alias, conn.aliases.as_mut())
+                    {
+                        if aliases.outbound.get(&m.topic) == Some(&alias) {
+                            aliases.outbound.remove(&m.topic);
                         }
                     }
                 }

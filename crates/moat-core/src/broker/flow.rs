@@ -11,24 +11,27 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if blocker.is_none() && conn.held_acks.is_empty() {
+        if blocker.is_none() && conn.held_acks.is_none() {
             self.send(conn_id, ack);
             return;
         }
-        if conn.held_acks.len() >= usize::from(self.config.receive_maximum).max(1) {
+        let held = conn.held_acks.as_ref().map_or(0, |h| h.len());
+        if held >= usize::from(self.config.receive_maximum).max(1) {
             // A publisher that keeps sending without waiting for its acknowledgements (beyond
             // the Receive Maximum a v5 client is told) cannot make the broker hold them
             // without bound: they go out now, in order. Its messages were queued; what follows
             // meets the subscriber's queue limit (dropped and counted, v5: 0x97).
             self.stats.flow_control_overruns += 1;
-            let held = std::mem::take(&mut conn.held_acks);
+            let held = conn.held_acks.take().map(|h| *h).unwrap_or_default();
             for (held_ack, _) in held {
                 self.send(conn_id, held_ack);
             }
             self.send(conn_id, ack);
             return;
         }
-        conn.held_acks.push_back((ack, blocker));
+        conn.held_acks
+            .get_or_insert_with(Box::default)
+            .push_back((ack, blocker));
         // Registers the connection with the session its first held acknowledgement waits for.
         self.release_acks(conn_id);
     }
@@ -48,7 +51,11 @@ impl Broker {
             let Some(conn) = self.conns.get(&conn_id) else {
                 return;
             };
-            let Some((_, blocker)) = conn.held_acks.front() else {
+            let Some((_, blocker)) = conn.held_acks.as_ref().and_then(|h| h.front()) else {
+                // All sent: the (empty) queue goes.
+                if let Some(c) = self.conns.get_mut(&conn_id) {
+                    c.held_acks = None;
+                }
                 return;
             };
             if let Some(b) = *blocker {
@@ -64,7 +71,7 @@ impl Broker {
             let Some((ack, _)) = self
                 .conns
                 .get_mut(&conn_id)
-                .and_then(|c| c.held_acks.pop_front())
+                .and_then(|c| c.held_acks.as_mut().and_then(|h| h.pop_front()))
             else {
                 return;
             };

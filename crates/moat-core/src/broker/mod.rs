@@ -134,6 +134,18 @@ enum Routed {
     QueueFull,
 }
 
+/// PUBACK/PUBREC held back, in order, each with the congested session it waits for.
+type HeldAcks = VecDeque<(Packet, Option<SessionId>)>;
+
+/// A connection's topic aliases.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Set by the client: alias -> topic.
+    inbound: BTreeMap<u16, String>,
+    /// Set by the broker towards the client: topic -> alias.
+    outbound: BTreeMap<String, u16>,
+}
+
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -164,10 +176,9 @@ struct Conn {
     receive_maximum: u16,
     /// The client's Maximum Packet Size.
     max_packet_size: u32,
-    /// Topic aliases the client set: alias -> topic.
-    aliases_in: BTreeMap<u16, String>,
-    /// Topic aliases the broker set towards the client: topic -> alias.
-    aliases_out: BTreeMap<String, u16>,
+    /// Topic aliases both ways (boxed: most clients use none, and every connection pays for
+    /// the table's entry).
+    aliases: Option<Box<Aliases>>,
     /// The client's Topic Alias Maximum.
     alias_max_out: u16,
     /// The client's Request Problem Information.
@@ -176,7 +187,9 @@ struct Conn {
     connect_expiry_zero: bool,
     /// PUBACK/PUBREC held back (flow control), in the order they must go out, each with the
     /// congested session it waits for (`None`: it only waits for the ones before it).
-    held_acks: VecDeque<(Packet, Option<SessionId>)>,
+    /// Boxed and freed when empty: only a publisher held back by flow control has one.
+    #[allow(clippy::box_collection)]
+    held_acks: Option<Box<HeldAcks>>,
     /// Retained messages still to send for new subscriptions (boxed: rare).
     retained_walks: Option<Box<RetainedWalks>>,
 }

@@ -20,7 +20,7 @@ impl Broker {
                 );
             }
             if p.topic.is_empty() {
-                match conn.aliases_in.get(&alias) {
+                match conn.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return self.disconnect_with(
@@ -32,7 +32,8 @@ impl Broker {
                     }
                 }
             } else {
-                conn.aliases_in.insert(alias, p.topic.clone());
+                let aliases = conn.aliases.get_or_insert_with(Box::default);
+                aliases.inbound.insert(alias, p.topic.clone());
             }
         }
         if topic::validate_topic_name(&p.topic).is_err() {
