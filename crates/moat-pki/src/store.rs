@@ -49,6 +49,34 @@ pub fn write_file(path: &Path, contents: &[u8], secret: bool, force: bool) -> Re
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
+/// Replaces a file atomically: the contents go to a temporary file in the same folder (0600 for
+/// `secret` files, else 0644), which is synced and renamed over `path`; the folder is synced.
+/// A reader sees the old file or the new one, never a part.
+///
+/// # Errors
+/// [`Error::Io`]; the old file is then left as it was.
+pub fn replace_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = write_file(&tmp, contents, secret, false)
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Checks that none of `paths` exists (unless `force`), so a command writes all or nothing.
 ///
 /// # Errors

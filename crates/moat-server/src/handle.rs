@@ -24,6 +24,23 @@ pub struct Stopped;
 pub struct BrokerHandle {
     router: mpsc::Sender<ToRouter>,
     metrics: Arc<Metrics>,
+    /// The TLS listeners' live material, by listener name.
+    tls: Arc<std::collections::BTreeMap<String, Arc<moat_tls::LiveTls>>>,
+}
+
+/// Why TLS material could not be installed or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsChangeError {
+    /// No TLS listener has that name.
+    #[error("no TLS listener named {0:?}")]
+    NoListener(String),
+    /// The material was refused (each finding names the fact and the fix); nothing changed.
+    #[error("the new TLS material was refused")]
+    Refused(#[source] moat_tls::TlsError),
+    /// The check could not run (the blocking pool is gone: the server is stopping).
+    #[error("the broker is not running")]
+    Stopped,
 }
 
 /// A page of results and whether more follow.
@@ -36,8 +53,79 @@ pub struct Page<T> {
 }
 
 impl BrokerHandle {
-    pub(crate) fn new(router: mpsc::Sender<ToRouter>, metrics: Arc<Metrics>) -> Self {
-        Self { router, metrics }
+    pub(crate) fn new(
+        router: mpsc::Sender<ToRouter>,
+        metrics: Arc<Metrics>,
+        tls: Arc<std::collections::BTreeMap<String, Arc<moat_tls::LiveTls>>>,
+    ) -> Self {
+        Self {
+            router,
+            metrics,
+            tls,
+        }
+    }
+
+    /// The names of the TLS listeners (tls and wss).
+    pub fn tls_listeners(&self) -> Vec<String> {
+        self.tls.keys().cloned().collect()
+    }
+
+    fn live_tls(&self, listener: &str) -> Result<Arc<moat_tls::LiveTls>, TlsChangeError> {
+        self.tls
+            .get(listener)
+            .cloned()
+            .ok_or_else(|| TlsChangeError::NoListener(listener.to_owned()))
+    }
+
+    /// Installs TLS material given as bytes on a listener: checked with the same lint as files
+    /// at start-up (refused with its findings, the old material still served), written
+    /// atomically to the listener's files (so a restart serves the same), then used for new
+    /// handshakes. Returns the warnings.
+    ///
+    /// # Errors
+    /// [`TlsChangeError`].
+    pub async fn install_tls(
+        &self,
+        listener: &str,
+        pem: moat_tls::Pem,
+    ) -> Result<Vec<moat_pki::lint::Finding>, TlsChangeError> {
+        let live = self.live_tls(listener)?;
+        let outcome =
+            tokio::task::spawn_blocking(move || live.install(&pem, std::time::SystemTime::now()))
+                .await
+                .map_err(|_| TlsChangeError::Stopped)?
+                .map_err(TlsChangeError::Refused)?;
+        match outcome {
+            moat_tls::ReloadOutcome::Replaced { warnings, .. } => Ok(warnings),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Re-reads a listener's TLS files now (what SIGHUP does for every listener).
+    ///
+    /// # Errors
+    /// [`TlsChangeError`] (a refused new file keeps the old material).
+    pub async fn reload_tls(&self, listener: &str) -> Result<(), TlsChangeError> {
+        let live = self.live_tls(listener)?;
+        let outcome =
+            tokio::task::spawn_blocking(move || live.reload(std::time::SystemTime::now()))
+                .await
+                .map_err(|_| TlsChangeError::Stopped)?;
+        match outcome {
+            moat_tls::ReloadOutcome::Failed(e) => Err(TlsChangeError::Refused(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes a listener's certificate: its TLS clients are disconnected (v5: DISCONNECT
+    /// 0x98) and new handshakes are refused until material is installed again. Returns how
+    /// many connections were open. (The files stay: delete them too, or the next reload finds
+    /// them.)
+    ///
+    /// # Errors
+    /// [`TlsChangeError::NoListener`].
+    pub fn remove_tls(&self, listener: &str) -> Result<usize, TlsChangeError> {
+        Ok(self.live_tls(listener)?.remove())
     }
 
     async fn ask(&self, request: AdminRequest) -> Result<AdminReply, Stopped> {

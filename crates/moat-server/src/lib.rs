@@ -39,7 +39,7 @@ pub use auth::{AuthConfig, AuthStats};
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
-pub use handle::{BrokerHandle, Page, Stopped};
+pub use handle::{BrokerHandle, Page, Stopped, TlsChangeError};
 pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
@@ -224,7 +224,12 @@ impl Server {
     /// A handle on the broker for everything that is not a socket (admin API, forwarders,
     /// tools): usable from any task while [`Server::run`] runs.
     pub fn handle(&self) -> BrokerHandle {
-        BrokerHandle::new(self.tx.clone(), Arc::clone(&self.metrics))
+        let tls = self
+            .listeners
+            .iter()
+            .filter_map(|b| b.tls.clone().map(|t| (b.config.name.clone(), t)))
+            .collect();
+        BrokerHandle::new(self.tx.clone(), Arc::clone(&self.metrics), Arc::new(tls))
     }
 
     /// Authentication counters (failures by kind, password checks), readable while it runs.

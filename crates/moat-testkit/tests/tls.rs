@@ -20,6 +20,7 @@ const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 struct TlsBroker {
     addr: SocketAddr,
     live: Arc<LiveTls>,
+    handle: moat_server::BrokerHandle,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -48,6 +49,7 @@ async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0].1;
     let live = server.tls("mqtts").expect("tls state");
+    let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -55,6 +57,7 @@ async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
     TlsBroker {
         addr,
         live,
+        handle,
         stop: Some(stop),
     }
 }
@@ -365,4 +368,89 @@ async fn v1_client_certificates_refused_unless_accepted() {
         .await
         .is_none());
     wait_failure(&accepting.live, HandshakeFailure::UnknownCa).await;
+}
+
+/// TLS material given as bytes through the `BrokerHandle`: checked with the same lint (a bad
+/// set is refused with its findings and the old material stays), written to the listener's
+/// files (the key 0600), served to new handshakes while connected clients stay; removal drops
+/// the TLS clients and refuses handshakes until material is back.
+#[tokio::test]
+async fn material_installed_from_bytes_through_the_handle() {
+    let pki = TestPki::new("First CA");
+    let s = settings(&pki, ClientAuth::None);
+    let broker = start(s.clone(), true).await;
+    let h = &broker.handle;
+    assert_eq!(h.tls_listeners(), ["mqtts"]);
+    let (mut old, _) = mqtt_over_tls(broker.addr, pki.client_config(None), "old")
+        .await
+        .unwrap();
+
+    let pki2 = TestPki::new("Second CA");
+    let (c2, k2) = pki2.server("server", &["localhost"]);
+    let pem = |cert: &std::path::Path, key: &std::path::Path| moat_tls::Pem {
+        cert: std::fs::read(cert).unwrap(),
+        key: std::fs::read(key).unwrap().into(),
+        ..moat_tls::Pem::default()
+    };
+    // A key that does not match the certificate: refused with the finding, nothing changes.
+    let (_, k_other) = pki2.server("other", &["localhost"]);
+    let err = h
+        .install_tls("mqtts", pem(&c2, &k_other))
+        .await
+        .unwrap_err();
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(text.contains("key"), "{text}");
+    let (_c, code) = mqtt_over_tls(broker.addr, pki.client_config(None), "still-old")
+        .await
+        .unwrap();
+    assert_eq!(code, ReasonCode::SUCCESS);
+    assert!(matches!(
+        h.install_tls("nope", pem(&c2, &k2)).await,
+        Err(moat_server::TlsChangeError::NoListener(_))
+    ));
+
+    // A good set: installed, written to the listener's files, served to new handshakes.
+    h.install_tls("mqtts", pem(&c2, &k2)).await.unwrap();
+    assert_eq!(std::fs::read(&s.cert).unwrap(), std::fs::read(&c2).unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&s.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    old.send(&Packet::PingReq).await;
+    assert_eq!(old.recv().await, Some(Packet::PingResp));
+    let (_n, code) = mqtt_over_tls(broker.addr, pki2.client_config(None), "new")
+        .await
+        .unwrap();
+    assert_eq!(code, ReasonCode::SUCCESS);
+    // The file watcher finds the same material: nothing to do.
+    assert!(matches!(
+        broker.live.reload(SystemTime::now()),
+        ReloadOutcome::Unchanged
+    ));
+
+    // Removal: connected TLS clients go (v5: DISCONNECT 0x98), handshakes are refused.
+    assert!(h.remove_tls("mqtts").unwrap() >= 1);
+    match old.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION),
+        None => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        mqtt_over_tls(broker.addr, pki2.client_config(None), "after")
+            .await
+            .is_none()
+    );
+    // Installing again brings the listener back.
+    h.install_tls("mqtts", pem(&c2, &k2)).await.unwrap();
+    let (_n, code) = mqtt_over_tls(broker.addr, pki2.client_config(None), "back")
+        .await
+        .unwrap();
+    assert_eq!(code, ReasonCode::SUCCESS);
 }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub use failure::{FailureCounters, HandshakeFailure};
 pub use identity::PeerIdentity;
 pub use live::{ConnectionGuard, LiveTls, ReloadOutcome};
-pub use material::{CertificateExpiry, CertificateRole, FileError, Material, TlsError};
+pub use material::{CertificateExpiry, CertificateRole, FileError, Material, Pem, TlsError};
 pub use verifier::V1ClientCertificate;
 
 /// Whether clients must present a certificate.

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
-use crate::material::{CertificateExpiry, Files, Material, TlsError};
+use crate::material::{CertificateExpiry, Files, Material, Pem, TlsError};
 use crate::TlsSettings;
 
 struct State {
@@ -57,6 +57,9 @@ pub struct LiveTls {
     settings: TlsSettings,
     state: RwLock<State>,
     registry: Mutex<HashMap<u64, Registered>>,
+    /// Held while the files are read for a reload or written by an install, so a reload never
+    /// sees half an install.
+    files: Mutex<()>,
     next_id: AtomicU64,
     /// Handshake failures by reason.
     pub failures: FailureCounters,
@@ -92,6 +95,7 @@ impl LiveTls {
                 generation: CancellationToken::new(),
             }),
             registry: Mutex::new(HashMap::new()),
+            files: Mutex::new(()),
             next_id: AtomicU64::new(1),
             failures: FailureCounters::default(),
         }))
@@ -122,7 +126,10 @@ impl LiveTls {
     /// Reads the files again and swaps in what changed. A missing certificate or key file
     /// removes the certificate; an invalid file keeps the old material.
     pub fn reload(&self, now: SystemTime) -> ReloadOutcome {
-        let files = match Files::read(&self.settings) {
+        let guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let read = Files::read(&self.settings);
+        drop(guard);
+        let files = match read {
             Ok(f) => f,
             Err(TlsError::Read { path, source })
                 if source.kind() == ErrorKind::NotFound
@@ -149,6 +156,32 @@ impl LiveTls {
             Ok(m) => m,
             Err(e) => return ReloadOutcome::Failed(e),
         };
+        self.swap_in(material)
+    }
+
+    /// Installs new material given as bytes: checked with the same lint and build as files
+    /// (nothing changes if it fails: the error names each finding), then written atomically
+    /// to the files the listener's settings name (the key 0600), then served to new
+    /// handshakes. Connected clients stay, except those a CRL now revokes. Parts not given (a
+    /// chain, a client CA, CRLs) are kept from the listener's files.
+    ///
+    /// # Errors
+    /// [`TlsError::Lint`] with the findings, [`TlsError::NoPath`] for a part the settings
+    /// have no file for, [`TlsError::Write`] if the files cannot be written.
+    pub fn install(&self, pem: &Pem, now: SystemTime) -> Result<ReloadOutcome, TlsError> {
+        let files = Files::with_pem(&self.settings, pem)?;
+        let material = Material::build(&self.settings, &files, now)?;
+        {
+            let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            Files::write(&self.settings, pem)?;
+        }
+        info!(listener = %self.name, certificate = %material.summary, "TLS material installed");
+        Ok(self.swap_in(material))
+    }
+
+    /// Serves `material` to new handshakes; connected clients whose certificate a CRL in it
+    /// revokes are disconnected.
+    fn swap_in(&self, material: Material) -> ReloadOutcome {
         let warnings = material.warnings.clone();
         let revoked_lists = Arc::clone(&material.revoked);
         {

@@ -54,6 +54,19 @@ pub enum TlsError {
         /// What is wrong with it.
         source: FileError,
     },
+    /// New material passed every check but could not be written where the listener's
+    /// settings point (nothing was changed).
+    #[error("cannot write the new TLS files")]
+    Write {
+        /// The error, naming the file.
+        source: moat_pki::error::Error,
+    },
+    /// Material given as bytes has a part the listener's settings have no file for.
+    #[error("this listener has no {part} file configured: set `{part}` in its tls settings")]
+    NoPath {
+        /// "chain" or "client_ca".
+        part: &'static str,
+    },
     /// rustls refused to build part of the configuration.
     #[error("cannot build the {part}")]
     Config {
@@ -201,6 +214,30 @@ pub(crate) struct Files {
     crls: Vec<Vec<u8>>,
 }
 
+/// TLS material given as bytes (an upload, a paste) rather than read from files.
+#[derive(Clone, Default)]
+pub struct Pem {
+    /// The certificate (the leaf; several certificates are refused by lint: split them).
+    pub cert: Vec<u8>,
+    /// Intermediates, if any.
+    pub chain: Option<Vec<u8>>,
+    /// The private key (not encrypted).
+    pub key: Zeroizing<Vec<u8>>,
+    /// The CA bundle that client certificates must chain to, if the listener verifies them.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem")
+            .field("cert", &self.cert.len())
+            .field("chain", &self.chain.as_ref().map(Vec::len))
+            .field("key", &"<redacted>")
+            .field("client_ca", &self.client_ca.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 impl Files {
     pub(crate) fn read(s: &TlsSettings) -> Result<Self, TlsError> {
         let passphrase = match &s.key_passphrase_file {
@@ -220,6 +257,45 @@ impl Files {
             client_ca: s.client_ca.as_deref().map(read).transpose()?,
             crls: s.crl.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         })
+    }
+
+    /// New material from bytes, with what the listener's other files hold (CRLs, a chain or
+    /// client CA not given).
+    pub(crate) fn with_pem(s: &TlsSettings, pem: &Pem) -> Result<Self, TlsError> {
+        if pem.chain.is_some() && s.chain.is_none() {
+            return Err(TlsError::NoPath { part: "chain" });
+        }
+        if pem.client_ca.is_some() && s.client_ca.is_none() {
+            return Err(TlsError::NoPath { part: "client_ca" });
+        }
+        let keep = |given: &Option<Vec<u8>>, path: &Option<PathBuf>| match given {
+            Some(b) => Ok(Some(b.clone())),
+            None => path.as_deref().map(read).transpose(),
+        };
+        Ok(Self {
+            cert: pem.cert.clone(),
+            chain: keep(&pem.chain, &s.chain)?,
+            key: pem.key.clone(),
+            passphrase: None,
+            client_ca: keep(&pem.client_ca, &s.client_ca)?,
+            crls: s.crl.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Writes the parts given as bytes to the listener's files, each atomically (the key
+    /// 0600), so that a restart and the file watcher serve what was installed.
+    pub(crate) fn write(s: &TlsSettings, pem: &Pem) -> Result<(), TlsError> {
+        use moat_pki::store::replace_file;
+        let w =
+            |r: Result<(), moat_pki::error::Error>| r.map_err(|source| TlsError::Write { source });
+        if let (Some(b), Some(p)) = (&pem.chain, &s.chain) {
+            w(replace_file(p, b, false))?;
+        }
+        if let (Some(b), Some(p)) = (&pem.client_ca, &s.client_ca) {
+            w(replace_file(p, b, false))?;
+        }
+        w(replace_file(&s.key, &pem.key, true))?;
+        w(replace_file(&s.cert, &pem.cert, false))
     }
 
     pub(crate) fn digest(&self) -> Vec<u8> {
