@@ -416,12 +416,7 @@ impl Broker {
                 let outcome = self.connect(conn, *connect, info, now);
                 self.outputs.push_back(Output::Connected { conn, outcome });
             }
-            Input::Packet { conn, packet } => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.last_seen = now;
-                }
-                self.handle_packet(conn, packet, now);
-            }
+            Input::Packet { conn, packet } => self.handle_packet(conn, packet, now),
             Input::Lost { conn } => self.connection_lost(conn, now),
             Input::Writable { conn } => self.connection_writable(conn, now),
             Input::Admin { id, request } => {
@@ -459,11 +454,12 @@ impl Broker {
         self.connection_lost(conn_id, now);
     }
 
-    /// Handles a packet received on a connected connection.
+    /// Handles a packet received on a connected connection (any packet keeps it alive).
     fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now: Instant) {
-        if !self.conns.contains_key(&conn_id) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
-        }
+        };
+        conn.last_seen = now;
         match packet {
             Packet::Publish(p) => self.handle_publish(conn_id, p, now),
             Packet::PubAck(a) => self.complete_outgoing(conn_id, &a, OutState::Unacked, now),
