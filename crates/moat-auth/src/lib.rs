@@ -77,7 +77,9 @@ pub mod throttle;
 pub use acl::{Acl, Action, Permission, Subject};
 pub use binding::Bindings;
 pub use error::LoadError;
-pub use password::{CheckMemory, EditError, HashScheme, Password, PasswordFile, Verdict};
+pub use password::{
+    validate_username, CheckMemory, EditError, HashScheme, Password, PasswordFile, Verdict,
+};
 pub use policy::{
     AuthFailure, AuthRequest, FailureCounters, FailureKind, ListenerPolicy, Principal, Proof,
 };

@@ -10,7 +10,7 @@ use anyhow::Context;
 use moat_pki::generate::{self, Ca, CaOptions, ServerOptions};
 use moat_pki::inspect::CertInfo;
 use moat_pki::{store, KeyType, Validity};
-use moat_server::config_file::{ConfigFile, ListenerFile, TlsFile};
+use moat_server::config_file::{AuthFile, ConfigFile, ListenerFile, TlsFile};
 
 /// The files the first run made or found.
 #[derive(Debug)]
@@ -126,6 +126,25 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     })
 }
 
+/// The ACL file of the embedded defaults, written on the first start when missing: it allows
+/// what the defaults allowed without one (every topic to every client that may connect), so
+/// that the admin console has a file to edit.
+pub(crate) const DEFAULT_ACL: &str = "\
+# The ACL of `moat serve`'s embedded defaults (rules: docs/AUTH.md). Edit it here or in the
+# admin console; changes apply live. With no rule, every client that may connect may publish
+# and subscribe to every topic.
+default = \"allow\"
+";
+
+/// Writes `data_dir/acl.toml` ([`DEFAULT_ACL`]) if it does not exist.
+pub(crate) fn ensure_acl(data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join("acl.toml");
+    if !path.exists() {
+        store::write_file(&path, DEFAULT_ACL.as_bytes(), false, false)?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and its parents) with mode 0700 where the platform has modes.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
@@ -186,6 +205,10 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 tls: Some(tls),
             },
         ],
+        auth: Some(AuthFile {
+            acl_file: Some("acl.toml".into()),
+            ..AuthFile::default()
+        }),
         ..ConfigFile::default()
     }
 }

@@ -28,17 +28,35 @@ pub(crate) struct ServeArgs {
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut guidance = None;
-    let settings = match &args.config {
+    // Where the admin API writes configuration changes: the file given, or (on the embedded
+    // defaults) moat-data/moat.toml, which later starts without --config then read.
+    let (settings, config_path) = match &args.config {
         // Relative paths in the file are relative to the file's folder; errors name the file.
-        Some(path) => Settings::load(path)?,
+        Some(path) => (Settings::load(path)?, path.clone()),
         None => {
             let data_dir = PathBuf::from("moat-data");
+            let written = data_dir.join("moat.toml");
             if !args.print_config {
                 let pki = firstrun::ensure_pki(&data_dir)
                     .with_context(|| format!("cannot prepare {}", data_dir.display()))?;
+                firstrun::ensure_acl(&data_dir)
+                    .with_context(|| format!("cannot prepare {}", data_dir.display()))?;
                 guidance = Some(firstrun::guidance(&pki, &data_dir));
             }
-            firstrun::default_config(&data_dir).validate()?
+            if written.exists() {
+                if !args.print_config {
+                    println!(
+                        "moat: using {} (the embedded defaults as changed in the admin console)",
+                        written.display()
+                    );
+                }
+                (Settings::load(&written)?, written)
+            } else {
+                let mut settings = firstrun::default_config(&data_dir).validate()?;
+                // Paths in a file written to moat-data/ are relative to moat-data/.
+                settings.base_dir = data_dir.clone();
+                (settings, written)
+            }
         }
     };
     if args.print_config {
@@ -61,7 +79,35 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|l| (l.name.clone(), l.kind, l.path.clone()))
             .collect();
+        let admin_settings = settings.admin.clone();
+        let admin_files = (
+            admin_settings.token_file.clone(),
+            admin_settings.viewer_token_file.clone(),
+            admin_settings.audit_log.clone(),
+        );
+        let admin_config = moat_admin::AdminConfig {
+            tls: admin_settings.tls_listener.as_ref().and_then(|name| {
+                settings
+                    .server
+                    .listeners
+                    .iter()
+                    .find(|l| &l.name == name)
+                    .and_then(|l| l.tls.clone())
+            }),
+            password_file: settings.server.auth.password_file.clone(),
+            acl_file: settings.server.auth.acl_file.clone(),
+            settings: admin_settings,
+            config: moat_admin::ConfigTarget {
+                path: config_path,
+                settings: settings.clone(),
+            },
+        };
         let server = Server::bind(settings.server).await?;
+        let admin = if admin_config.settings.enabled {
+            Some(moat_admin::Admin::bind(admin_config, server.handle()).await?)
+        } else {
+            None
+        };
         for (name, addr) in server.local_addrs() {
             let (scheme, path) = match kinds.iter().find(|k| k.0 == name) {
                 Some((_, ListenerKind::Tls, _)) => ("mqtts", String::new()),
@@ -74,8 +120,27 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(text) = &guidance {
             print!("{text}");
         }
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(admin) = admin {
+            let scheme = if admin.is_tls() { "https" } else { "http" };
+            println!(
+                "moat: admin API and console on {scheme}://{}/ (admin token in {}, viewer token in {}; the audit log is {})",
+                admin.local_addr()?,
+                admin_files.0.display(),
+                admin_files.1.display(),
+                admin_files.2.display(),
+            );
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(e) = admin.run(stopped).await {
+                    tracing::error!(error = %e, "the admin API stopped");
+                }
+            });
+        }
         spawn_sighup(server.reload_trigger());
-        server.run(shutdown).await?;
+        let result = server.run(shutdown).await;
+        stop.cancel();
+        result?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

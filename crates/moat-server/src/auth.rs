@@ -181,6 +181,13 @@ impl AuthState {
         }
     }
 
+    /// Re-reads both files now, changed or not; the first invalid one is returned (the old
+    /// contents stay in use).
+    pub(crate) fn reload_now(&self) -> Result<(), LoadError> {
+        self.reload_passwords(true)?;
+        self.reload_acl(true)
+    }
+
     fn reload_passwords(&self, first: bool) -> Result<(), LoadError> {
         let Some(path) = &self.config.password_file else {
             return Ok(());

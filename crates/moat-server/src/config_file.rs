@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 mod settings;
 
-pub use settings::Settings;
+pub use settings::{AdminSettings, Settings, DEFAULT_ADMIN_BIND};
 
 /// The file as written by the user. Every key is optional; an unknown key is an error (a
 /// typo must not silently keep a default).
@@ -35,6 +35,29 @@ pub struct ConfigFile {
     pub store: Option<StoreFile>,
     /// `[limits]`.
     pub limits: Option<LimitsFile>,
+    /// `[admin]`: the admin API and web console.
+    pub admin: Option<AdminFile>,
+}
+
+/// `[admin]`: the admin HTTP API and web console (docs/ADMIN-API.md). Relative paths are
+/// relative to `data_dir`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// false: no admin API (default true).
+    pub enabled: Option<bool>,
+    /// IP:PORT (default 127.0.0.1:18083).
+    pub bind: Option<String>,
+    /// The admin role's bearer token, made on the first start, 0600 (default "admin.token").
+    pub token_file: Option<PathBuf>,
+    /// The viewer role's (read-only) bearer token, made on the first start, 0600 (default
+    /// "viewer.token").
+    pub viewer_token_file: Option<PathBuf>,
+    /// The audit log: one JSON line per change (default "audit.log").
+    pub audit_log: Option<PathBuf>,
+    /// Serve the API over TLS with the certificate and key of this TLS listener (default:
+    /// plain HTTP, which is why the default bind is loopback).
+    pub tls_listener: Option<String>,
 }
 
 /// `[store]`: the durable store under data_dir.

@@ -11,8 +11,12 @@ use moat_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Metrics;
+use std::net::SocketAddr;
+
+use crate::auth::AuthState;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::router::ToRouter;
+use crate::ListenerKind;
 
 /// The server stopped: a request could not be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +30,30 @@ pub struct BrokerHandle {
     metrics: Arc<Metrics>,
     /// The TLS listeners' live material, by listener name.
     tls: Arc<std::collections::BTreeMap<String, Arc<moat_tls::LiveTls>>>,
+    /// Every listener, in configuration order.
+    listeners: Arc<[ListenerEntry]>,
+    auth: Arc<AuthState>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ListenerEntry {
+    pub(crate) name: String,
+    pub(crate) kind: ListenerKind,
+    pub(crate) address: SocketAddr,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+}
+
+/// One listener as it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    /// Its name.
+    pub name: String,
+    /// tcp, tls, ws or wss.
+    pub kind: ListenerKind,
+    /// The address it is bound to.
+    pub address: SocketAddr,
+    /// Connections open now.
+    pub connections: u64,
 }
 
 /// Why TLS material could not be installed or removed.
@@ -57,12 +85,38 @@ impl BrokerHandle {
         router: mpsc::Sender<ToRouter>,
         metrics: Arc<Metrics>,
         tls: Arc<std::collections::BTreeMap<String, Arc<moat_tls::LiveTls>>>,
+        listeners: Arc<[ListenerEntry]>,
+        auth: Arc<AuthState>,
     ) -> Self {
         Self {
             router,
             metrics,
             tls,
+            listeners,
+            auth,
         }
+    }
+
+    /// Every listener with its address and open connections, in configuration order.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        self.listeners
+            .iter()
+            .map(|l| ListenerStatus {
+                name: l.name.clone(),
+                kind: l.kind,
+                address: l.address,
+                connections: l.metrics.open_connections(),
+            })
+            .collect()
+    }
+
+    /// Re-reads the password file and the ACL now (after the admin API wrote them), whether
+    /// or not they look changed. Blocking (it parses files): call it off the async threads.
+    ///
+    /// # Errors
+    /// The first file that is invalid (`path:line: reason`); the old contents stay in use.
+    pub fn reload_auth_blocking(&self) -> Result<(), moat_auth::LoadError> {
+        self.auth.reload_now()
     }
 
     /// The names of the TLS listeners (tls and wss).

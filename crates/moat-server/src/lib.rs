@@ -39,7 +39,7 @@ pub use auth::{AuthConfig, AuthStats};
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
-pub use handle::{BrokerHandle, Page, Stopped, TlsChangeError};
+pub use handle::{BrokerHandle, ListenerStatus, Page, Stopped, TlsChangeError};
 pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
@@ -229,7 +229,23 @@ impl Server {
             .iter()
             .filter_map(|b| b.tls.clone().map(|t| (b.config.name.clone(), t)))
             .collect();
-        BrokerHandle::new(self.tx.clone(), Arc::clone(&self.metrics), Arc::new(tls))
+        let listeners: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|b| handle::ListenerEntry {
+                name: b.config.name.clone(),
+                kind: b.config.kind,
+                address: b.socket.local_addr().unwrap_or(b.config.bind),
+                metrics: Arc::clone(&b.metrics),
+            })
+            .collect();
+        BrokerHandle::new(
+            self.tx.clone(),
+            Arc::clone(&self.metrics),
+            Arc::new(tls),
+            listeners.into(),
+            Arc::clone(&self.auth),
+        )
     }
 
     /// Authentication counters (failures by kind, password checks), readable while it runs.

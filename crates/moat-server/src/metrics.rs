@@ -83,6 +83,11 @@ impl ListenerMetrics {
         }
     }
 
+    /// Connections open now.
+    pub(crate) fn open_connections(&self) -> u64 {
+        u64::try_from(self.open.get()).unwrap_or(0)
+    }
+
     /// Counts bytes read from a client (MQTT bytes: after TLS and WebSocket framing).
     pub(crate) fn received(&self, n: usize) {
         self.bytes_in.inc_by(n as u64);

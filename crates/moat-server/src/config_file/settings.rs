@@ -11,7 +11,9 @@ use moat_auth::Proof;
 use moat_store::Durability;
 use moat_tls::{ClientAuth, IdentitySource, TlsSettings};
 
-use super::{AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, StoreFile, TlsFile};
+use super::{
+    AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, StoreFile, TlsFile,
+};
 use crate::{AuthConfig, ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
 
 /// Validated settings: what the server runs with, and what the file's relative paths were
@@ -26,7 +28,30 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The folder the file's relative paths are relative to ("" for the working directory).
     pub base_dir: PathBuf,
+    /// `[admin]`, resolved.
+    pub admin: AdminSettings,
 }
+
+/// The admin API's settings (`[admin]`), every path resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdminSettings {
+    /// Whether the admin API runs.
+    pub enabled: bool,
+    /// Where it listens.
+    pub bind: SocketAddr,
+    /// The admin token's file.
+    pub token_file: PathBuf,
+    /// The viewer token's file.
+    pub viewer_token_file: PathBuf,
+    /// The audit log.
+    pub audit_log: PathBuf,
+    /// The TLS listener whose certificate the API serves with, if any.
+    pub tls_listener: Option<String>,
+}
+
+/// The admin API's default address.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:18083";
 
 const KINDS: &[&str] = &["tcp", "tls", "ws", "wss"];
 const PROOFS: &[&str] = &["password", "certificate", "either", "both"];
@@ -188,6 +213,14 @@ impl Settings {
                 max_outbox_packets: Some(s.max_outbox_packets),
                 sys_interval_secs: Some(b.sys_interval.map_or(0, |d| d.as_secs())),
             }),
+            admin: Some(AdminFile {
+                enabled: Some(self.admin.enabled),
+                bind: Some(self.admin.bind.to_string()),
+                token_file: Some(in_data(&self.admin.token_file)),
+                viewer_token_file: Some(in_data(&self.admin.viewer_token_file)),
+                audit_log: Some(in_data(&self.admin.audit_log)),
+                tls_listener: self.admin.tls_listener.clone(),
+            }),
         }
     }
 }
@@ -261,10 +294,52 @@ impl ConfigFile {
             )),
             acl_file: auth.acl_file.as_deref().map(in_data),
         };
+        let admin = self.admin.clone().unwrap_or_default();
+        let bind = admin.bind.as_deref().unwrap_or(DEFAULT_ADMIN_BIND);
+        let bind: SocketAddr = bind.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin.bind",
+                format!("{bind:?} is not IP:PORT; for example \"{DEFAULT_ADMIN_BIND}\""),
+            )
+        })?;
+        if let Some(name) = &admin.tls_listener {
+            if !server
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.tls.is_some())
+            {
+                return Err(ConfigError::invalid(
+                    "admin.tls_listener",
+                    format!(
+                        "no tls or wss listener is named {name:?}; name one whose certificate \
+                         the admin API should serve, or remove the key for plain HTTP"
+                    ),
+                ));
+            }
+        }
+        let admin = AdminSettings {
+            enabled: admin.enabled.unwrap_or(true),
+            bind,
+            token_file: in_data(
+                admin
+                    .token_file
+                    .as_deref()
+                    .unwrap_or(Path::new("admin.token")),
+            ),
+            viewer_token_file: in_data(
+                admin
+                    .viewer_token_file
+                    .as_deref()
+                    .unwrap_or(Path::new("viewer.token")),
+            ),
+            audit_log: in_data(admin.audit_log.as_deref().unwrap_or(Path::new("audit.log"))),
+            tls_listener: admin.tls_listener,
+        };
         Ok(Settings {
             server,
             data_dir,
             base_dir: base.to_owned(),
+            admin,
         })
     }
 }

@@ -1,0 +1,1 @@
+/* placeholder: the console is built on branch h2 */
