@@ -14,7 +14,8 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("moat.toml");
     std::fs::write(
         &path,
-        "data_dir = \"data\"\n[[listeners]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\n",
+        "data_dir = \"data\"\n[[listeners]]\nname = \"local\"\nbind = \"127.0.0.1:0\"\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     path

@@ -15,11 +15,20 @@ struct Moat {
     _dir: tempfile::TempDir,
 }
 
+fn with_admin_port0(config: &str) -> String {
+    if config.contains("[admin]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[admin]\nbind = \"127.0.0.1:0\"\n")
+    }
+}
+
 impl Moat {
     fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("moat.toml");
-        std::fs::write(&path, config).unwrap();
+        // The admin API on an ephemeral port, so that tests can run side by side.
+        std::fs::write(&path, with_admin_port0(config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
             .args(["serve", "--config"])
             .arg(&path)

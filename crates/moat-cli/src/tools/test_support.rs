@@ -73,7 +73,11 @@ impl Moat {
     /// `files_dir` (where test certificates are).
     pub fn start(config: &str, files_dir: &Path) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = config.replace("{dir}", &files_dir.display().to_string());
+        let mut config = config.replace("{dir}", &files_dir.display().to_string());
+        // The admin API on an ephemeral port, so that tests can run side by side.
+        if !config.contains("[admin]") {
+            config.push_str("\n[admin]\nbind = \"127.0.0.1:0\"\n");
+        }
         let expected = config.matches("[[listeners]]").count();
         let path = dir.path().join("moat.toml");
         std::fs::write(&path, &config).expect("write config");
