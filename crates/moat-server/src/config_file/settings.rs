@@ -689,6 +689,14 @@ max_concurrent_auth = 3
 connect_timeout_secs = 4
 max_outbox_packets = 64
 sys_interval_secs = 0
+
+[admin]
+enabled = false
+bind = "[::1]:18084"
+token_file = "secrets/admin.token"
+viewer_token_file = "/run/moat/viewer.token"
+audit_log = "log/audit.jsonl"
+tls_listener = "secure"
 "#;
 
     /// file -> validate -> effective -> TOML -> parse -> validate gives the same settings,
