@@ -130,7 +130,7 @@ const pageErrors = [];
 // instead of the copies embedded in the binary (the API still answers from the broker): for
 // working on the console without rebuilding the broker.
 async function newContext(viewport) {
-  const ctx = await newContext(viewport);
+  const ctx = await browser.newContext({ viewport });
   const dir = process.env.CONSOLE_DIR;
   if (dir) {
     const files = { '/': ['index.html', 'text/html'], '/assets/app.js': ['app.js', 'text/javascript'], '/assets/app.css': ['app.css', 'text/css'] };
@@ -144,7 +144,7 @@ async function newContext(viewport) {
 
 before(async () => {
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
-  context = await newContext({ viewport: { width: 1280, height: 800 } });
+  context = await newContext({ width: 1280, height: 800 });
   page = await context.newPage();
   page.setDefaultTimeout(T);
   page.on('pageerror', (e) => pageErrors.push(e.message));
