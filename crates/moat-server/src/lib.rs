@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::{Broker, ConnId};
-use moat_tls::{HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
+use moat_tls::{FailureRecord, HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -582,7 +582,12 @@ async fn tls_accept(
     timeout: Duration,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsConn)> {
     let Some(acceptor) = live.acceptor() else {
-        live.failures.record(HandshakeFailure::NoServerCertificate);
+        live.failures.record(FailureRecord {
+            at: std::time::SystemTime::now(),
+            peer,
+            reason: HandshakeFailure::NoServerCertificate,
+            detail: "the listener has no certificate".to_owned(),
+        });
         warn!(
             %peer,
             reason = %HandshakeFailure::NoServerCertificate,
@@ -599,7 +604,7 @@ async fn tls_accept(
                 .and_then(|c| c.first())
                 .and_then(|c| PeerIdentity::from_der(c));
             let guard = live.register(identity.as_ref());
-            let source = live.settings().identity;
+            let source = live.identity_source();
             let version = match tls_stream.get_ref().1.protocol_version() {
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -622,8 +627,13 @@ async fn tls_accept(
         ),
     };
     let (reason, detail) = failure;
-    live.failures.record(reason);
     warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
+    live.failures.record(FailureRecord {
+        at: std::time::SystemTime::now(),
+        peer,
+        reason,
+        detail,
+    });
     None
 }
 
