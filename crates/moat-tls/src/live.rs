@@ -381,13 +381,15 @@ impl LiveTls {
     }
 }
 
+/// (path, bytes or `None` when absent, secret).
+type SavedFile = (std::path::PathBuf, Option<Zeroizing<Vec<u8>>>, bool);
+
 /// A listener's settings, material and file bytes at one moment ([`LiveTls::snapshot`]).
 /// Its `Debug` shows the paths only.
 pub struct TlsSnapshot {
     settings: TlsSettings,
     material: Option<Arc<Material>>,
-    /// (path, bytes or `None` when absent, secret).
-    files: Vec<(std::path::PathBuf, Option<Zeroizing<Vec<u8>>>, bool)>,
+    files: Vec<SavedFile>,
     passphrase: Option<Zeroizing<Vec<u8>>>,
 }
 

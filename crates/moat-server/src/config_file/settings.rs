@@ -261,6 +261,7 @@ impl ConfigFile {
             )),
             acl_file: auth.acl_file.as_deref().map(in_data),
         };
+        server.tls_state_dir = in_data(Path::new("tls"));
         Ok(Settings {
             server,
             data_dir,
