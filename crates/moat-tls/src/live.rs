@@ -336,8 +336,10 @@ impl LiveTls {
             state.acceptor = None;
             std::mem::replace(&mut state.generation, CancellationToken::new())
         };
+        // Counted before the cancellation: the connections unregister as they close.
+        let open = self.registry().len();
         old.cancel();
-        self.registry().len()
+        open
     }
 
     /// Registers a connection that completed its handshake. The guard's token is cancelled when
