@@ -614,3 +614,113 @@ async fn client_auth_none_to_required_applies_to_new_handshakes() {
     assert_eq!(recent.listener, "mqtts");
     assert!(recent.peer.starts_with("127.0.0.1:"));
 }
+
+/// The JSON the admin API returns as is: field names exactly as docs/ADMIN-API.md has them.
+#[tokio::test]
+async fn serialized_shapes_match_the_admin_api_contract() {
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    }
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut k: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        k.sort();
+        k
+    }
+    let env = Env::new();
+    let run = start(env.config()).await;
+    let h = run.broker.handle();
+    let (upload, _) = env.upload("b");
+    h.stage_certificates("mqtts", upload).await.expect("staged");
+
+    let set = serde_json::to_value(h.certificate_set("mqtts").unwrap()).unwrap();
+    assert_eq!(
+        keys(&set),
+        sorted(&[
+            "id",
+            "listeners",
+            "state",
+            "client_auth",
+            "certificate",
+            "chain",
+            "client_ca",
+            "crls",
+            "warnings",
+            "pending",
+            "previous",
+            "connected_clients",
+        ])
+    );
+    assert_eq!(set["state"], "active");
+    assert_eq!(set["client_auth"], "none");
+    let detail = &set["certificate"];
+    assert_eq!(
+        keys(detail),
+        sorted(&[
+            "subject",
+            "sans",
+            "issuer",
+            "serial",
+            "not_before",
+            "not_after",
+            "days_left",
+            "key_type",
+            "fingerprint_sha256",
+            "is_ca",
+        ])
+    );
+    assert_eq!(detail["key_type"], "P-256");
+    assert!(detail["not_after"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        keys(&set["pending"]),
+        sorted(&[
+            "certificate",
+            "chain",
+            "client_ca",
+            "client_auth",
+            "warnings",
+            "notes",
+            "uploaded_at",
+        ])
+    );
+
+    let activation = serde_json::to_value(h.activate_pending("mqtts").await.unwrap()).unwrap();
+    assert_eq!(
+        keys(&activation),
+        sorted(&["activated", "listeners", "test_handshake", "warnings"])
+    );
+    assert_eq!(
+        activation["test_handshake"][0],
+        serde_json::json!({"listener": "mqtts", "ok": true})
+    );
+
+    let preview = serde_json::to_value(h.delete_preview("mqtts").unwrap()).unwrap();
+    assert_eq!(
+        preview,
+        serde_json::json!({"listeners": [{"name": "mqtts", "clients": 0}, {"name": "wss", "clients": 0}], "total": 0})
+    );
+
+    let expiry = serde_json::to_value(h.expiry()).unwrap();
+    assert_eq!(
+        keys(&expiry[0]),
+        sorted(&[
+            "kind",
+            "certificate_set",
+            "client_id",
+            "subject",
+            "not_after",
+            "seconds_left",
+            "days_left",
+            "level",
+        ])
+    );
+    let client = moat_server::ExpiryItem::client("dev1", "CN=dev1", 0, SystemTime::now());
+    let client = serde_json::to_value(client).unwrap();
+    assert_eq!(client["kind"], "client");
+    assert_eq!(client["level"], "expired");
+    assert_eq!(client["client_id"], "dev1");
+
+    let failures = serde_json::to_value(h.handshake_failures()).unwrap();
+    assert_eq!(keys(&failures), sorted(&["by_reason", "recent"]));
+}
