@@ -131,4 +131,4 @@ impl IntoResponse for ApiError {
 }
 
 /// A handler's result.
-pub type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;

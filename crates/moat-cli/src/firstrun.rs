@@ -57,7 +57,8 @@ fn is_link_local(ip: IpAddr) -> bool {
 
 /// Makes (or reuses) `data_dir/pki`: ca.pem, ca.key (0600), server.pem, server.key (0600).
 /// The server certificate is made again when it no longer covers a local name or is about
-/// to expire; the CA is kept, so client certificates stay valid.
+/// to expire; the CA is kept, so client certificates stay valid. While a certificate set is
+/// deleted (`data_dir/tls/<id>/removed`), no server certificate is made.
 pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     let dir = data_dir.join("pki");
     create_private_dir(&dir)?;
@@ -85,22 +86,26 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     let hosts = local_hosts();
     let server_pem = dir.join("server.pem");
     let server_key = dir.join("server.key");
-    let reissue = created_ca
-        || !server_key.exists()
-        || match read_cert(&server_pem)
-            .ok()
-            .and_then(|d| CertInfo::from_der(&d).ok())
-        {
-            None => true,
-            Some(info) => {
-                let soon = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64 + 30 * 86_400)
-                    .unwrap_or(0);
-                info.not_after_unix < soon
-                    || !hosts.iter().all(|h| moat_pki::lint::covers(&info, h))
-            }
-        };
+    // A certificate set deleted with the admin API stays deleted: its listeners start
+    // without material, and no new server certificate is made behind the admin's back.
+    let deleted = moat_server::removed_certificate_sets(&data_dir.join("tls"));
+    let reissue = deleted.is_empty()
+        && (created_ca
+            || !server_key.exists()
+            || match read_cert(&server_pem)
+                .ok()
+                .and_then(|d| CertInfo::from_der(&d).ok())
+            {
+                None => true,
+                Some(info) => {
+                    let soon = now
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64 + 30 * 86_400)
+                        .unwrap_or(0);
+                    info.not_after_unix < soon
+                        || !hosts.iter().all(|h| moat_pki::lint::covers(&info, h))
+                }
+            });
     if reissue {
         let server = generate::server(
             &ServerOptions {
@@ -239,4 +244,29 @@ moat: data in {d}; `moat serve --print-config` shows the settings in force.
 ",
         hosts = pki.hosts.join(", "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_certificate_set_is_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        ensure_pki(data).unwrap();
+        let server = data.join("pki").join("server.pem");
+        assert!(server.exists());
+
+        std::fs::remove_file(&server).unwrap();
+        std::fs::remove_file(data.join("pki").join("server.key")).unwrap();
+        std::fs::create_dir_all(data.join("tls").join("mqtts")).unwrap();
+        std::fs::write(data.join("tls").join("mqtts").join("removed"), "").unwrap();
+        ensure_pki(data).unwrap();
+        assert!(!server.exists(), "made again while the set is deleted");
+
+        std::fs::remove_file(data.join("tls").join("mqtts").join("removed")).unwrap();
+        ensure_pki(data).unwrap();
+        assert!(server.exists());
+    }
 }

@@ -109,6 +109,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How often TLS files are checked for changes (SIGHUP checks at once).
     pub tls_poll_interval: Duration,
+    /// Where the certificate sets keep their state: the previous material, the marker of a
+    /// deleted set, parts a listener had no file for. Default `<data_dir>/tls`.
+    pub tls_state_dir: std::path::PathBuf,
 }
 
 /// The default of [`ServerConfig::max_concurrent_auth`]: 2 per CPU, at least 2 and at most
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             tls_poll_interval: Duration::from_secs(2),
+            tls_state_dir: std::path::PathBuf::from("moat-data/tls"),
         }
     }
 }

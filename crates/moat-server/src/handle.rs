@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use std::net::SocketAddr;
 
 use crate::auth::AuthState;
+use crate::certs::{
+    Activation, CertError, CertSet, CertSets, CertUpload, DeleteReport, ExpiryItem,
+    HandshakeFailures, PendingSet, RecentFailure,
+};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::router::ToRouter;
 use crate::ListenerKind;
@@ -33,6 +37,8 @@ pub struct BrokerHandle {
     /// Every listener, in configuration order.
     listeners: Arc<[ListenerEntry]>,
     auth: Arc<AuthState>,
+    /// The TLS listeners grouped into certificate sets.
+    certs: Arc<CertSets>,
 }
 
 #[derive(Debug)]
@@ -87,6 +93,7 @@ impl BrokerHandle {
         tls: Arc<std::collections::BTreeMap<String, Arc<moat_tls::LiveTls>>>,
         listeners: Arc<[ListenerEntry]>,
         auth: Arc<AuthState>,
+        certs: Arc<CertSets>,
     ) -> Self {
         Self {
             router,
@@ -94,6 +101,7 @@ impl BrokerHandle {
             tls,
             listeners,
             auth,
+            certs,
         }
     }
 
@@ -117,6 +125,127 @@ impl BrokerHandle {
     /// The first file that is invalid (`path:line: reason`); the old contents stay in use.
     pub fn reload_auth_blocking(&self) -> Result<(), moat_auth::LoadError> {
         self.auth.reload_now()
+    }
+
+    /// Every certificate set (TLS listeners serving the same certificate file), in
+    /// configuration order.
+    pub fn certificate_sets(&self) -> Vec<CertSet> {
+        let now = std::time::SystemTime::now();
+        self.certs
+            .ids()
+            .iter()
+            .filter_map(|id| self.certs.view(id, now).ok())
+            .collect()
+    }
+
+    /// One certificate set by id (its first listener's name).
+    pub fn certificate_set(&self, id: &str) -> Option<CertSet> {
+        self.certs.view(id, std::time::SystemTime::now()).ok()
+    }
+
+    /// The certificate set a TLS listener belongs to.
+    pub fn certificate_set_of(&self, listener: &str) -> Option<String> {
+        self.certs.set_of(listener)
+    }
+
+    /// Checks new material for a set and keeps it as the set's pending material (in memory;
+    /// a new stage replaces it). Every part is decoded (PEM or DER), a bundle in `cert` is
+    /// split, an encrypted key is decrypted with its passphrase, parts not given are kept
+    /// from the active set; then everything is linted and built exactly as the broker's own
+    /// files at start-up. Nothing is served until [`activate_pending`](Self::activate_pending).
+    ///
+    /// # Errors
+    /// [`CertError::Refused`] with the findings (nothing staged), [`CertError::Invalid`],
+    /// [`CertError::NoSet`], [`CertError::Stopped`].
+    pub async fn stage_certificates(
+        &self,
+        id: &str,
+        upload: CertUpload,
+    ) -> Result<PendingSet, CertError> {
+        self.certs.stage(id, upload).await
+    }
+
+    /// Drops a set's pending material.
+    ///
+    /// # Errors
+    /// [`CertError::NoSet`], [`CertError::NoPending`].
+    pub fn discard_pending(&self, id: &str) -> Result<(), CertError> {
+        self.certs.discard(id)
+    }
+
+    /// Installs a set's pending material on every listener of the set (the current material
+    /// becomes the set's previous one, files written atomically, key 0600), then runs a
+    /// test handshake against each listener; if one fails, every listener is rolled back.
+    ///
+    /// # Errors
+    /// [`CertError::NoPending`], [`CertError::TestHandshakeFailed`] (rolled back),
+    /// [`CertError::Install`] (rolled back), [`CertError::Io`], [`CertError::Stopped`].
+    pub async fn activate_pending(&self, id: &str) -> Result<Activation, CertError> {
+        self.certs.activate_pending(id).await
+    }
+
+    /// Makes the set's previous material (before the last activation or deletion) active
+    /// again, checked and tested as an activation; the current material becomes previous.
+    ///
+    /// # Errors
+    /// [`CertError::NoPrevious`], and as [`activate_pending`](Self::activate_pending) (a
+    /// previous set that no longer passes lint is [`CertError::Refused`]).
+    pub async fn restore_previous(&self, id: &str) -> Result<Activation, CertError> {
+        self.certs.restore_previous(id).await
+    }
+
+    /// The TLS clients a deletion of the set would disconnect, per listener. Changes nothing.
+    ///
+    /// # Errors
+    /// [`CertError::NoSet`].
+    pub fn delete_preview(&self, id: &str) -> Result<DeleteReport, CertError> {
+        self.certs.delete_preview(id)
+    }
+
+    /// Removes a set's material from every listener of the set: its TLS clients are
+    /// disconnected (v5: DISCONNECT 0x98), new handshakes are refused, also after a restart
+    /// (a `removed` marker under `tls_state_dir/<id>/`), until material is activated or
+    /// restored. The certificate and key files move to the set's previous material.
+    ///
+    /// # Errors
+    /// [`CertError::NoSet`], [`CertError::Io`], [`CertError::Stopped`].
+    pub async fn delete_certificates(&self, id: &str) -> Result<DeleteReport, CertError> {
+        self.certs.delete(id).await
+    }
+
+    /// What expires in every set (server, chain and client CA certificates, CRL next
+    /// updates), soonest first. Add connected clients' certificates with
+    /// [`ExpiryItem::client`] and sort again by `seconds_left`.
+    pub fn expiry(&self) -> Vec<ExpiryItem> {
+        self.certs.expiry(std::time::SystemTime::now())
+    }
+
+    /// Handshake failures of every TLS listener: counts by reason and the last
+    /// [`moat_tls::RECENT_FAILURES`] failures, newest first.
+    pub fn handshake_failures(&self) -> HandshakeFailures {
+        let mut out = HandshakeFailures::default();
+        let mut recent = Vec::new();
+        for (name, live) in self.tls.iter() {
+            for (reason, n) in live.failures.snapshot() {
+                if n > 0 {
+                    *out.by_reason.entry(reason.label().to_owned()).or_default() += n;
+                }
+            }
+            recent.extend(live.failures.recent().into_iter().map(|r| (name, r)));
+        }
+        recent.sort_by_key(|r| std::cmp::Reverse(r.1.at));
+        out.recent = recent
+            .into_iter()
+            .take(moat_tls::RECENT_FAILURES)
+            .map(|(name, r)| RecentFailure {
+                at: rfc3339_of(r.at),
+                listener: name.clone(),
+                peer: r.peer.to_string(),
+                reason: r.reason.label().to_owned(),
+                detail: r.detail,
+            })
+            .collect();
+        out
     }
 
     /// The names of the TLS listeners (tls and wss).
@@ -318,4 +447,12 @@ impl BrokerHandle {
             .map_err(|_| Stopped)?;
         Ok(rx)
     }
+}
+
+/// A time as RFC 3339 (second precision).
+fn rfc3339_of(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    moat_pki::inspect::rfc3339(secs)
 }

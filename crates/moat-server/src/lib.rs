@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod certs;
 mod config;
 pub mod config_file;
 mod connection;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::{Broker, ConnId};
-use moat_tls::{HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
+use moat_tls::{FailureRecord, HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug_span, error, info, warn, Instrument};
 
 pub use auth::{AuthConfig, AuthStats};
+pub use certs::{
+    removed_certificate_sets, Activation, CertDetail, CertError, CertSet, CertUpload, CrlDetail,
+    DeleteReport, ExpiryItem, ExpiryKind, ExpiryLevel, HandshakeFailures, ListenerClients,
+    PendingSet, RecentFailure, SetState, TestHandshake,
+};
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
@@ -128,6 +134,7 @@ pub struct Server {
     auth: Arc<AuthState>,
     store: Option<(moat_store::DiskStore, moat_core::store::Snapshot)>,
     metrics: Arc<Metrics>,
+    certs: Arc<certs::CertSets>,
 }
 
 impl Server {
@@ -161,6 +168,26 @@ impl Server {
             }
             None => None,
         };
+        // Certificate sets: TLS listeners grouped by certificate file, each set named after its
+        // first listener. A set deleted by the admin API stays deleted across restarts.
+        let set_ids: std::collections::HashMap<&str, String> = {
+            let mut firsts: Vec<(&std::path::Path, &str)> = Vec::new();
+            let mut ids = std::collections::HashMap::new();
+            for l in &config.listeners {
+                let Some(t) = l.tls.as_ref().filter(|_| l.kind.is_tls()) else {
+                    continue;
+                };
+                let id = match firsts.iter().find(|(c, _)| *c == t.cert.as_path()) {
+                    Some((_, id)) => *id,
+                    None => {
+                        firsts.push((t.cert.as_path(), l.name.as_str()));
+                        l.name.as_str()
+                    }
+                };
+                ids.insert(l.name.as_str(), id.to_owned());
+            }
+            ids
+        };
         let mut bound = Vec::new();
         for l in &config.listeners {
             // TLS material is checked before anything is bound: a bad file refuses to start.
@@ -171,12 +198,27 @@ impl Server {
                         kind: l.kind,
                     });
                 };
-                let live = LiveTls::load(&l.name, settings, std::time::SystemTime::now()).map_err(
-                    |source| ServerError::Tls {
-                        name: l.name.clone(),
-                        source,
-                    },
-                )?;
+                let marker = set_ids
+                    .get(l.name.as_str())
+                    .map(|id| certs::removed_marker(&config.tls_state_dir, id))
+                    .filter(|m| m.exists());
+                let live = match marker {
+                    Some(marker) => {
+                        warn!(
+                            listener = %l.name,
+                            marker = %marker.display(),
+                            "this listener's certificate set was deleted: it refuses TLS \
+                             handshakes; stage and activate new material (or restore the \
+                             previous one) with the admin API"
+                        );
+                        LiveTls::removed(&l.name, settings)
+                    }
+                    None => LiveTls::load(&l.name, settings, std::time::SystemTime::now())
+                        .map_err(|source| ServerError::Tls {
+                            name: l.name.clone(),
+                            source,
+                        })?,
+                };
                 Some(live)
             } else {
                 None
@@ -198,6 +240,27 @@ impl Server {
         if let Some((store, _)) = &store {
             metrics.store().set_bytes(store.disk_usage());
         }
+        let members = bound
+            .iter()
+            .filter_map(|(l, socket, tls)| {
+                let live = tls.clone()?;
+                let addr = socket.local_addr().ok()?;
+                let cert = live.settings().cert;
+                Some((
+                    certs::Member {
+                        name: l.name.clone(),
+                        addr,
+                        live,
+                    },
+                    cert,
+                ))
+            })
+            .collect();
+        let certs = Arc::new(certs::CertSets::new(
+            config.tls_state_dir.clone(),
+            certs::group(members),
+            config.handshake_timeout,
+        ));
         let listeners = bound
             .into_iter()
             .zip(per_listener)
@@ -218,6 +281,7 @@ impl Server {
             auth,
             store,
             metrics: Arc::new(metrics),
+            certs,
         })
     }
 
@@ -245,6 +309,7 @@ impl Server {
             Arc::new(tls),
             listeners.into(),
             Arc::clone(&self.auth),
+            Arc::clone(&self.certs),
         )
     }
 
@@ -598,7 +663,12 @@ async fn tls_accept(
     timeout: Duration,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsConn)> {
     let Some(acceptor) = live.acceptor() else {
-        live.failures.record(HandshakeFailure::NoServerCertificate);
+        live.failures.record(FailureRecord {
+            at: std::time::SystemTime::now(),
+            peer,
+            reason: HandshakeFailure::NoServerCertificate,
+            detail: "the listener has no certificate".to_owned(),
+        });
         warn!(
             %peer,
             reason = %HandshakeFailure::NoServerCertificate,
@@ -615,7 +685,7 @@ async fn tls_accept(
                 .and_then(|c| c.first())
                 .and_then(|c| PeerIdentity::from_der(c));
             let guard = live.register(identity.as_ref());
-            let source = live.settings().identity;
+            let source = live.identity_source();
             let version = match tls_stream.get_ref().1.protocol_version() {
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -638,8 +708,13 @@ async fn tls_accept(
         ),
     };
     let (reason, detail) = failure;
-    live.failures.record(reason);
     warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
+    live.failures.record(FailureRecord {
+        at: std::time::SystemTime::now(),
+        peer,
+        reason,
+        detail,
+    });
     None
 }
 

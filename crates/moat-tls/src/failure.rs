@@ -4,8 +4,12 @@
 //! sent...), its hint is moat-pki's diagnosis of that fact ([`moat_pki::diagnose::rejection`]):
 //! the same code, cause and fix that `moat check` prints on the client's side.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use moat_pki::diagnose::{self, Rejection};
 use moat_pki::{LintCode, Purpose};
@@ -172,18 +176,45 @@ impl fmt::Display for HandshakeFailure {
     }
 }
 
-/// Handshake failure counters of one listener.
+/// How many failed handshakes [`FailureCounters::recent`] remembers per listener.
+pub const RECENT_FAILURES: usize = 20;
+
+/// One failed handshake, as remembered for the admin API and the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// When it failed.
+    pub at: SystemTime,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Why.
+    pub reason: HandshakeFailure,
+    /// What rustls (or the timeout) said: never key material, only the error's text.
+    pub detail: String,
+}
+
+/// Handshake failure counters of one listener, and its last [`RECENT_FAILURES`] failures.
 #[derive(Debug, Default)]
 pub struct FailureCounters {
     counts: [AtomicU64; 12],
+    /// Oldest first; a std mutex, held for a push or a copy only.
+    recent: Mutex<VecDeque<FailureRecord>>,
 }
 
 impl FailureCounters {
-    /// Counts one failure.
-    pub fn record(&self, reason: HandshakeFailure) {
-        if let Some(i) = HandshakeFailure::ALL.iter().position(|r| *r == reason) {
+    /// Counts one failure and remembers it (the oldest remembered one goes when
+    /// [`RECENT_FAILURES`] are kept).
+    pub fn record(&self, failure: FailureRecord) {
+        if let Some(i) = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == failure.reason)
+        {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_FAILURES {
+            recent.pop_front();
+        }
+        recent.push_back(failure);
     }
 
     /// The count for one reason.
@@ -199,6 +230,16 @@ impl FailureCounters {
         HandshakeFailure::ALL
             .iter()
             .map(|r| (*r, self.get(*r)))
+            .collect()
+    }
+
+    /// The last failures, oldest first.
+    pub fn recent(&self) -> Vec<FailureRecord> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
             .collect()
     }
 }
@@ -239,5 +280,24 @@ mod tests {
             HandshakeFailure::NoClientCertificate.hint(),
             diagnose::rejection(Purpose::Client, Rejection::NoCertificate).to_string()
         );
+    }
+
+    #[test]
+    fn recent_failures_keep_the_last_twenty() {
+        let counters = FailureCounters::default();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5555));
+        for i in 0..25 {
+            counters.record(FailureRecord {
+                at: SystemTime::UNIX_EPOCH,
+                peer,
+                reason: HandshakeFailure::UnknownCa,
+                detail: format!("failure {i}"),
+            });
+        }
+        assert_eq!(counters.get(HandshakeFailure::UnknownCa), 25);
+        let recent = counters.recent();
+        assert_eq!(recent.len(), RECENT_FAILURES);
+        assert_eq!(recent[0].detail, "failure 5");
+        assert_eq!(recent[19].detail, "failure 24");
     }
 }

@@ -22,14 +22,18 @@ mod failure;
 mod identity;
 mod live;
 mod material;
+mod pinned;
 mod verifier;
 
 use std::path::PathBuf;
 
-pub use failure::{FailureCounters, HandshakeFailure};
+pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
-pub use live::{ConnectionGuard, LiveTls, ReloadOutcome};
-pub use material::{CertificateExpiry, CertificateRole, FileError, Material, Pem, TlsError};
+pub use live::{ConnectionGuard, LiveTls, ReloadOutcome, TlsSnapshot};
+pub use material::{
+    CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, TlsError,
+};
+pub use pinned::pinned_client_config;
 pub use verifier::V1ClientCertificate;
 
 /// Whether clients must present a certificate.

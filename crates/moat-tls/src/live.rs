@@ -10,13 +10,16 @@ use moat_pki::lint::Finding;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
-use crate::material::{CertificateExpiry, Files, Material, Pem, TlsError};
-use crate::TlsSettings;
+use crate::material::{CertificateExpiry, Files, Material, Pem, Served, TlsError};
+use crate::{IdentitySource, TlsSettings};
 
 struct State {
+    /// Replaced with the material when an install changes them (client_auth, a new path).
+    settings: TlsSettings,
     material: Option<Arc<Material>>,
     acceptor: Option<TlsAcceptor>,
     /// Cancelled when the certificate is removed; every connection's token is a child.
@@ -54,7 +57,6 @@ pub enum ReloadOutcome {
 /// The TLS material of one listener, shared by its accept loop and its connections.
 pub struct LiveTls {
     name: String,
-    settings: TlsSettings,
     state: RwLock<State>,
     registry: Mutex<HashMap<u64, Registered>>,
     /// Held while the files are read for a reload or written by an install, so a reload never
@@ -69,7 +71,7 @@ impl std::fmt::Debug for LiveTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveTls")
             .field("name", &self.name)
-            .field("settings", &self.settings)
+            .field("settings", &self.read_state().settings)
             .finish()
     }
 }
@@ -85,25 +87,51 @@ impl LiveTls {
             warn!(listener = name, "{w}");
         }
         info!(listener = name, certificate = %material.summary, "TLS material loaded");
-        let acceptor = TlsAcceptor::from(Arc::clone(&material.config));
-        Ok(Arc::new(Self {
+        Ok(Self::with(name, settings, Some(material)))
+    }
+
+    /// A listener whose certificate was removed (by the admin API, before a restart): it
+    /// refuses handshakes until material is installed, and reads no file now.
+    pub fn removed(name: &str, settings: TlsSettings) -> Arc<Self> {
+        Self::with(name, settings, None)
+    }
+
+    fn with(name: &str, settings: TlsSettings, material: Option<Material>) -> Arc<Self> {
+        let acceptor = material
+            .as_ref()
+            .map(|m| TlsAcceptor::from(Arc::clone(&m.config)));
+        Arc::new(Self {
             name: name.to_owned(),
-            settings,
             state: RwLock::new(State {
-                material: Some(Arc::new(material)),
-                acceptor: Some(acceptor),
+                settings,
+                material: material.map(Arc::new),
+                acceptor,
                 generation: CancellationToken::new(),
             }),
             registry: Mutex::new(HashMap::new()),
             files: Mutex::new(()),
             next_id: AtomicU64::new(1),
             failures: FailureCounters::default(),
-        }))
+        })
     }
 
-    /// The listener's settings.
-    pub fn settings(&self) -> &TlsSettings {
-        &self.settings
+    /// The listener's settings now (an install may have changed them).
+    pub fn settings(&self) -> TlsSettings {
+        self.read_state().settings.clone()
+    }
+
+    /// Which certificate name becomes the username (read once per handshake: no copy of the
+    /// settings).
+    pub fn identity_source(&self) -> IdentitySource {
+        self.read_state().settings.identity
+    }
+
+    /// What the listener serves now; `None` while its certificate is removed.
+    pub fn served(&self) -> Option<Served> {
+        self.read_state()
+            .material
+            .as_ref()
+            .map(|m| m.served.clone())
     }
 
     /// The acceptor for a new handshake; `None` while the certificate is removed.
@@ -126,14 +154,15 @@ impl LiveTls {
     /// Reads the files again and swaps in what changed. A missing certificate or key file
     /// removes the certificate; an invalid file keeps the old material.
     pub fn reload(&self, now: SystemTime) -> ReloadOutcome {
+        let settings = self.settings();
         let guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let read = Files::read(&self.settings);
+        let read = Files::read(&settings);
         drop(guard);
         let files = match read {
             Ok(f) => f,
             Err(TlsError::Read { path, source })
                 if source.kind() == ErrorKind::NotFound
-                    && (path == self.settings.cert || path == self.settings.key) =>
+                    && (path == settings.cert || path == settings.key) =>
             {
                 if self.read_state().material.is_none() {
                     return ReloadOutcome::Unchanged;
@@ -152,11 +181,11 @@ impl LiveTls {
         {
             return ReloadOutcome::Unchanged;
         }
-        let material = match Material::build(&self.settings, &files, now) {
+        let material = match Material::build(&settings, &files, now) {
             Ok(m) => m,
             Err(e) => return ReloadOutcome::Failed(e),
         };
-        self.swap_in(material)
+        self.swap_in(material, None)
     }
 
     /// Installs new material given as bytes: checked with the same lint and build as files
@@ -169,23 +198,115 @@ impl LiveTls {
     /// [`TlsError::Lint`] with the findings, [`TlsError::NoPath`] for a part the settings
     /// have no file for, [`TlsError::Write`] if the files cannot be written.
     pub fn install(&self, pem: &Pem, now: SystemTime) -> Result<ReloadOutcome, TlsError> {
-        let files = Files::with_pem(&self.settings, pem)?;
-        let material = Material::build(&self.settings, &files, now)?;
-        {
-            let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
-            Files::write(&self.settings, pem)?;
-        }
-        info!(listener = %self.name, certificate = %material.summary, "TLS material installed");
-        Ok(self.swap_in(material))
+        self.install_with(self.settings(), pem, now)
     }
 
-    /// Serves `material` to new handshakes; connected clients whose certificate a CRL in it
-    /// revokes are disconnected.
-    fn swap_in(&self, material: Material) -> ReloadOutcome {
+    /// [`install`](Self::install) with new settings (another client_auth, a client CA file
+    /// where there was none): the rustls configuration is built from them, and they stay the
+    /// listener's settings (for its reloads and [`settings`](Self::settings)).
+    ///
+    /// # Errors
+    /// As [`install`](Self::install); nothing changes on error.
+    pub fn install_with(
+        &self,
+        settings: TlsSettings,
+        pem: &Pem,
+        now: SystemTime,
+    ) -> Result<ReloadOutcome, TlsError> {
+        let files = Files::with_pem(&settings, pem)?;
+        let material = Material::build(&settings, &files, now)?;
+        {
+            let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            Files::write(&settings, pem)?;
+        }
+        info!(listener = %self.name, certificate = %material.summary, "TLS material installed");
+        Ok(self.swap_in(material, Some(settings)))
+    }
+
+    /// What the listener serves and the bytes of its files now, to put back exactly with
+    /// [`restore`](Self::restore) (a failed activation rolls back with it).
+    pub fn snapshot(&self) -> TlsSnapshot {
+        let (settings, material) = {
+            let state = self.read_state();
+            (state.settings.clone(), state.material.clone())
+        };
+        let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let read = |p: &std::path::Path| std::fs::read(p).ok().map(Zeroizing::new);
+        let mut files = vec![
+            (settings.cert.clone(), read(&settings.cert), false),
+            (settings.key.clone(), read(&settings.key), true),
+        ];
+        for p in [&settings.chain, &settings.client_ca].into_iter().flatten() {
+            files.push((p.clone(), read(p), false));
+        }
+        let passphrase = settings
+            .key_passphrase_file
+            .as_deref()
+            .and_then(|p| moat_pki::store::read_passphrase_file(p).ok());
+        TlsSnapshot {
+            settings,
+            material,
+            files,
+            passphrase,
+        }
+    }
+
+    /// Puts back what [`snapshot`](Self::snapshot) saw: the files' bytes (a file that did not
+    /// exist is removed), the settings and the material, without checking them again. If
+    /// the certificate was removed then, it is removed again (connections made since are
+    /// closed).
+    ///
+    /// # Errors
+    /// [`TlsError::Write`] if a file cannot be written back (the others are still tried).
+    pub fn restore(&self, snapshot: TlsSnapshot) -> Result<(), TlsError> {
+        let mut result = Ok(());
+        {
+            let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            for (path, data, secret) in &snapshot.files {
+                let done = match data {
+                    Some(d) => moat_pki::store::replace_file(path, d, *secret),
+                    None => match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != ErrorKind::NotFound => {
+                            Err(moat_pki::error::Error::Io {
+                                path: path.clone(),
+                                source: e,
+                            })
+                        }
+                        _ => Ok(()),
+                    },
+                };
+                if let Err(source) = done {
+                    result = Err(TlsError::Write { source });
+                }
+            }
+        }
+        let removed = snapshot.material.is_none();
+        {
+            let mut state = self.write_state();
+            state.settings = snapshot.settings;
+            state.acceptor = snapshot
+                .material
+                .as_ref()
+                .map(|m| TlsAcceptor::from(Arc::clone(&m.config)));
+            state.material = snapshot.material;
+        }
+        if removed {
+            self.remove();
+        }
+        info!(listener = %self.name, "TLS material put back as it was");
+        result
+    }
+
+    /// Serves `material` to new handshakes (with `settings`, when they change); connected
+    /// clients whose certificate a CRL in it revokes are disconnected.
+    fn swap_in(&self, material: Material, settings: Option<TlsSettings>) -> ReloadOutcome {
         let warnings = material.warnings.clone();
         let revoked_lists = Arc::clone(&material.revoked);
         {
             let mut state = self.write_state();
+            if let Some(s) = settings {
+                state.settings = s;
+            }
             state.acceptor = Some(TlsAcceptor::from(Arc::clone(&material.config)));
             state.material = Some(Arc::new(material));
         }
@@ -215,8 +336,10 @@ impl LiveTls {
             state.acceptor = None;
             std::mem::replace(&mut state.generation, CancellationToken::new())
         };
+        // Counted before the cancellation: the connections unregister as they close.
+        let open = self.registry().len();
         old.cancel();
-        self.registry().len()
+        open
     }
 
     /// Registers a connection that completed its handshake. The guard's token is cancelled when
@@ -257,6 +380,76 @@ impl LiveTls {
     /// The listener's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// (path, bytes or `None` when absent, secret).
+type SavedFile = (std::path::PathBuf, Option<Zeroizing<Vec<u8>>>, bool);
+
+/// A listener's settings, material and file bytes at one moment ([`LiveTls::snapshot`]).
+/// Its `Debug` shows the paths only.
+pub struct TlsSnapshot {
+    settings: TlsSettings,
+    material: Option<Arc<Material>>,
+    files: Vec<SavedFile>,
+    passphrase: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for TlsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSnapshot")
+            .field("settings", &self.settings)
+            .field("served", &self.material.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSnapshot {
+    /// The settings then.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
+    }
+
+    /// Whether a certificate was served then (not removed).
+    pub fn served(&self) -> bool {
+        self.material.is_some()
+    }
+
+    fn file(&self, path: Option<&std::path::Path>) -> Option<&[u8]> {
+        let path = path?;
+        self.files
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .and_then(|(_, d, _)| d.as_deref().map(Vec::as_slice))
+    }
+
+    /// The files' contents as material to install again: the key decrypted (PKCS#8 PEM)
+    /// when the settings name a passphrase file. `None` when the certificate or key file was
+    /// missing.
+    ///
+    /// # Errors
+    /// [`TlsError::File`] if the key cannot be decrypted.
+    pub fn pem(&self) -> Result<Option<Pem>, TlsError> {
+        let s = &self.settings;
+        let (Some(cert), Some(key)) = (self.file(Some(&s.cert)), self.file(Some(&s.key))) else {
+            return Ok(None);
+        };
+        let key = match &self.passphrase {
+            Some(p) => {
+                let k = moat_pki::key::load(key, Some(p)).map_err(|e| TlsError::File {
+                    path: s.key.clone(),
+                    source: e.into(),
+                })?;
+                Zeroizing::new(k.to_pkcs8_pem().as_bytes().to_vec())
+            }
+            None => Zeroizing::new(key.to_vec()),
+        };
+        Ok(Some(Pem {
+            cert: cert.to_vec(),
+            chain: self.file(s.chain.as_deref()).map(<[u8]>::to_vec),
+            key,
+            client_ca: self.file(s.client_ca.as_deref()).map(<[u8]>::to_vec),
+        }))
     }
 }
 

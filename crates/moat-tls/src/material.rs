@@ -137,6 +137,36 @@ pub struct Material {
     pub summary: String,
     /// The certificates served (leaf and chain) and trusted for clients, with their expiry.
     pub certificates: Vec<CertificateExpiry>,
+    /// The certificates and CRLs themselves, to describe them.
+    pub(crate) served: Served,
+}
+
+/// What a listener's material holds, as DER: the leaf and chain it sends, the client CAs it
+/// trusts and its CRLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Served {
+    /// The server certificate.
+    pub leaf: Vec<u8>,
+    /// The intermediates sent after it, in order.
+    pub chain: Vec<Vec<u8>>,
+    /// The CA certificates client certificates are verified against (none on a one-way
+    /// listener).
+    pub client_ca: Vec<Vec<u8>>,
+    /// The CRLs in force.
+    pub crls: Vec<CrlInfo>,
+    /// Lint warnings of the material.
+    pub warnings: Vec<Finding>,
+}
+
+/// One certificate revocation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// Its issuer, RFC 4514 style.
+    pub issuer: String,
+    /// When its issuer promises the next one (Unix seconds), if it says.
+    pub next_update: Option<i64>,
+    /// How many certificates it revokes.
+    pub revoked: usize,
 }
 
 /// What a listener's certificate is for.
@@ -333,6 +363,23 @@ impl Material {
         Self::build(s, &files, now)
     }
 
+    /// Lints and builds material given as bytes for a listener with settings `s`, exactly as
+    /// [`LiveTls::install`](crate::LiveTls::install) would (parts not given are read from the
+    /// files `s` names), without writing or serving anything.
+    ///
+    /// # Errors
+    /// [`TlsError`]: [`TlsError::Lint`] with the findings, [`TlsError::NoPath`] for a part `s`
+    /// has no file for.
+    pub fn check(s: &TlsSettings, pem: &Pem, now: SystemTime) -> Result<Self, TlsError> {
+        let files = Files::with_pem(s, pem)?;
+        Self::build(s, &files, now)
+    }
+
+    /// The certificates and CRLs this material holds.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
     pub(crate) fn build(s: &TlsSettings, files: &Files, now: SystemTime) -> Result<Self, TlsError> {
         if s.client_auth != ClientAuth::None && s.client_ca.is_none() {
             return Err(TlsError::NoClientCa);
@@ -402,11 +449,14 @@ impl Material {
             .key_provider
             .load_private_key(key_der)
             .map_err(|e| file_error(&s.key, FileError::SigningKey(e)))?;
+        let chain_ders: Vec<Vec<u8>> = chain.iter().skip(1).map(|c| c.to_vec()).collect();
         let certified = Arc::new(CertifiedKey::new(chain, signing_key));
 
         // CRLs: for webpki during handshakes, and as serial sets to check live connections.
         let mut crl_ders = Vec::new();
         let mut revoked = Vec::new();
+        let mut crl_infos = Vec::new();
+        let mut client_ca_ders = Vec::new();
         for (data, path) in files.crls.iter().zip(&s.crl) {
             let ders: Vec<Vec<u8>> = match decode::decode(data) {
                 Ok(d) if d.items.iter().any(|i| i.kind == Kind::Crl) => d
@@ -420,6 +470,11 @@ impl Material {
             for der in ders {
                 let (_, crl) = x509_parser::parse_x509_crl(&der)
                     .map_err(|e| file_error(path, FileError::NotCrl(e.to_string())))?;
+                crl_infos.push(CrlInfo {
+                    issuer: crl.issuer().to_string(),
+                    next_update: crl.next_update().map(|t| t.timestamp()),
+                    revoked: crl.iter_revoked_certificates().count(),
+                });
                 revoked.push(Revoked {
                     issuer: crl.issuer().as_raw().to_vec(),
                     serials: crl
@@ -441,6 +496,7 @@ impl Material {
                     .map(|d| d.certificates())
                     .map_err(|e| file_error(ca_path, e))?;
                 let mut roots = RootCertStore::empty();
+                client_ca_ders.clone_from(&ca_certs);
                 for c in &ca_certs {
                     certificates.extend(CertificateExpiry::of(CertificateRole::ClientCa, c));
                     roots
@@ -481,6 +537,13 @@ impl Material {
         Ok(Self {
             config: Arc::new(config),
             revoked: Arc::new(revoked),
+            served: Served {
+                leaf,
+                chain: chain_ders,
+                client_ca: client_ca_ders,
+                crls: crl_infos,
+                warnings: warnings.clone(),
+            },
             warnings,
             digest: files.digest(),
             summary,

@@ -148,13 +148,6 @@ pub(crate) fn rfc3339_ms(ms: u64) -> String {
     moat_pki::inspect::rfc3339(i64::try_from(ms / 1000).unwrap_or(i64::MAX))
 }
 
-/// Unix seconds now.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Runs blocking work (file parsing, password hashing) off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

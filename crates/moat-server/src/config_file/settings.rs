@@ -335,6 +335,7 @@ impl ConfigFile {
             audit_log: in_data(admin.audit_log.as_deref().unwrap_or(Path::new("audit.log"))),
             tls_listener: admin.tls_listener,
         };
+        server.tls_state_dir = in_data(Path::new("tls"));
         Ok(Settings {
             server,
             data_dir,
