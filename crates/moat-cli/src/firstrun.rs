@@ -57,7 +57,8 @@ fn is_link_local(ip: IpAddr) -> bool {
 
 /// Makes (or reuses) `data_dir/pki`: ca.pem, ca.key (0600), server.pem, server.key (0600).
 /// The server certificate is made again when it no longer covers a local name or is about
-/// to expire; the CA is kept, so client certificates stay valid. While a certificate set is
+/// to expire, unless another certificate was installed in its place (the admin console, by
+/// hand); the CA is kept, so client certificates stay valid. While a certificate set is
 /// deleted (`data_dir/tls/<id>/removed`), no server certificate is made.
 pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     let dir = data_dir.join("pki");
@@ -89,7 +90,21 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
     // A certificate set deleted with the admin API stays deleted: its listeners start
     // without material, and no new server certificate is made behind the admin's back.
     let deleted = moat_server::removed_certificate_sets(&data_dir.join("tls"));
+    // A certificate installed in its place (admin console, by hand) is the operator's: only
+    // the one made here is renewed. `server.made.pem` is a copy of what was made here (a data
+    // dir from before it existed adopts its current certificate).
+    let made = dir.join("server.made.pem");
+    if !made.exists() {
+        if let Ok(current) = std::fs::read(&server_pem) {
+            store::write_file(&made, &current, false, true)?;
+        }
+    }
+    let replaced = match (std::fs::read(&server_pem), std::fs::read(&made)) {
+        (Ok(current), Ok(ours)) => current != ours,
+        _ => false,
+    };
     let reissue = deleted.is_empty()
+        && !replaced
         && (created_ca
             || !server_key.exists()
             || match read_cert(&server_pem)
@@ -122,6 +137,7 @@ pub(crate) fn ensure_pki(data_dir: &Path) -> anyhow::Result<LocalPki> {
             true,
         )?;
         store::write_file(&server_pem, server.cert_pem().as_bytes(), false, true)?;
+        store::write_file(&made, server.cert_pem().as_bytes(), false, true)?;
     }
     Ok(LocalPki {
         dir,
@@ -268,5 +284,31 @@ mod tests {
         std::fs::remove_file(data.join("tls").join("mqtts").join("removed")).unwrap();
         ensure_pki(data).unwrap();
         assert!(server.exists());
+    }
+
+    #[test]
+    fn an_installed_certificate_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        ensure_pki(data).unwrap();
+        let server = data.join("pki").join("server.pem");
+        // What the admin console installs: another certificate, not covering the local names.
+        let ca = moat_pki::generate::root_ca(&CaOptions {
+            common_name: "Other CA".into(),
+            key_type: KeyType::P256,
+            validity: Validity::days_from(SystemTime::now(), 30),
+        })
+        .unwrap();
+        let other = ca.cert_pem();
+        std::fs::write(&server, &other).unwrap();
+        ensure_pki(data).unwrap();
+        assert_eq!(std::fs::read_to_string(&server).unwrap(), other);
+
+        // The one made here is still renewed when it no longer fits.
+        let made = std::fs::read(data.join("pki").join("server.made.pem")).unwrap();
+        std::fs::write(&server, made).unwrap();
+        std::fs::remove_file(data.join("pki").join("server.key")).unwrap();
+        ensure_pki(data).unwrap();
+        assert!(data.join("pki").join("server.key").exists());
     }
 }
