@@ -846,8 +846,8 @@ impl CertSets {
                 let leaf = certs.remove(leaf_at);
                 let names: Vec<String> = certs.iter().map(|c| short(c)).collect();
                 let message = format!(
-                    "{} certificates were pasted into the certificate field: {} is the \
-                     certificate, {} moved to the chain",
+                    "{} certificates were pasted into the certificate field and split: {} \
+                     is the certificate, {} moved to the chain",
                     certs.len() + 1,
                     short(&leaf),
                     names.join(", ")

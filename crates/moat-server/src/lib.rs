@@ -648,6 +648,10 @@ where
             info!("websocket upgrade timed out");
             None
         }
+        Ok(Err(e)) if e.is_closed_before_request() => {
+            tracing::debug!(error = %Chain(&e), "websocket upgrade: closed before a request");
+            None
+        }
         Ok(Err(e)) => {
             info!(error = %Chain(&e), "websocket upgrade failed");
             None

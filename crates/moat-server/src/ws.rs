@@ -42,6 +42,19 @@ pub(crate) enum WsError {
     Io(#[source] io::Error),
 }
 
+impl WsError {
+    /// The peer closed before sending a whole request (a port check, a load balancer's probe,
+    /// the broker's own test handshake): not worth more than a debug line.
+    pub(crate) fn is_closed_before_request(&self) -> bool {
+        matches!(
+            self,
+            Self::Handshake(Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::HandshakeIncomplete
+            ))
+        )
+    }
+}
+
 impl From<Error> for WsError {
     fn from(e: Error) -> Self {
         match e {
