@@ -417,22 +417,20 @@
 
   // ---------------------------------------------------------------- overview
 
+  // The reasons the broker names (moat-tls HandshakeFailure::label).
   const reasonWords = {
     unknown_ca: 'the peer\'s certificate was issued by a CA this listener does not trust',
-    bad_certificate: 'the peer sent a certificate that could not be used',
-    certificate_expired: 'the peer\'s certificate has expired',
     expired: 'the peer\'s certificate has expired',
     not_yet_valid: 'the peer\'s certificate is not valid yet',
-    certificate_revoked: 'a CRL lists the peer\'s certificate',
     revoked: 'a CRL lists the peer\'s certificate',
-    no_certificate: 'the listener requires a client certificate and none was sent',
-    certificate_required: 'the listener requires a client certificate and none was sent',
-    cert_missing: 'the listener requires a client certificate and none was sent',
-    no_shared_cipher: 'the peer and the broker have no TLS version or cipher in common',
-    protocol_version: 'the peer offered a TLS version the broker does not accept',
+    not_allowed: 'the certificate may not be used here (missing clientAuth extended key usage?)',
+    no_client_certificate: 'the listener requires a client certificate and none was sent',
+    v1_certificate: 'an X.509 v1 client certificate (allow with accept_v1_client_certs)',
+    protocol_version: 'the peer offered no TLS version or cipher the broker accepts',
+    client_rejected_server_certificate: 'the client refused the broker\'s certificate (its CA, name or expiry)',
     handshake_timeout: 'the peer did not finish the TLS handshake in time',
-    timeout: 'the peer did not finish the TLS handshake in time',
-    not_tls: 'the peer did not speak TLS (plain MQTT sent to a TLS port?)',
+    no_server_certificate: 'the listener\'s certificate was deleted: install or restore one',
+    other: 'not a TLS client, or the connection broke',
     no_material: 'the listener has no certificate installed (deleted): it refuses every handshake',
     decrypt_error: 'the peer could not prove it holds its certificate\'s key',
     name_mismatch: 'the peer rejected the broker\'s certificate name',
