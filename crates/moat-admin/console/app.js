@@ -431,10 +431,6 @@
     handshake_timeout: 'the peer did not finish the TLS handshake in time',
     no_server_certificate: 'the listener\'s certificate was deleted: install or restore one',
     other: 'not a TLS client, or the connection broke',
-    no_material: 'the listener has no certificate installed (deleted): it refuses every handshake',
-    decrypt_error: 'the peer could not prove it holds its certificate\'s key',
-    name_mismatch: 'the peer rejected the broker\'s certificate name',
-    eof: 'the peer closed the connection during the handshake',
   };
 
   pages.overview = async (main, ctx) => {
