@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Moat's whole test suite on a fresh machine. Installs what the tests need when it is
-# missing (Debian: mosquitto, mosquitto-clients, openssl; a Python venv in .venv with paho-mqtt
-# and pytest; cargo-nextest), then runs the Rust tests and the Python interop tests.
+# missing (Debian: mosquitto, mosquitto-clients, openssl, chromium; a Python venv in .venv with
+# paho-mqtt and pytest; cargo-nextest; playwright-core from npm, which downloads no browser),
+# then runs the Rust tests, the Python interop tests and the console's real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,4 @@ cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 cargo build -p moat-cli
 cargo nextest run --workspace --no-fail-fast
 MOAT_BIN="$PWD/target/debug/moat" .venv/bin/python -m pytest -q tests/interop
+MOAT_BIN="$PWD/target/debug/moat" scripts/browser-tests.sh
