@@ -44,6 +44,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 guidance = Some(firstrun::guidance(&pki, &data_dir));
             }
             if written.exists() {
+                // The console changed the defaults: the first run's guidance (its CA, its
+                // certificate) may no longer be what is served.
+                guidance = None;
                 if !args.print_config {
                     println!(
                         "moat: using {} (the embedded defaults as changed in the admin console)",

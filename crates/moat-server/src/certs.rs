@@ -7,7 +7,9 @@
 //! - `previous/` holds the material before the last activation or deletion (`cert.pem`,
 //!   `chain.pem`, `key.pem` (0600), `client_ca.pem`, `client_auth`), for [`restore`];
 //! - `removed` marks a deleted set: after a restart its listeners bind but refuse handshakes;
-//! - `chain.pem` / `client_ca.pem` hold a part a listener's settings had no file for.
+//! - `active/` holds what the last activation installed (`cert.pem`, `chain.pem`, `key.pem`
+//!   (0600), `client_ca.pem`); the listeners' settings (and the config file, written by the
+//!   admin API) point there, so an upload never overwrites a file kept elsewhere.
 //!
 //! A staged (pending) set lives in memory only. Activation installs it on every listener of
 //! the set, then connects to each listener from inside the broker and completes a TLS
@@ -739,8 +741,10 @@ impl CertSets {
         }
     }
 
-    /// The settings a listener gets with `pem`: parts without a file get one under the set's
-    /// folder, parts the set no longer has lose theirs, the key is stored decrypted.
+    /// The settings a listener gets with `pem`: every part in the set's own folder under the
+    /// data dir (`tls/<id>/active/`), so that what the console installs never overwrites a
+    /// file the operator keeps elsewhere (the local CA of the first run, /etc/ssl), and the
+    /// configuration is pointed at it; the key is stored decrypted (0600).
     fn target_settings(
         &self,
         id: &str,
@@ -751,17 +755,11 @@ impl CertSets {
         let mut s = current.clone();
         s.client_auth = client_auth;
         s.key_passphrase_file = None;
-        let own = |name: &str| self.set_dir(id).join(name);
-        s.chain = pem
-            .chain
-            .as_ref()
-            .map(|_| current.chain.clone().unwrap_or_else(|| own("chain.pem")));
-        s.client_ca = pem.client_ca.as_ref().map(|_| {
-            current
-                .client_ca
-                .clone()
-                .unwrap_or_else(|| own("client_ca.pem"))
-        });
+        let own = |name: &str| self.set_dir(id).join("active").join(name);
+        s.cert = own("cert.pem");
+        s.key = own("key.pem");
+        s.chain = pem.chain.as_ref().map(|_| own("chain.pem"));
+        s.client_ca = pem.client_ca.as_ref().map(|_| own("client_ca.pem"));
         s
     }
 
@@ -1114,10 +1112,14 @@ impl CertSets {
         for (i, m) in members.iter().enumerate() {
             let target =
                 self.target_settings(id, snapshots[i].settings(), &staged.pem, staged.client_auth);
-            for dir in [&target.chain, &target.client_ca]
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.parent())
+            for dir in [
+                Some(&target.cert),
+                target.chain.as_ref(),
+                target.client_ca.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.parent())
             {
                 create_private_dir(dir)?;
             }

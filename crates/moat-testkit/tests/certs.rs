@@ -203,8 +203,10 @@ async fn stage_activate_and_restore_on_both_listeners() {
         set.certificate.map(|c| c.fingerprint_sha256),
         Some(pending.certificate.fingerprint_sha256)
     );
-    // The files were written: a restart serves the same.
-    assert_eq!(first_cert(&env.path("pki/server.pem")), b);
+    // The files were written to the set's folder in the data dir (the listener's settings
+    // point there; the operator's pki/ files are untouched): a restart serves the same.
+    assert_eq!(first_cert(&env.path("tls/mqtts/active/cert.pem")), b);
+    assert_eq!(first_cert(&env.path("pki/server.pem")), env.a);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -215,7 +217,7 @@ async fn stage_activate_and_restore_on_both_listeners() {
                 .mode()
                 & 0o777
         };
-        assert_eq!(mode("pki/server.key"), 0o600);
+        assert_eq!(mode("tls/mqtts/active/key.pem"), 0o600);
         assert_eq!(mode("tls/mqtts/previous/key.pem"), 0o600);
     }
 
@@ -581,7 +583,7 @@ async fn client_auth_none_to_required_applies_to_new_handshakes() {
         assert_eq!(s.client_auth, ClientAuth::Required, "{name}");
         assert_eq!(
             s.client_ca.as_deref(),
-            Some(env.path("tls/mqtts/client_ca.pem").as_path()),
+            Some(env.path("tls/mqtts/active/client_ca.pem").as_path()),
             "{name}"
         );
     }
