@@ -923,7 +923,7 @@
         status.textContent = `Page ${page}: ${plural(items.length, 'client')}${r.more ? ', more on the next page' : ''}.`;
         nextBtn.disabled = !r.more;
         firstBtn.disabled = page === 1;
-        nextBtn.onclick = () => load(items.length ? items[items.length - 1].client_id : cursor, page + 1);
+        nextBtn.onclick = () => load(r.next_after ?? (items.length ? items[items.length - 1].client_id : cursor), page + 1);
       } catch (err) {
         if (mine !== seq) return;
         status.textContent = '';
@@ -1163,7 +1163,7 @@
         status.textContent = `Page ${page}: ${plural(items.length, 'message')}${r.more ? ', more on the next page' : ''}.`;
         nextBtn.disabled = !r.more;
         firstBtn.disabled = page === 1;
-        nextBtn.onclick = () => load(items.length ? items[items.length - 1].topic : cursor, page + 1);
+        nextBtn.onclick = () => load(r.next_after ?? (items.length ? items[items.length - 1].topic : cursor), page + 1);
       } catch (err) {
         if (mine === seq) replace(listArea, errorBox(err));
       }

@@ -1353,7 +1353,7 @@ fn admin_requests_list_page_disconnect_and_delete() {
             ..ClientQuery::default()
         };
         match admin(h, AdminRequest::Clients(q)) {
-            AdminReply::Clients { clients, more } => (
+            AdminReply::Clients { clients, more, .. } => (
                 clients.into_iter().map(|c| c.client_id).collect::<Vec<_>>(),
                 more,
             ),
@@ -1534,4 +1534,55 @@ fn held_acknowledgements_are_bounded() {
     let st = h.broker.stats();
     assert!(st.flow_control_overruns > 0);
     assert!(st.dropped_queue_full > 0);
+}
+
+#[test]
+fn a_client_listing_examines_at_most_the_scan_budget_and_says_where_to_go_on() {
+    use moat_core::{AdminReply, AdminRequest, ClientQuery, MAX_CLIENT_SCAN};
+    let mut h = Harness::with_config(BrokerConfig {
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    let n = MAX_CLIENT_SCAN + 5;
+    for i in 0..n {
+        h.connect(&format!("c{i:06}"), V5, true);
+    }
+    // A filter that matches nobody: the first call stops after the budget.
+    let query = |after: Option<String>| ClientQuery {
+        cert_identity: Some("nobody".into()),
+        after,
+        limit: 50,
+        ..ClientQuery::default()
+    };
+    let AdminReply::Clients {
+        clients,
+        more,
+        resume_after,
+    } = admin(&mut h, AdminRequest::Clients(query(None)))
+    else {
+        panic!("not a client list");
+    };
+    assert!(clients.is_empty() && more);
+    assert_eq!(resume_after, Some(format!("c{:06}", MAX_CLIENT_SCAN - 1)));
+    let AdminReply::Clients {
+        clients,
+        more,
+        resume_after,
+    } = admin(&mut h, AdminRequest::Clients(query(resume_after)))
+    else {
+        panic!("not a client list");
+    };
+    assert!(clients.is_empty() && !more && resume_after.is_none());
+    // Without a filter, a page is full long before the budget.
+    let AdminReply::Clients { clients, more, .. } = admin(
+        &mut h,
+        AdminRequest::Clients(ClientQuery {
+            limit: 3,
+            ..ClientQuery::default()
+        }),
+    ) else {
+        panic!("not a client list");
+    };
+    assert_eq!(clients.len(), 3);
+    assert!(more);
 }

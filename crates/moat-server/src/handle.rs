@@ -82,8 +82,10 @@ pub enum TlsChangeError {
 pub struct Page<T> {
     /// This page, sorted.
     pub items: Vec<T>,
-    /// More match after the last item.
+    /// More (may) match after this page.
     pub more: bool,
+    /// Where the next page starts (pass it as `after`), when `more`.
+    pub next_after: Option<String>,
 }
 
 impl BrokerHandle {
@@ -320,14 +322,25 @@ impl BrokerHandle {
         answer.await.map_err(|_| Stopped)
     }
 
-    /// Connected clients matching `query`, sorted by client id, a page at a time (the next
-    /// page starts after the last client id: `query.after`).
+    /// Connected clients matching `query`, sorted by client id, a page at a time: the next
+    /// page is asked with `query.after` = the page's `next_after`. One call examines at most
+    /// [`moat_core::MAX_CLIENT_SCAN`] sessions, so a page of a rare filter may come back short
+    /// with `more` set.
     ///
     /// # Errors
     /// [`Stopped`] if the server is not running.
     pub async fn clients(&self, query: ClientQuery) -> Result<Page<ClientSummary>, Stopped> {
         match self.ask(AdminRequest::Clients(query)).await? {
-            AdminReply::Clients { clients, more } => Ok(Page {
+            AdminReply::Clients {
+                clients,
+                more,
+                resume_after,
+            } => Ok(Page {
+                next_after: if more {
+                    resume_after.or_else(|| clients.last().map(|c| c.client_id.clone()))
+                } else {
+                    None
+                },
                 items: clients,
                 more,
             }),
@@ -384,6 +397,11 @@ impl BrokerHandle {
         };
         match self.ask(request).await? {
             AdminReply::Retained { messages, more } => Ok(Page {
+                next_after: if more {
+                    messages.last().map(|m| m.message.topic.clone())
+                } else {
+                    None
+                },
                 items: messages,
                 more,
             }),

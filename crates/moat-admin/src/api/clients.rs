@@ -85,6 +85,8 @@ impl From<ClientSummary> for ClientView {
 pub(crate) struct ClientPage {
     items: Vec<ClientView>,
     more: bool,
+    /// The `after` of the next page, when `more`.
+    next_after: Option<String>,
 }
 
 fn nonempty(s: Option<String>) -> Option<String> {
@@ -108,6 +110,7 @@ pub(crate) async fn list(
     Ok(Json(ClientPage {
         items: page.items.into_iter().map(ClientView::from).collect(),
         more: page.more,
+        next_after: page.next_after,
     }))
 }
 
@@ -198,6 +201,8 @@ pub(crate) struct RetainedView {
 pub(crate) struct RetainedPage {
     items: Vec<RetainedView>,
     more: bool,
+    /// The `after` of the next page, when `more`.
+    next_after: Option<String>,
 }
 
 pub(crate) async fn retained(
@@ -230,6 +235,7 @@ pub(crate) async fn retained(
             })
             .collect(),
         more: page.more,
+        next_after: page.next_after,
     }))
 }
 

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Sessions one client listing examines at most: a filter that matches few of 100,000
+/// clients does not hold the router up; the reply says where to continue.
+pub const MAX_CLIENT_SCAN: usize = 10_000;
+
 impl Broker {
     pub(super) fn admin(&mut self, request: AdminRequest, now: Instant) -> AdminReply {
         match request {
@@ -102,37 +106,65 @@ impl Broker {
         };
         let mut clients = Vec::new();
         let mut more = false;
+        let mut resume_after = None;
+        let mut scanned = 0;
+        let mut last: Option<&String> = None;
         for (client_id, sid) in self.by_client_id.range::<str, _>((start, Bound::Unbounded)) {
             if !client_id.starts_with(q.client_id_prefix.as_str()) {
                 break;
             }
-            let Some(summary) = self.summary(*sid) else {
-                continue;
-            };
-            let tls_identity = summary.tls.as_ref().and_then(|t| t.identity.as_deref());
-            let keep = q
-                .username
-                .as_ref()
-                .is_none_or(|u| summary.username.as_ref() == Some(u))
-                && q.listener.as_ref().is_none_or(|l| summary.listener == *l)
-                && q.cert_identity
-                    .as_deref()
-                    .is_none_or(|c| tls_identity == Some(c))
-                && q.address_prefix.as_ref().is_none_or(|p| {
-                    summary
-                        .peer
-                        .is_some_and(|a| a.to_string().starts_with(p.as_str()))
-                });
-            if !keep {
+            if scanned == MAX_CLIENT_SCAN {
+                // The router is not held up for longer: the caller continues from here.
+                more = true;
+                if clients.len() < limit {
+                    resume_after = last.cloned();
+                }
+                break;
+            }
+            scanned += 1;
+            last = Some(client_id);
+            if !self.matches(*sid, q) {
                 continue;
             }
             if clients.len() == limit {
                 more = true;
                 break;
             }
-            clients.push(summary);
+            if let Some(summary) = self.summary(*sid) {
+                clients.push(summary);
+            }
         }
-        AdminReply::Clients { clients, more }
+        AdminReply::Clients {
+            clients,
+            more,
+            resume_after,
+        }
+    }
+
+    /// Whether a session is connected and matches the query's filters (checked on the
+    /// connection's own fields, before anything is copied).
+    fn matches(&self, sid: SessionId, q: &ClientQuery) -> bool {
+        let Some(conn) = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.conn)
+            .and_then(|c| self.conns.get(&c))
+        else {
+            return false;
+        };
+        let info = &conn.info;
+        let tls_identity = info.tls.as_ref().and_then(|t| t.identity.as_deref());
+        q.username
+            .as_ref()
+            .is_none_or(|u| info.username.as_ref() == Some(u))
+            && q.listener.as_ref().is_none_or(|l| *info.listener == **l)
+            && q.cert_identity
+                .as_deref()
+                .is_none_or(|c| tls_identity == Some(c))
+            && q.address_prefix.as_ref().is_none_or(|p| {
+                info.peer
+                    .is_some_and(|a| a.to_string().starts_with(p.as_str()))
+            })
     }
 
     /// A connected session's summary.

@@ -222,8 +222,11 @@ pub enum AdminReply {
     Clients {
         /// This page.
         clients: Vec<ClientSummary>,
-        /// More match after the last one.
+        /// More may match after the last one.
         more: bool,
+        /// Set when the scan budget ([`MAX_CLIENT_SCAN`](crate::MAX_CLIENT_SCAN) sessions)
+        /// ran out before the page was full: continue with `after` = this client id.
+        resume_after: Option<String>,
     },
     /// One session, or `None` if there is none with that client id.
     Client(Option<Box<ClientDetail>>),

@@ -21,6 +21,7 @@ use crate::topic::{self, Filter};
 use crate::tree::{Match, RetainedTree, SubscriptionTree};
 
 mod admin;
+pub use admin::MAX_CLIENT_SCAN;
 mod boundary;
 mod connect;
 mod deliver;
