@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Moat's whole test suite on a fresh machine. Installs what the tests need when it is
 # missing (Debian: mosquitto, mosquitto-clients, openssl; a Python venv in .venv with paho-mqtt
-# and pytest; cargo-nextest), then runs the Rust tests and the Python interop tests.
+# and pytest, and schemathesis; cargo-nextest), then runs the Rust tests, the schemathesis run
+# against the admin API (scripts/schemathesis.sh) and the Python interop tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,14 +20,16 @@ fi
 # Debian's mosquitto starts a system broker on 1883; the tests use ephemeral ports only.
 export PATH="$PATH:/usr/sbin"
 
-if ! .venv/bin/python -c 'import paho.mqtt, pytest' >/dev/null 2>&1; then
-  echo "test.sh: creating .venv with paho-mqtt and pytest"
+if ! .venv/bin/python -c 'import paho.mqtt, pytest, schemathesis' >/dev/null 2>&1; then
+  echo "test.sh: creating .venv with paho-mqtt, pytest and schemathesis"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check 'paho-mqtt==2.2.0' 'pytest>=8,<9'
+  .venv/bin/pip install -q --disable-pip-version-check 'paho-mqtt==2.2.0' 'pytest>=8,<9' \
+    'schemathesis==4.32.5'
 fi
 
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 cargo build -p moat-cli
 cargo nextest run --workspace --no-fail-fast
+MOAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/moat" scripts/schemathesis.sh
 MOAT_BIN="$PWD/target/debug/moat" .venv/bin/python -m pytest -q tests/interop
