@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 
 pub use audit::AuditEntry;
 pub use auth::Role;
-pub use error::{ApiError, LineError};
+pub use error::{ApiError, ApiResult, LineError};
 
 use crate::audit::Audit;
 use crate::auth::{Sessions, Throttle, Tokens};
@@ -112,6 +112,7 @@ pub(crate) struct App {
     /// The last (time, received, sent) sample, for rates.
     pub(crate) rate_sample: Mutex<Option<(Instant, u64, u64, f64, f64)>>,
     /// Configuration writes are serialized.
+    #[allow(dead_code)] // the certificate endpoints (api/certs.rs) write the configuration
     pub(crate) config_target: tokio::sync::Mutex<ConfigTarget>,
     /// Password and ACL file edits are serialized.
     pub(crate) auth_files: tokio::sync::Mutex<()>,

@@ -28,7 +28,7 @@ struct Moat {
     /// Everything printed on stdout up to the admin line.
     startup: String,
     stderr_file: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
@@ -122,7 +122,7 @@ impl Moat {
             audit_log,
             startup,
             stderr_file,
-            _dir: dir,
+            dir,
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
                 .build()
@@ -347,7 +347,11 @@ async fn auth_sessions_csrf_audit_and_the_slow_down() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(code(&body), "forbidden");
-    let (status, _) = send(moat.request(Method::GET, "/api/v1/audit").bearer_auth(&viewer)).await;
+    let (status, _) = send(
+        moat.request(Method::GET, "/api/v1/audit")
+            .bearer_auth(&viewer),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Metrics with a token: Prometheus text.
@@ -385,8 +389,11 @@ async fn auth_sessions_csrf_audit_and_the_slow_down() {
     assert!(!cookie.contains(&admin) && !cookie.contains(&csrf));
 
     // The session answers the same body.
-    let (status, body) =
-        send(moat.request(Method::GET, "/api/v1/session").header("cookie", &cookie)).await;
+    let (status, body) = send(
+        moat.request(Method::GET, "/api/v1/session")
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, login);
 
@@ -427,8 +434,11 @@ async fn auth_sessions_csrf_audit_and_the_slow_down() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) =
-        send(moat.request(Method::GET, "/api/v1/session").header("cookie", &cookie)).await;
+    let (status, _) = send(
+        moat.request(Method::GET, "/api/v1/session")
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // The audit log: one line per change and per login, no secrets.
@@ -465,7 +475,10 @@ async fn auth_sessions_csrf_audit_and_the_slow_down() {
     assert_eq!(entries[0]["who"], "viewer");
     assert_eq!(entries[4]["who"], "admin");
     for secret in [&admin, &viewer, &csrf, &password.to_owned(), &cookie] {
-        assert!(!log.contains(secret.as_str()), "a secret in audit.log: {log}");
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret in audit.log: {log}"
+        );
     }
     // The API shows the same entries, newest first.
     let (status, body) = moat.call(Method::GET, "/api/v1/audit?limit=2", None).await;
@@ -599,15 +612,11 @@ async fn users_and_the_acl_apply_live() {
     assert_eq!(code(&body), "no_user");
 
     // Removed: refused.
-    let (status, _) = moat
-        .call(Method::DELETE, "/api/v1/users/dave", None)
-        .await;
+    let (status, _) = moat.call(Method::DELETE, "/api/v1/users/dave", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let gone = connect(secure, opts("dave-5").credentials("dave", "second-pw")).await;
     assert!(matches!(gone, Err(ClientError::Refused(_))), "{gone:?}");
-    let (status, body) = moat
-        .call(Method::DELETE, "/api/v1/users/dave", None)
-        .await;
+    let (status, body) = moat.call(Method::DELETE, "/api/v1/users/dave", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(code(&body), "no_user");
 
@@ -632,6 +641,37 @@ async fn users_and_the_acl_apply_live() {
     let (_, after) = moat.call(Method::GET, "/api/v1/acl", None).await;
     assert_eq!(after, before);
 
+    // The broker reloads both files together: while one of them, edited by hand, does not
+    // load, an edit of the other is refused (409) and nothing is written.
+    let passwd = moat.dir.path().join("moat-data/passwd");
+    let good_passwd = std::fs::read_to_string(&passwd).unwrap();
+    std::fs::write(&passwd, "no colon on this line\n").unwrap();
+    let (status, body) = moat
+        .call(
+            Method::PUT,
+            "/api/v1/acl",
+            Some(json!({ "text": "default = \"deny\"\n" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "invalid_password_file");
+    let (_, unchanged) = moat.call(Method::GET, "/api/v1/acl", None).await;
+    assert_eq!(unchanged, before);
+    std::fs::write(&passwd, good_passwd).unwrap();
+    let acl_file = moat.dir.path().join("moat-data/acl.toml");
+    std::fs::write(&acl_file, "default = \"maybe\"\n").unwrap();
+    let (status, body) = moat
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "frank", "password": "pw"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "invalid_acl_file");
+    let (_, users) = moat.call(Method::GET, "/api/v1/users", None).await;
+    assert_eq!(users, json!([]));
+
     // A valid one that denies publishing to secret/#: applied live.
     let acl = "default = \"allow\"\n\n[[rule]]\nall = true\naction = \"publish\"\npermission = \"deny\"\ntopics = [\"secret/#\"]\n";
     let (status, body) = moat
@@ -651,7 +691,10 @@ async fn users_and_the_acl_apply_live() {
         ])
         .await
         .expect("subscribe");
-    assert!(suback.reason_codes.iter().all(|r| !r.is_error()), "{suback:?}");
+    assert!(
+        suback.reason_codes.iter().all(|r| !r.is_error()),
+        "{suback:?}"
+    );
     let publisher = connect(local, opts("acl-pub")).await.expect("publisher");
     // QoS 1: the broker has judged the first message once it is acknowledged.
     let denied = publisher
@@ -748,9 +791,7 @@ async fn clients_are_listed_paged_detailed_and_disconnected() {
 
     // Details show the subscription.
     let detail = poll("the subscription in the details", || async {
-        let (status, body) = moat
-            .call(Method::GET, "/api/v1/clients/list-a", None)
-            .await;
+        let (status, body) = moat.call(Method::GET, "/api/v1/clients/list-a", None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         (body["subscriptions"].as_array().map_or(0, Vec::len) == 1).then_some(body)
     })
@@ -762,9 +803,7 @@ async fn clients_are_listed_paged_detailed_and_disconnected() {
     assert_eq!(detail["client_id"], "list-a");
     assert_eq!(detail["connected"]["client_id"], "list-a");
     assert_eq!(detail["connected"]["subscriptions"], 1);
-    let (status, body) = moat
-        .call(Method::GET, "/api/v1/clients/nobody", None)
-        .await;
+    let (status, body) = moat.call(Method::GET, "/api/v1/clients/nobody", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(code(&body), "no_client");
 
@@ -875,7 +914,9 @@ async fn retained_messages_are_browsed_and_deleted() {
     assert_eq!(code(&body), "bad_request");
 
     // A new subscriber no longer gets the deleted one.
-    let s = connect(moat.mqtt("local"), opts("late")).await.expect("sub");
+    let s = connect(moat.mqtt("local"), opts("late"))
+        .await
+        .expect("sub");
     s.subscribe(&[("ret/#", moat_client::SubscriptionOptions::default())])
         .await
         .expect("subscribe");
