@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Moat's whole test suite on a fresh machine. Installs what the tests need when it is
 # missing (Debian: mosquitto, mosquitto-clients, openssl, chromium; a Python venv in .venv with
-# paho-mqtt and pytest; cargo-nextest; playwright-core from npm, which downloads no browser),
-# then runs the Rust tests, the Python interop tests and the console's real-browser tests.
+# paho-mqtt, pytest and schemathesis; cargo-nextest; playwright-core from npm, which downloads
+# no browser), then runs the Rust tests, schemathesis against the admin API
+# (scripts/schemathesis.sh), the Python interop tests and the console's real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,15 +21,17 @@ fi
 # Debian's mosquitto starts a system broker on 1883; the tests use ephemeral ports only.
 export PATH="$PATH:/usr/sbin"
 
-if ! .venv/bin/python -c 'import paho.mqtt, pytest' >/dev/null 2>&1; then
-  echo "test.sh: creating .venv with paho-mqtt and pytest"
+if ! .venv/bin/python -c 'import paho.mqtt, pytest, schemathesis' >/dev/null 2>&1; then
+  echo "test.sh: creating .venv with paho-mqtt, pytest and schemathesis"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check 'paho-mqtt==2.2.0' 'pytest>=8,<9'
+  .venv/bin/pip install -q --disable-pip-version-check 'paho-mqtt==2.2.0' 'pytest>=8,<9' \
+    'schemathesis==4.32.5'
 fi
 
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 cargo build -p moat-cli
 cargo nextest run --workspace --no-fail-fast
-MOAT_BIN="$PWD/target/debug/moat" .venv/bin/python -m pytest -q tests/interop
-MOAT_BIN="$PWD/target/debug/moat" scripts/browser-tests.sh
+MOAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/moat" scripts/schemathesis.sh
+MOAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/moat" .venv/bin/python -m pytest -q tests/interop
+MOAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/moat" scripts/browser-tests.sh

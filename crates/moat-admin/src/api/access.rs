@@ -51,6 +51,36 @@ fn reload(app: &AppState) -> ApiResult<()> {
         .map_err(|e| ApiError::internal(format!("written, but the broker refused it: {e}")))
 }
 
+/// The broker reloads the password file and the ACL file together, so an edit of one is
+/// refused (409, nothing written) while the other one, edited by hand, does not load: else the
+/// edit would be written but not applied.
+fn check_password_file(app: &AppState) -> ApiResult<()> {
+    match &app.config.password_file {
+        Some(path) => load_passwords(path).map(drop),
+        None => Ok(()),
+    }
+}
+
+fn check_acl_file(app: &AppState) -> ApiResult<()> {
+    let Some(path) = &app.config.acl_file else {
+        return Ok(());
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    moat_auth::Acl::parse(&text, path).map(drop).map_err(|e| {
+        ApiError::conflict("invalid_acl_file", e.to_string())
+            .fix("fix the ACL file first (PUT /api/v1/acl, or by hand)")
+    })
+}
+
 #[derive(Serialize)]
 pub(crate) struct UserView {
     username: String,
@@ -91,6 +121,7 @@ async fn edit_users(
     let app2 = app.clone();
     blocking(move || {
         let mut file = load_passwords(&path)?;
+        check_acl_file(&app2)?;
         edit(&mut file).map_err(edit_error)?;
         file.save(&path)
             .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
@@ -217,9 +248,26 @@ pub(crate) async fn put_acl(
             err.errors = Some(vec![LineError { line, message }]);
             err
         })?;
+        check_password_file(&app2)?;
+        let previous = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
         moat_pki::store::replace_file(&path, body.text.as_bytes(), false)
             .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
-        reload(&app2)?;
+        if let Err(e) = reload(&app2) {
+            // Not applied: the file goes back to what is in force.
+            if let Some(bytes) = previous {
+                let _ = moat_pki::store::replace_file(&path, &bytes, false);
+            }
+            return Err(e);
+        }
         Ok(Json(AclSaved {
             rules: acl.rule_count(),
         }))
