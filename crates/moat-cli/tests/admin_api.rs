@@ -55,12 +55,16 @@ bind = "127.0.0.1:0"
 
 impl Moat {
     fn start() -> Self {
+        Self::start_with(CONFIG)
+    }
+
+    fn start_with(config_text: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("moat-data");
         std::fs::create_dir_all(&data).expect("data dir");
         std::fs::write(data.join("acl.toml"), "default = \"allow\"\n").expect("acl");
         let config = dir.path().join("moat.toml");
-        std::fs::write(&config, CONFIG).expect("config");
+        std::fs::write(&config, config_text).expect("config");
         let stderr_file = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
             .args(["serve", "--config"])
@@ -88,7 +92,9 @@ impl Moat {
             startup.push('\n');
             let words: Vec<&str> = line.split_whitespace().collect();
             if let ["moat:", "listener", name, "on", url] = words[..] {
-                let addr = url.split("://").nth(1).expect("url").parse().expect(url);
+                // mqtt://ADDR, mqtts://ADDR or wss://ADDR/PATH
+                let rest = url.split("://").nth(1).expect("url");
+                let addr = rest.split('/').next().expect("url").parse().expect(url);
                 listeners.push((name.to_owned(), addr));
             }
             if line.starts_with("moat: admin API and console on ") {
@@ -898,4 +904,214 @@ async fn retained_messages_are_browsed_and_deleted() {
         .expect("recv")
         .expect("message");
     assert_eq!(got.topic, "ret/b");
+}
+
+/// mqtts and wss serving one certificate set (client certificates optional, from `pki`).
+fn tls_config(pki: &moat_testkit::pki::TestPki, cert: &Path, key: &Path) -> String {
+    let tls = format!(
+        "tls = {{ cert = {cert:?}, key = {key:?}, client_auth = \"optional\", client_ca = {ca:?} }}",
+        ca = pki.ca_pem
+    );
+    format!(
+        "[[listeners]]\nname = \"mqtts\"\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\n{tls}\n\n\
+         [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n{tls}\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n"
+    )
+}
+
+/// The SHA-256 fingerprint (openssl style) of the certificate a TLS handshake to `addr`
+/// sees, or None if the handshake is refused.
+async fn served_fingerprint(pki: &moat_testkit::pki::TestPki, addr: SocketAddr) -> Option<String> {
+    let tls = moat_testkit::pki::tls_connect(addr, "localhost", pki.client_config(None))
+        .await
+        .ok()?;
+    let der = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    moat_server::CertDetail::of(&der, std::time::SystemTime::now()).map(|d| d.fingerprint_sha256)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_upload_changes_nothing_and_a_deletion_disconnects_mqtts_and_wss_clients() {
+    use moat_client::moat_codec::{Packet, ReasonCode};
+    let pki = moat_testkit::pki::TestPki::new("Admin API Test CA");
+    let (cert, key) = pki.server("server", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.client("device-1");
+    let moat = Moat::start_with(&tls_config(&pki, &cert, &key));
+    let (mqtts, wss) = (moat.mqtt("mqtts"), moat.mqtt("wss"));
+
+    let (status, set) = moat
+        .call(Method::GET, "/api/v1/certificates/mqtts", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["listeners"], json!(["mqtts", "wss"]));
+    let fingerprint = set["certificate"]["fingerprint_sha256"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    assert_eq!(
+        served_fingerprint(&pki, mqtts).await,
+        Some(fingerprint.clone())
+    );
+
+    // A v5 client over mqtts with its certificate, and `moat sub` over wss.
+    let tls = moat_testkit::pki::tls_connect(
+        mqtts,
+        "localhost",
+        pki.client_config(Some((&client_cert, &client_key))),
+    )
+    .await
+    .expect("tls");
+    let (mut framed, connack) = moat_client::connect_framed(tls, &opts("over-mqtts"))
+        .await
+        .expect("connect over mqtts");
+    assert_eq!(connack.reason_code, ReasonCode::SUCCESS);
+    let mut sub = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["sub", "-L", &format!("wss://127.0.0.1:{}/mqtt", wss.port())])
+        .arg("--cafile")
+        .arg(&pki.ca_pem)
+        .arg("--cert")
+        .arg(&client_cert)
+        .arg("--key")
+        .arg(&client_key)
+        .args(["-i", "over-wss", "-t", "t/#"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moat sub");
+    poll("both TLS clients connected", || async {
+        let (_, set) = moat
+            .call(Method::GET, "/api/v1/certificates/mqtts", None)
+            .await;
+        (set["connected_clients"] == json!(2)).then_some(())
+    })
+    .await;
+
+    // A bad upload (an expired certificate): refused with the named finding, nothing staged,
+    // the old certificate still served.
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let (old_cert, old_key) = pki.server_with_validity(
+        "expired",
+        &["localhost"],
+        moat_pki::Validity {
+            not_before: now - 60 * day,
+            not_after: now - 30 * day,
+        },
+    );
+    let (status, body) = moat
+        .call(
+            Method::PUT,
+            "/api/v1/certificates/mqtts/pending",
+            Some(json!({
+                "cert": std::fs::read_to_string(&old_cert).unwrap(),
+                "key": std::fs::read_to_string(&old_key).unwrap(),
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(code(&body), "certificate_refused");
+    let findings = body["error"]["findings"].as_array().expect("findings");
+    let expired = findings
+        .iter()
+        .find(|f| f["code"] == "cert-expired")
+        .unwrap_or_else(|| panic!("no cert-expired finding: {body}"));
+    assert_eq!(expired["severity"], "error");
+    assert!(
+        expired["fix"].as_str().is_some_and(|f| !f.is_empty()),
+        "{expired}"
+    );
+    let (_, set) = moat
+        .call(Method::GET, "/api/v1/certificates/mqtts", None)
+        .await;
+    assert!(set["pending"].is_null(), "{set}");
+    assert_eq!(
+        served_fingerprint(&pki, mqtts).await,
+        Some(fingerprint.clone())
+    );
+    assert_eq!(served_fingerprint(&pki, wss).await, Some(fingerprint));
+
+    // The deletion says first whom it disconnects, then does it.
+    let (status, preview) = moat
+        .call(
+            Method::GET,
+            "/api/v1/certificates/mqtts/delete-preview",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        preview,
+        json!({"listeners": [{"name": "mqtts", "clients": 1}, {"name": "wss", "clients": 1}], "total": 2})
+    );
+    let (status, report) = moat
+        .call(Method::DELETE, "/api/v1/certificates/mqtts", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["total"], 2);
+    // The v5 client is told why, then the connection ends.
+    let packet = tokio::time::timeout(TIMEOUT, framed.recv())
+        .await
+        .expect("DISCONNECT in time")
+        .expect("read");
+    match packet {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION);
+        }
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    // `moat sub` over wss ends (its reconnection is refused).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if sub.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "moat sub over wss still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Handshakes are refused on both listeners until material is back.
+    assert_eq!(served_fingerprint(&pki, mqtts).await, None);
+    assert_eq!(served_fingerprint(&pki, wss).await, None);
+    let (status, restored) = moat
+        .call(Method::POST, "/api/v1/certificates/mqtts/restore", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert!(served_fingerprint(&pki, mqtts).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_with_a_listeners_certificate() {
+    let pki = moat_testkit::pki::TestPki::new("Admin HTTPS CA");
+    let (cert, key) = pki.server("server", &["localhost", "127.0.0.1"]);
+    let config = tls_config(&pki, &cert, &key).replace(
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
+        "[admin]\nbind = \"127.0.0.1:0\"\ntls_listener = \"mqtts\"\n",
+    );
+    let moat = Moat::start_with(&config);
+    assert!(moat.base.starts_with("https://"), "{}", moat.base);
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).unwrap()).expect("CA");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let base = moat.base.replace("127.0.0.1", "localhost");
+    let resp = https
+        .post(format!("{base}/api/v1/login"))
+        .json(&json!({"token": moat.admin_token()}))
+        .send()
+        .await
+        .expect("login over https");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP to the same port gets nothing.
+    assert!(moat
+        .http
+        .get(format!(
+            "{}/api/v1/openapi.json",
+            moat.base.replace("https", "http")
+        ))
+        .send()
+        .await
+        .is_err());
 }
