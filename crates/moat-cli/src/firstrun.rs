@@ -293,7 +293,7 @@ mod tests {
         ensure_pki(data).unwrap();
         let server = data.join("pki").join("server.pem");
         // What the admin console installs: another certificate, not covering the local names.
-        let ca = moat_pki::generate::root_ca(&CaOptions {
+        let ca = generate::root_ca(&CaOptions {
             common_name: "Other CA".into(),
             key_type: KeyType::P256,
             validity: Validity::days_from(SystemTime::now(), 30),

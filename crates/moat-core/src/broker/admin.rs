@@ -107,9 +107,9 @@ impl Broker {
         let mut clients = Vec::new();
         let mut more = false;
         let mut resume_after = None;
-        let mut scanned = 0;
         let mut last: Option<&String> = None;
-        for (client_id, sid) in self.by_client_id.range::<str, _>((start, Bound::Unbounded)) {
+        let candidates = self.by_client_id.range::<str, _>((start, Bound::Unbounded));
+        for (scanned, (client_id, sid)) in candidates.enumerate() {
             if !client_id.starts_with(q.client_id_prefix.as_str()) {
                 break;
             }
@@ -121,7 +121,6 @@ impl Broker {
                 }
                 break;
             }
-            scanned += 1;
             last = Some(client_id);
             if !self.matches(*sid, q) {
                 continue;
