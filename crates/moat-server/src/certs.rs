@@ -542,6 +542,60 @@ fn finding(
     }
 }
 
+/// Whether `chain` (PEM) starts with the issuer of the first certificate in `cert`.
+fn chain_fits(cert: &[u8], chain: &[u8]) -> bool {
+    let first = |data: &[u8]| {
+        decode::decode(data)
+            .ok()
+            .and_then(|d| d.certificates().into_iter().next())
+            .and_then(|der| CertInfo::from_der(&der).ok())
+    };
+    match (first(cert), first(chain)) {
+        (Some(leaf), Some(top)) => leaf.issuer == top.subject,
+        _ => false,
+    }
+}
+
+/// A warning when a certificate is served without a chain and its issuer is not a root this
+/// set knows (its client CAs): if that issuer is an intermediate, clients cannot build the
+/// chain. Lint cannot tell an intermediate from a root it has never seen, so the warning says
+/// both cases.
+fn incomplete_chain(leaf: &[u8], chain: &[Vec<u8>], client_ca: Option<&[u8]>) -> Option<Finding> {
+    // A chain that was given ends, as it should, below a root that is left out.
+    if !chain.is_empty() {
+        return None;
+    }
+    let top = CertInfo::from_der(leaf).ok()?;
+    if top.self_signed {
+        return None;
+    }
+    let known_root = client_ca
+        .and_then(|d| decode::decode(d).ok())
+        .map(|d| d.certificates())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|der| CertInfo::from_der(der).ok())
+        .any(|ca| ca.self_signed && ca.subject == top.issuer);
+    if known_root {
+        return None;
+    }
+    Some(finding(
+        LintCode::ChainIncomplete,
+        Severity::Warning,
+        "chain",
+        format!(
+            "{} was issued by {}, which is not in the chain: clients that do not already have \
+             {} cannot verify the broker's certificate",
+            top.subject, top.issuer, top.issuer
+        ),
+        Some(
+            "if the issuer is an intermediate CA, add its certificate to the chain (or paste \
+             the whole bundle into the certificate field); if it is a root CA your clients \
+             trust, nothing to do",
+        ),
+    ))
+}
+
 /// The certificates of one uploaded part, as DER. DER input gets a finding and a note.
 /// `None` when nothing decodes (the raw bytes then go to lint, which says what they are).
 fn part_certs(
@@ -871,7 +925,19 @@ impl CertSets {
                 part_certs("chain", data, &mut findings, &mut notes)
                     .map_or_else(|| data.clone(), |c| pem_of(&c)),
             ),
-            None if moved.is_empty() => read_opt(current.chain.as_deref()),
+            // Only a chain that still fits the new certificate is kept.
+            None if moved.is_empty() => match read_opt(current.chain.as_deref()) {
+                Some(old) if chain_fits(&upload.cert, &old) => Some(old),
+                Some(_) => {
+                    notes.push(
+                        "the chain served until now was left out: the new certificate was not \
+                         issued by its first certificate"
+                            .into(),
+                    );
+                    None
+                }
+                None => None,
+            },
             None => None,
         };
         let chain = match (moved.is_empty(), given_chain) {
@@ -938,6 +1004,9 @@ impl CertSets {
         };
         let served = material.served();
         findings.extend(served.warnings.iter().cloned().map(rename));
+        if let Some(f) = incomplete_chain(&served.leaf, &served.chain, pem.client_ca.as_deref()) {
+            findings.push(f);
+        }
         findings.sort_by_key(|f| f.severity);
         let details =
             |ders: &[Vec<u8>]| ders.iter().filter_map(|d| CertDetail::of(d, now)).collect();

@@ -409,6 +409,63 @@ async fn bundles_are_split_and_der_is_converted() {
         .await
         .expect("the chain reaches the root");
     assert_eq!(tls.get_ref().1.peer_certificates().map(<[_]>::len), Some(2));
+
+    // The intermediate's leaf alone: the chain is incomplete (a warning that names the
+    // missing issuer); a new leaf of the same intermediate keeps the chain that fits it.
+    let (cert2, key2) = inter.server("leaf2", HOSTS);
+    let upload = CertUpload {
+        cert: std::fs::read(&cert2).unwrap(),
+        key: Zeroizing::new(std::fs::read(&key2).unwrap()),
+        ..CertUpload::default()
+    };
+    let pending = h.stage_certificates("mqtts", upload).await.expect("staged");
+    assert_eq!(
+        pending.chain.len(),
+        1,
+        "the fitting chain is kept: {pending:?}"
+    );
+    assert!(!pending
+        .warnings
+        .iter()
+        .any(|f| f.code == LintCode::ChainIncomplete));
+    // A leaf of the root itself does not fit the intermediate chain: it is left out, said so.
+    let (cert3, key3) = env.pki.server("root-leaf", HOSTS);
+    let upload = CertUpload {
+        cert: std::fs::read(&cert3).unwrap(),
+        key: Zeroizing::new(std::fs::read(&key3).unwrap()),
+        ..CertUpload::default()
+    };
+    let pending = h.stage_certificates("mqtts", upload).await.expect("staged");
+    assert!(pending.chain.is_empty(), "{pending:?}");
+    assert!(pending
+        .notes
+        .iter()
+        .any(|n| n.contains("chain served until now was left out")));
+    // A leaf of another intermediate, given without its intermediate: the old chain does
+    // not fit it and the new one is missing; the warning names the missing issuer.
+    h.discard_pending("mqtts").unwrap();
+    let other = env.pki.intermediate("Other Intermediate");
+    let (cert4, key4) = other.server("other-leaf", HOSTS);
+    let upload = CertUpload {
+        cert: std::fs::read(&cert4).unwrap(),
+        key: Zeroizing::new(std::fs::read(&key4).unwrap()),
+        ..CertUpload::default()
+    };
+    let pending = h.stage_certificates("mqtts", upload).await.expect("staged");
+    assert!(pending.chain.is_empty(), "{pending:?}");
+    let incomplete = pending
+        .warnings
+        .iter()
+        .find(|f| f.code == LintCode::ChainIncomplete)
+        .unwrap_or_else(|| panic!("no chain-incomplete warning: {pending:?}"));
+    assert!(
+        incomplete.message.contains("Other Intermediate"),
+        "{incomplete:?}"
+    );
+    assert!(incomplete
+        .fix
+        .as_deref()
+        .is_some_and(|f| f.contains("add its certificate")));
 }
 
 fn first_subject(path: &Path) -> String {
