@@ -96,6 +96,8 @@ class AuthMoat:
         path = os.path.join(d, "moat.toml")
         with open(path, "w") as f:
             f.write(CONFIG)
+            # The admin API on an ephemeral port (tests may overlap a broker's shutdown).
+            f.write('\n[admin]\nbind = "127.0.0.1:0"\n')
         self.proc = subprocess.Popen([MOAT_BIN, "serve", "--config", path], cwd=d,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.ports = {}

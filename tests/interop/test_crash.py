@@ -18,7 +18,10 @@ from paho.mqtt.properties import Properties
 
 from test_paho import MOAT_BIN, TIMEOUT
 
-CONFIG = '[[listeners]]\nname = "local"\nbind = "127.0.0.1:{port}"\nallow_anonymous = true\n'
+CONFIG = (
+    '[[listeners]]\nname = "local"\nbind = "127.0.0.1:{port}"\nallow_anonymous = true\n'
+    '[admin]\nbind = "127.0.0.1:0"\n'
+)
 
 
 def start(d, port=0):

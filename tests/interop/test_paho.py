@@ -29,6 +29,8 @@ class Moat:
         with open(path, "w") as f:
             f.write('[[listeners]]\nname = "local"\nbind = "127.0.0.1:0"\nallow_anonymous = true\n')
             f.write(config_extra)
+            if "[admin]" not in config_extra:
+                f.write('\n[admin]\nbind = "127.0.0.1:0"\n')
         assert os.path.exists(MOAT_BIN), f"{MOAT_BIN} missing: build with cargo build -p moat-cli"
         self.proc = subprocess.Popen(
             [MOAT_BIN, "serve", "--config", path],

@@ -73,6 +73,7 @@ class TlsMoat:
         path = os.path.join(d, "moat.toml")
         with open(path, "w") as f:
             f.write(TLS_CONFIG.format(mtls_auth=mtls_auth))
+            f.write('\n[admin]\nbind = "127.0.0.1:0"\n')
         self.proc = subprocess.Popen([MOAT_BIN, "serve", "--config", path], cwd=d,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.ports = {}

@@ -19,7 +19,8 @@ async fn a_failing_store_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("moat.toml"),
-        "data_dir = \"data\"\n[[listeners]]\nname = \"local\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n",
+        "data_dir = \"data\"\n[[listeners]]\nname = \"local\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let limited = format!(
