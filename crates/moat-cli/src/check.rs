@@ -730,6 +730,44 @@ impl Checker {
     fn connect_problem(&self, e: &ClientError, version: ProtocolVersion) -> Problem {
         let has_credentials = self.username.is_some() || self.client_cert.is_some();
         match e {
+            // A moat listener with client_id = "certificate" takes the client id from the
+            // certificate: another id is refused with 0x85 (v3: 2).
+            ClientError::Refused(rc)
+                if *rc == ReasonCode::CLIENT_IDENTIFIER_NOT_VALID && self.client_cert.is_some() =>
+            {
+                let name = self
+                    .client_cert
+                    .as_deref()
+                    .and_then(|p| transport::read_certificates(p).ok())
+                    .and_then(|c| c.first().and_then(|d| CertInfo::from_der(d).ok()))
+                    .map_or_else(|| "the certificate".into(), |c| c.short_name());
+                Problem::new(
+                    format!(
+                        "client id {:?} refused (reason code 0x85): on a listener with \
+                         client_id = \"certificate\" the client id must be the certificate's \
+                         identity ({name}) or empty, so one device cannot take over another's \
+                         session",
+                        self.id
+                    ),
+                    "use the certificate's identity as the client id (-i), or send none; \
+                     otherwise the broker refuses this id for another reason: its log says which",
+                )
+            }
+            ClientError::Refused(rc)
+                if *rc == ReasonCode::NOT_AUTHORIZED
+                    && self.target.scheme.is_tls()
+                    && self.client_cert.is_none() =>
+            {
+                let (cause, fix) =
+                    common::refusal_with(*rc, has_credentials, self.password.is_some());
+                Problem::new(
+                    format!(
+                        "{cause}; a listener with client_id = \"certificate\" also refuses \
+                         every client without a certificate identity"
+                    ),
+                    format!("{fix}; or give a client certificate (--cert/--key)"),
+                )
+            }
             ClientError::Refused(rc) => {
                 let (cause, fix) =
                     common::refusal_with(*rc, has_credentials, self.password.is_some());

@@ -224,6 +224,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
                 auth: Some("either".into()),
                 path: Some("/mqtt".into()),
                 tls: Some(tls),
+                ..ListenerFile::default()
             },
         ],
         auth: Some(AuthFile {

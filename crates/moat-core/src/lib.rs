@@ -19,9 +19,10 @@ pub mod topic;
 pub mod tree;
 
 pub use broker::{
-    AcceptedMessage, AdminReply, AdminRequest, AllowAll, Authorizer, Broker, ClientDetail,
-    ClientInfo, ClientQuery, ClientSummary, ConnId, ConnectOutcome, Input, Output, RequestId,
-    RetainedEntry, Stats, StatsSnapshot, SysSource, TlsInfo, MAX_CLIENT_SCAN,
+    AcceptedMessage, AdminReply, AdminRequest, AllowAll, Authorizer, Broker, CertExpiryAction,
+    ClientDetail, ClientIdSource, ClientInfo, ClientQuery, ClientSummary, ConnId, ConnectOutcome,
+    Input, Output, RequestId, RetainedEntry, Stats, StatsSnapshot, SysSource, TlsInfo,
+    MAX_CLIENT_SCAN,
 };
 pub use config::{BrokerConfig, MAX_TOPIC_LEVELS_CAP};
 pub use message::{Delivery, Message, SessionId};

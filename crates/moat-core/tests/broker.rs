@@ -1586,3 +1586,213 @@ fn a_client_listing_examines_at_most_the_scan_budget_and_says_where_to_go_on() {
     assert_eq!(clients.len(), 3);
     assert!(more);
 }
+
+/// A TLS client's facts on a listener with the given policies.
+fn tls_info(
+    identity: Option<&str>,
+    not_after: Option<i64>,
+    on_cert_expiry: moat_core::CertExpiryAction,
+    client_id_from: moat_core::ClientIdSource,
+) -> ClientInfo {
+    ClientInfo {
+        listener: "mqtts".into(),
+        tls: Some(std::sync::Arc::new(moat_core::TlsInfo {
+            version: "TLSv1.3".into(),
+            identity: identity.map(str::to_owned),
+            subject: identity.map(|i| format!("CN={i}")),
+            fingerprint: None,
+            not_after,
+        })),
+        on_cert_expiry,
+        client_id_from,
+        ..ClientInfo::default()
+    }
+}
+
+impl Harness {
+    /// Connects with `info`; returns (conn, CONNACK).
+    fn connect_info(&mut self, c: Connect, info: ClientInfo) -> (ConnId, moat_codec::ConnAck) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let connect = Box::new(c);
+        self.broker.handle(
+            Input::Connect {
+                conn,
+                connect,
+                info,
+            },
+            self.now,
+        );
+        let mut out = self.take(conn);
+        let Packet::ConnAck(ack) = out.remove(0) else {
+            panic!("first packet not CONNACK")
+        };
+        (conn, ack)
+    }
+}
+
+/// Unix seconds at the harness's start, given to the core as its clock.
+const T0: u64 = 1_800_000_000;
+
+#[test]
+fn a_client_certificate_that_expires_while_connected_disconnects_at_that_instant() {
+    use moat_core::{CertExpiryAction, ClientIdSource};
+    let mut h = Harness::new();
+    h.broker.set_clock(h.now, T0 * 1000);
+    let expires = i64::try_from(T0).unwrap() + 50;
+    let mut c = connect_packet("dev", V5, true);
+    c.keep_alive = 0;
+    c.will = Some(LastWill {
+        topic: "will/dev".into(),
+        payload: Bytes::from_static(b"expired"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    let info = tls_info(
+        Some("dev"),
+        Some(expires),
+        CertExpiryAction::Disconnect,
+        ClientIdSource::Client,
+    );
+    let (conn, ack) = h.connect_info(c, info);
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let watcher = h.connect("watcher", V5, true);
+    h.subscribe(watcher, vec![sub("will/#", QoS::AtMostOnce)]);
+    // The core wants to wake at the expiry, not before it is asked to.
+    assert_eq!(
+        h.broker.poll_timeout(),
+        Some(h.now + Duration::from_secs(30)),
+        "the sweep comes first"
+    );
+    h.advance(49);
+    assert!(!h.closed(conn));
+    assert_eq!(
+        h.broker.poll_timeout(),
+        Some(h.now + Duration::from_secs(1))
+    );
+    h.advance(1);
+    let out = h.take(conn);
+    assert!(
+        matches!(&out[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::NOT_AUTHORIZED
+            && d.properties.reason_string.as_deref() == Some("client certificate expired")),
+        "{out:?}"
+    );
+    assert!(h.closed(conn));
+    assert_eq!(publishes(&h.take(watcher))[0].payload, "expired");
+    assert_eq!(h.broker.stats().disconnected_certificate_expired, 1);
+    assert_eq!(h.broker.stats().clients_connected, 1);
+}
+
+#[test]
+fn a_warn_listener_keeps_a_client_whose_certificate_expired_and_counts_it_once() {
+    use moat_core::{CertExpiryAction, ClientIdSource};
+    let mut h = Harness::new();
+    h.broker.set_clock(h.now, T0 * 1000);
+    let expires = i64::try_from(T0).unwrap() + 10;
+    let mut c = connect_packet("dev", V3, true);
+    c.keep_alive = 0;
+    let info = tls_info(
+        Some("dev"),
+        Some(expires),
+        CertExpiryAction::Warn,
+        ClientIdSource::Client,
+    );
+    let (conn, _) = h.connect_info(c, info);
+    h.advance(10);
+    h.advance(100);
+    assert!(!h.closed(conn));
+    assert!(h.take(conn).is_empty());
+    assert_eq!(h.broker.stats().certificate_expired_warned, 1);
+    assert_eq!(h.broker.stats().disconnected_certificate_expired, 0);
+    h.send(conn, Packet::PingReq);
+    assert_eq!(h.take(conn), vec![Packet::PingResp]);
+}
+
+#[test]
+fn a_connection_closed_before_its_certificate_expires_leaves_no_timer() {
+    use moat_core::{CertExpiryAction, ClientIdSource};
+    let mut h = Harness::new();
+    h.broker.set_clock(h.now, T0 * 1000);
+    let expires = i64::try_from(T0).unwrap() + 5;
+    let mut c = connect_packet("dev", V5, true);
+    c.keep_alive = 0;
+    let info = tls_info(
+        Some("dev"),
+        Some(expires),
+        CertExpiryAction::Disconnect,
+        ClientIdSource::Client,
+    );
+    let (conn, _) = h.connect_info(c, info);
+    h.broker.handle(Input::Lost { conn }, h.now);
+    assert_eq!(
+        h.broker.poll_timeout(),
+        Some(h.now + Duration::from_secs(30)),
+        "only the sweep is left"
+    );
+    h.advance(10);
+    assert_eq!(h.broker.stats().disconnected_certificate_expired, 0);
+}
+
+#[test]
+fn the_certificate_identity_is_the_client_id_and_another_id_is_refused() {
+    use moat_core::{CertExpiryAction, ClientIdSource};
+    let cert = |id: Option<&str>| {
+        tls_info(
+            id,
+            None,
+            CertExpiryAction::Disconnect,
+            ClientIdSource::Certificate,
+        )
+    };
+    let mut h = Harness::new();
+    // dev-a with an empty client id gets its identity, told in v5.
+    let (a, ack) = h.connect_info(connect_packet("", V5, false), cert(Some("dev-a")));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert_eq!(
+        ack.properties.assigned_client_identifier.as_deref(),
+        Some("dev-a")
+    );
+    assert_eq!(h.broker.client_id(a), Some("dev-a"));
+    h.subscribe(a, vec![sub("a/#", QoS::AtLeastOnce)]);
+
+    // dev-b asking for dev-a's id is refused; dev-a's connection and session are untouched.
+    let (b, ack) = h.connect_info(connect_packet("dev-a", V5, true), cert(Some("dev-b")));
+    assert_eq!(ack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    assert!(h.closed(b));
+    assert!(!h.closed(a));
+    assert!(h.take(a).is_empty(), "no DISCONNECT for dev-a");
+    let (_, ack) = h.connect_info(connect_packet("dev-a", V3, true), cert(Some("dev-b")));
+    assert_eq!(ack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    let p = h.connect("pub", V5, true);
+    h.send(
+        p,
+        Packet::Publish(publish("a/x", "still here", QoS::AtMostOnce, 0)),
+    );
+    assert_eq!(publishes(&h.take(a))[0].payload, "still here");
+
+    // The same id is accepted without Assigned Client Identifier; v3 may send it empty even
+    // without clean session (the id is known).
+    let (b, ack) = h.connect_info(connect_packet("dev-b", V5, true), cert(Some("dev-b")));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert_eq!(ack.properties.assigned_client_identifier, None);
+    assert_eq!(h.broker.client_id(b), Some("dev-b"));
+    let (c, ack) = h.connect_info(connect_packet("", V3, false), cert(Some("dev-c")));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert_eq!(h.broker.client_id(c), Some("dev-c"));
+
+    // No certificate identity: refused.
+    let (_, ack) = h.connect_info(connect_packet("dev-a", V5, true), cert(None));
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let mut no_tls = ClientInfo {
+        client_id_from: ClientIdSource::Certificate,
+        ..ClientInfo::default()
+    };
+    no_tls.listener = "tcp".into();
+    let (_, ack) = h.connect_info(connect_packet("x", V5, true), no_tls);
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+
+    let st = h.broker.stats();
+    assert_eq!(st.refused_client_id_not_certificate, 2);
+    assert_eq!(st.refused_no_certificate_identity, 2);
+}

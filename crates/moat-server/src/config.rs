@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use moat_auth::Proof;
-use moat_core::BrokerConfig;
+use moat_core::{BrokerConfig, CertExpiryAction, ClientIdSource};
 
 use crate::auth::AuthConfig;
 use moat_tls::TlsSettings;
@@ -52,6 +52,13 @@ pub struct ListenerConfig {
     pub tls: Option<TlsSettings>,
     /// The HTTP path of WebSocket listeners.
     pub path: String,
+    /// Where the client id comes from: as sent (default), or the client certificate's
+    /// identity (`client_id = "certificate"`; see [`ClientIdSource::Certificate`] for what is
+    /// refused and why).
+    pub client_id: ClientIdSource,
+    /// What happens when a connected client's certificate expires: disconnect (default) or
+    /// warn ([`CertExpiryAction`]).
+    pub on_client_cert_expiry: CertExpiryAction,
 }
 
 impl ListenerConfig {
@@ -65,6 +72,8 @@ impl ListenerConfig {
             proof: Proof::Password,
             tls: None,
             path: "/mqtt".into(),
+            client_id: ClientIdSource::Client,
+            on_client_cert_expiry: CertExpiryAction::Disconnect,
         }
     }
 }

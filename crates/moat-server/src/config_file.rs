@@ -100,6 +100,10 @@ pub struct ListenerFile {
     pub path: Option<String>,
     /// `[listeners.tls]` (tls, wss).
     pub tls: Option<TlsFile>,
+    /// client (default: as sent) | certificate (the client certificate's identity).
+    pub client_id: Option<String>,
+    /// disconnect (default) | warn: when a connected client's certificate expires.
+    pub on_client_cert_expiry: Option<String>,
 }
 
 /// `[listeners.tls]`. Relative paths are relative to the config file's folder.

@@ -330,6 +330,8 @@ impl Connection {
             peer: Some(peer),
             username: principal.username,
             tls: tls.map(|t| Arc::new(t.info())),
+            on_cert_expiry: listener.on_client_cert_expiry,
+            client_id_from: listener.client_id,
         };
         let outbox = Arc::new(Outbox::default());
         let (reply, outcome) = oneshot::channel();

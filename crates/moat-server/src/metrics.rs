@@ -322,6 +322,43 @@ impl Collector for CoreCollector {
             "Retained messages not stored (max_retained_messages or _bytes reached).",
             &counter(st.retained_dropped),
         )?;
+        {
+            let mut family = e.encode_descriptor(
+                "connects_refused_client_id",
+                "CONNECTs refused on client_id = \"certificate\" listeners, by reason \
+                 (no_certificate_identity: CONNACK 0x87; not_certificate_identity: another \
+                 client id, CONNACK 0x85).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                (
+                    "no_certificate_identity",
+                    st.refused_no_certificate_identity,
+                ),
+                (
+                    "not_certificate_identity",
+                    st.refused_client_id_not_certificate,
+                ),
+            ] {
+                counter(n).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "client_certificates_expired",
+                "Client certificates that expired while connected, by what was done \
+                 (disconnect: DISCONNECT 0x87; warn: logged, kept).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (action, n) in [
+                ("disconnect", st.disconnected_certificate_expired),
+                ("warn", st.certificate_expired_warned),
+            ] {
+                counter(n).encode(family.encode_family(&[("action", action)])?)?;
+            }
+        }
         encode_one(
             e,
             "sessions",

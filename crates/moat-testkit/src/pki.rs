@@ -252,11 +252,20 @@ impl TestPki {
     /// # Panics
     /// If generation fails.
     pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        self.client_with_validity(cn, validity())
+    }
+
+    /// Issues a client certificate with CN `cn` valid over `validity` (one that expires in a
+    /// few seconds, say); writes `{cn}.pem` and `{cn}.key`.
+    ///
+    /// # Panics
+    /// If generation fails.
+    pub fn client_with_validity(&self, cn: &str, validity: Validity) -> (PathBuf, PathBuf) {
         let c = generate::client(
             &ClientOptions {
                 common_name: cn.into(),
                 key_type: KeyType::P256,
-                validity: validity(),
+                validity,
             },
             &self.ca,
         )

@@ -68,6 +68,8 @@ impl Env {
             proof: Proof::Either,
             tls,
             path: "/mqtt".into(),
+            client_id: Default::default(),
+            on_client_cert_expiry: Default::default(),
         };
         let mut config = ServerConfig::default();
         config.broker.sys_interval = None;

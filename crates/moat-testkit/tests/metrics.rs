@@ -140,6 +140,8 @@ async fn metrics_count_connections_bytes_failures_and_show_on_sys() {
             proof: Proof::Either,
             tls: Some(TlsSettings::new(cert, key)),
             path: "/mqtt".into(),
+            client_id: Default::default(),
+            on_client_cert_expiry: Default::default(),
         },
     ];
     let server = Server::bind(config).await.expect("bind");

@@ -60,6 +60,8 @@ impl Broker {
                     .is_tls()
                     .then(|| TlsSettings::new(cert.clone(), key.clone())),
                 path: "/mqtt".into(),
+                client_id: Default::default(),
+                on_client_cert_expiry: Default::default(),
             })
             .collect();
         let server = Server::bind(config).await.expect("bind");

@@ -45,6 +45,8 @@ async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
         proof: Proof::Either,
         tls: Some(tls),
         path: "/mqtt".into(),
+        client_id: Default::default(),
+        on_client_cert_expiry: Default::default(),
     }];
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0].1;
@@ -315,6 +317,8 @@ async fn bad_material_refuses_to_start_with_the_finding() {
             proof: Proof::Either,
             tls: Some(TlsSettings::new(cert, other_key)),
             path: "/mqtt".into(),
+            client_id: Default::default(),
+            on_client_cert_expiry: Default::default(),
         }],
         ..ServerConfig::default()
     };

@@ -125,6 +125,41 @@ pub struct ClientInfo {
     pub username: Option<String>,
     /// The TLS session and client certificate, for TLS connections (shared, never copied).
     pub tls: Option<Arc<TlsInfo>>,
+    /// What happens when the client certificate (`tls.not_after`) expires while the client is
+    /// connected (the listener's `on_client_cert_expiry`).
+    pub on_cert_expiry: CertExpiryAction,
+    /// Where the client id comes from (the listener's `client_id`).
+    pub client_id_from: ClientIdSource,
+}
+
+/// What the core does when a connected client's certificate expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CertExpiryAction {
+    /// Close the connection at that instant: v5 clients get DISCONNECT 0x87 (Not authorized,
+    /// with the reason string "client certificate expired"). 0x87 rather than 0x98
+    /// (Administrative action): nobody acted, the credential the client was admitted with is
+    /// no longer valid, which is what a CONNECT with that certificate would now be told.
+    /// The will is published, as for any connection the server closes.
+    #[default]
+    Disconnect,
+    /// Keep the connection, and log a warning once.
+    Warn,
+}
+
+/// Where a connection's client id comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientIdSource {
+    /// As the client sent it in CONNECT.
+    #[default]
+    Client,
+    /// The verified client certificate's identity ([`TlsInfo::identity`]), so one device
+    /// cannot take over another's session. A connection without one is refused (CONNACK 0x87
+    /// Not authorized, v3 5). CONNECT may carry an empty client id or the identity itself
+    /// (an empty one is answered in v5 with Assigned Client Identifier). A *different* client
+    /// id is refused (CONNACK 0x85 Client Identifier not valid, v3 2) rather than replaced: a
+    /// device that asks for another's id is misconfigured or hostile, and quietly giving it
+    /// its own session would hide that (and a v3 client could not even be told).
+    Certificate,
 }
 
 /// A TLS connection's facts, as the admin API shows them.

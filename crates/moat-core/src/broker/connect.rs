@@ -42,9 +42,50 @@ impl Broker {
             return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD, &why);
         }
 
+        // On a `client_id = "certificate"` listener the certificate identity is the client id.
+        let mut cert_client_id = None;
+        if info.client_id_from == ClientIdSource::Certificate {
+            let identity = info.tls.as_ref().and_then(|t| t.identity.clone());
+            match identity {
+                None => {
+                    self.stats.refused_no_certificate_identity += 1;
+                    tracing::debug!(
+                        listener = %info.listener,
+                        "CONNECT refused: no certificate identity for the client id"
+                    );
+                    return refuse(
+                        self,
+                        ReasonCode::NOT_AUTHORIZED,
+                        "this listener takes the client id from a client certificate",
+                    );
+                }
+                Some(id) if !connect.client_id.is_empty() && connect.client_id != id => {
+                    self.stats.refused_client_id_not_certificate += 1;
+                    tracing::info!(
+                        listener = %info.listener,
+                        identity = %id,
+                        client_id = %short(&connect.client_id),
+                        "CONNECT refused: client id is not the certificate identity"
+                    );
+                    return refuse(
+                        self,
+                        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                        "the client id must be empty or the certificate identity",
+                    );
+                }
+                Some(id) => cert_client_id = Some(id),
+            }
+        }
+
         // Client identifier.
         let mut assigned = None;
-        let client_id = if connect.client_id.is_empty() {
+        let client_id = if let Some(id) = cert_client_id {
+            // Told in v5 when the client did not send it.
+            if connect.client_id.is_empty() {
+                assigned = Some(id.clone());
+            }
+            id
+        } else if connect.client_id.is_empty() {
             let allowed = match connect.protocol {
                 ProtocolVersion::V3_1 => false,
                 ProtocolVersion::V3_1_1 => connect.clean_start,
@@ -175,12 +216,20 @@ impl Broker {
             }
         }
 
+        // The client certificate's expiry, as an instant on the core's clock.
+        let cert_expiry_due = info
+            .tls
+            .as_ref()
+            .and_then(|t| t.not_after)
+            .and_then(|secs| self.instant_at_unix_secs(secs, now));
+
         let props = &connect.properties;
         let conn = Conn {
             session: sid,
             connected_at: now,
             last_seen: now,
             keep_alive_due: None,
+            cert_expiry_due,
             keep_alive,
             protocol: connect.protocol,
             info,
@@ -202,6 +251,9 @@ impl Broker {
             if let Some(c) = self.conns.get_mut(&conn_id) {
                 c.keep_alive_due = Some(due);
             }
+        }
+        if let Some(due) = cert_expiry_due {
+            self.timers.insert((due, Timer::CertExpiry(conn_id)));
         }
         self.stats.clients_connected += 1;
 
@@ -324,7 +376,7 @@ impl Broker {
         let Some(conn) = self.conns.remove(&old) else {
             return;
         };
-        self.cancel_keep_alive(old, &conn);
+        self.cancel_timers(old, &conn);
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         if let Some(session) = self.sessions.get_mut(&conn.session) {
             session.conn = None;
@@ -417,7 +469,7 @@ impl Broker {
         let Some(conn) = self.conns.remove(&conn_id) else {
             return;
         };
-        self.cancel_keep_alive(conn_id, &conn);
+        self.cancel_timers(conn_id, &conn);
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         let sid = conn.session;
         let Some(session) = self.sessions.get_mut(&sid) else {

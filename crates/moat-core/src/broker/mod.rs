@@ -33,8 +33,9 @@ mod sys;
 mod time;
 
 pub use boundary::{
-    AcceptedMessage, AdminReply, AdminRequest, ClientDetail, ClientInfo, ClientQuery,
-    ClientSummary, Input, Output, RequestId, RetainedEntry, StatsSnapshot, TlsInfo,
+    AcceptedMessage, AdminReply, AdminRequest, CertExpiryAction, ClientDetail, ClientIdSource,
+    ClientInfo, ClientQuery, ClientSummary, Input, Output, RequestId, RetainedEntry, StatsSnapshot,
+    TlsInfo,
 };
 
 /// Identifies one network connection, assigned by the server.
@@ -115,6 +116,16 @@ pub struct Stats {
     /// Times a publisher had `receive_maximum` acknowledgements held back by flow control
     /// and kept sending: they were released rather than held without bound.
     pub flow_control_overruns: u64,
+    /// CONNECTs refused on a `client_id = "certificate"` listener: no certificate identity.
+    pub refused_no_certificate_identity: u64,
+    /// CONNECTs refused on a `client_id = "certificate"` listener: the client id was neither
+    /// empty nor the certificate identity.
+    pub refused_client_id_not_certificate: u64,
+    /// Connections closed because their client certificate expired while connected.
+    pub disconnected_certificate_expired: u64,
+    /// Client certificates that expired while connected and were only warned about
+    /// (`on_client_cert_expiry = "warn"`).
+    pub certificate_expired_warned: u64,
 }
 
 /// Why a message was dropped (each has its own counter).
@@ -154,6 +165,8 @@ enum Timer {
     Session(SessionId),
     /// A connection's keep-alive deadline.
     KeepAlive(ConnId),
+    /// A connection's client certificate expires.
+    CertExpiry(ConnId),
 }
 
 /// Per-connection protocol state.
@@ -169,6 +182,8 @@ struct Conn {
     /// When its keep-alive timer fires (removed with the connection: a storm of short
     /// connections leaves no timers behind).
     keep_alive_due: Option<Instant>,
+    /// When its client certificate expires (the timer, removed with the connection).
+    cert_expiry_due: Option<Instant>,
     protocol: ProtocolVersion,
     info: ClientInfo,
     /// Boxed: most connections have none, and the connection table keeps its entries small.

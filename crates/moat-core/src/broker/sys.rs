@@ -6,7 +6,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let st = self.stats;
-        let items: [(&str, String); 18] = [
+        let items: [(&str, String); 22] = [
             ("version", format!("moat {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             (
@@ -46,6 +46,22 @@ impl Broker {
             (
                 "flow control/overruns",
                 st.flow_control_overruns.to_string(),
+            ),
+            (
+                "clients/refused/no certificate identity",
+                st.refused_no_certificate_identity.to_string(),
+            ),
+            (
+                "clients/refused/client id not certificate",
+                st.refused_client_id_not_certificate.to_string(),
+            ),
+            (
+                "clients/disconnected/certificate expired",
+                st.disconnected_certificate_expired.to_string(),
+            ),
+            (
+                "clients/certificate expired/warned",
+                st.certificate_expired_warned.to_string(),
             ),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),

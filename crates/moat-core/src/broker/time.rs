@@ -13,8 +13,8 @@ impl Broker {
             .min()
     }
 
-    /// Runs what is due at `now`: keep-alive deadlines, delayed wills, session expiry, `$SYS`
-    /// statistics, the sweep of expired messages.
+    /// Runs what is due at `now`: keep-alive deadlines, client certificate expiry, delayed wills,
+    /// session expiry, `$SYS` statistics, the sweep of expired messages.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
@@ -25,6 +25,10 @@ impl Broker {
                 Timer::Session(sid) => sid,
                 Timer::KeepAlive(conn) => {
                     self.check_keep_alive(conn, now);
+                    continue;
+                }
+                Timer::CertExpiry(conn) => {
+                    self.client_cert_expired(conn, now);
                     continue;
                 }
             };
@@ -121,11 +125,63 @@ impl Broker {
         }
     }
 
-    /// Removes a closed connection's keep-alive timer.
-    pub(super) fn cancel_keep_alive(&mut self, conn_id: ConnId, conn: &Conn) {
+    /// A connection's client certificate expired: closed (DISCONNECT 0x87 for v5) or warned
+    /// about once, by its listener's [`CertExpiryAction`]; counted either way.
+    fn client_cert_expired(&mut self, conn_id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        conn.cert_expiry_due = None;
+        let action = conn.info.on_cert_expiry;
+        let listener = Arc::clone(&conn.info.listener);
+        let subject = conn
+            .info
+            .tls
+            .as_ref()
+            .and_then(|t| t.subject.clone())
+            .unwrap_or_default();
+        let client_id = self.client_id(conn_id).unwrap_or_default().to_owned();
+        match action {
+            CertExpiryAction::Disconnect => {
+                self.stats.disconnected_certificate_expired += 1;
+                tracing::warn!(
+                    %client_id, %listener, %subject,
+                    "client certificate expired while connected: disconnected"
+                );
+                self.disconnect_with(
+                    conn_id,
+                    ReasonCode::NOT_AUTHORIZED,
+                    "client certificate expired",
+                    now,
+                );
+            }
+            CertExpiryAction::Warn => {
+                self.stats.certificate_expired_warned += 1;
+                tracing::warn!(
+                    %client_id, %listener, %subject,
+                    "client certificate expired while connected (on_client_cert_expiry = warn)"
+                );
+            }
+        }
+    }
+
+    /// Removes a closed connection's timers (keep-alive, certificate expiry).
+    pub(super) fn cancel_timers(&mut self, conn_id: ConnId, conn: &Conn) {
         if let Some(due) = conn.keep_alive_due {
             self.timers.remove(&(due, Timer::KeepAlive(conn_id)));
         }
+        if let Some(due) = conn.cert_expiry_due {
+            self.timers.remove(&(due, Timer::CertExpiry(conn_id)));
+        }
+    }
+
+    /// The instant of a wall-clock time in Unix seconds, by the clock given to
+    /// [`Broker::set_clock`] (`now` if it is already past; `None` beyond what an [`Instant`]
+    /// can hold).
+    pub(super) fn instant_at_unix_secs(&self, secs: i64, now: Instant) -> Option<Instant> {
+        let at_ms = u64::try_from(secs).unwrap_or(0).saturating_mul(1000);
+        let now_ms = self.unix_ms(now);
+        now.checked_add(Duration::from_millis(at_ms.saturating_sub(now_ms)))
     }
 }
 
@@ -174,7 +230,7 @@ mod tests {
         let timers = b
             .timers
             .iter()
-            .filter(|(_, t)| matches!(t, Timer::KeepAlive(_)))
+            .filter(|(_, t)| matches!(t, Timer::KeepAlive(_) | Timer::CertExpiry(_)))
             .count();
         assert_eq!(timers, live);
         assert!(live <= 10);

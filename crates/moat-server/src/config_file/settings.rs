@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moat_auth::Proof;
+use moat_core::{CertExpiryAction, ClientIdSource};
 use moat_store::Durability;
 use moat_tls::{ClientAuth, IdentitySource, TlsSettings};
 
@@ -57,6 +58,8 @@ const KINDS: &[&str] = &["tcp", "tls", "ws", "wss"];
 const PROOFS: &[&str] = &["password", "certificate", "either", "both"];
 const CLIENT_AUTHS: &[&str] = &["none", "optional", "required"];
 const IDENTITIES: &[&str] = &["none", "cn", "san", "dn"];
+const CLIENT_ID_SOURCES: &[&str] = &["client", "certificate"];
+const CERT_EXPIRY_ACTIONS: &[&str] = &["disconnect", "warn"];
 const DURABILITIES: &[&str] = &["group-commit", "fsync-each"];
 
 fn not_one_of(key: String, value: &str, allowed: &'static [&'static str]) -> ConfigError {
@@ -137,6 +140,20 @@ impl Settings {
                     .into(),
                 ),
                 path: l.kind.is_ws().then(|| l.path.clone()),
+                client_id: Some(
+                    match l.client_id {
+                        ClientIdSource::Client => "client",
+                        ClientIdSource::Certificate => "certificate",
+                    }
+                    .into(),
+                ),
+                on_client_cert_expiry: Some(
+                    match l.on_client_cert_expiry {
+                        CertExpiryAction::Disconnect => "disconnect",
+                        CertExpiryAction::Warn => "warn",
+                    }
+                    .into(),
+                ),
                 tls: l.tls.as_ref().map(|t| TlsFile {
                     cert: Some(base(&t.cert)),
                     chain: t.chain.as_ref().map(base),
@@ -425,11 +442,44 @@ impl ListenerFile {
                 ),
             ));
         }
+        let client_id = match self.client_id.as_deref().unwrap_or("client") {
+            "client" => ClientIdSource::Client,
+            "certificate" => ClientIdSource::Certificate,
+            other => return Err(not_one_of(key("client_id"), other, CLIENT_ID_SOURCES)),
+        };
+        if client_id == ClientIdSource::Certificate {
+            let identity = tls.as_ref().map(|t| t.identity);
+            if !client_certs || identity == Some(IdentitySource::None) {
+                return Err(ConfigError::invalid(
+                    key("client_id"),
+                    "client_id = \"certificate\" needs verified client certificates with an \
+                     identity: kind = \"tls\" or \"wss\", tls.client_auth = \"required\", \
+                     tls.client_ca, and tls.identity = \"cn\", \"san\" or \"dn\"",
+                ));
+            }
+        }
+        let on_client_cert_expiry = match self
+            .on_client_cert_expiry
+            .as_deref()
+            .unwrap_or("disconnect")
+        {
+            "disconnect" => CertExpiryAction::Disconnect,
+            "warn" => CertExpiryAction::Warn,
+            other => {
+                return Err(not_one_of(
+                    key("on_client_cert_expiry"),
+                    other,
+                    CERT_EXPIRY_ACTIONS,
+                ))
+            }
+        };
         Ok(ListenerConfig {
             name,
             kind,
             bind,
             proof,
+            client_id,
+            on_client_cert_expiry,
             // Anonymous access is on only where asked for, or by default on loopback plain TCP.
             allow_anonymous: self
                 .allow_anonymous
@@ -653,6 +703,8 @@ kind = "tls"
 bind = "0.0.0.0:8883"
 allow_anonymous = false
 auth = "both"
+client_id = "certificate"
+on_client_cert_expiry = "warn"
 tls = { cert = "pki/server.pem", chain = "pki/chain.pem", key = "pki/server.key", key_passphrase_file = "/run/secrets/pass", client_auth = "required", client_ca = "../shared/ca.pem", crl = ["pki/a.crl", "/etc/crl/b.crl"], identity = "san", accept_v1_client_certs = true }
 
 [[listeners]]
@@ -846,5 +898,34 @@ tls_listener = "secure"
             "[[listeners]]\nname = \"x\"\n[[listeners]]\nname = \"x\"\nbind = \"127.0.0.1:2\"\n",
         );
         assert!(e.contains("used twice"), "{e}");
+        let e = err("[[listeners]]\nclient_id = \"certificate\"\n");
+        assert!(
+            e.contains("listeners[0].client_id") && e.contains("client_auth"),
+            "{e}"
+        );
+        let tls = "kind = \"tls\"\ntls = { cert = \"c\", key = \"k\", client_auth = \"required\", \
+                   client_ca = \"ca\", identity = \"none\" }\n";
+        let e = err(&format!(
+            "[[listeners]]\nclient_id = \"certificate\"\n{tls}"
+        ));
+        assert!(e.contains("tls.identity"), "{e}");
+        let e = err("[[listeners]]\nclient_id = \"cn\"\n");
+        assert!(e.contains("\"certificate\""), "{e}");
+        let e = err("[[listeners]]\non_client_cert_expiry = \"close\"\n");
+        assert!(
+            e.contains("listeners[0].on_client_cert_expiry") && e.contains("\"warn\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn certificate_client_ids_and_expiry_policy_parse() {
+        let s = ConfigFile::from_str(EVERY_KEY).unwrap().validate().unwrap();
+        let secure = &s.server.listeners[2];
+        assert_eq!(secure.client_id, ClientIdSource::Certificate);
+        assert_eq!(secure.on_client_cert_expiry, CertExpiryAction::Warn);
+        let plain = &s.server.listeners[0];
+        assert_eq!(plain.client_id, ClientIdSource::Client);
+        assert_eq!(plain.on_client_cert_expiry, CertExpiryAction::Disconnect);
     }
 }
