@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use moat_auth::Proof;
 use moat_store::Durability;
-use moat_tls::{ClientAuth, IdentitySource, TlsSettings};
+use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, TlsSettings};
 
 use super::{
     AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, StoreFile, TlsFile,
@@ -57,6 +57,7 @@ const KINDS: &[&str] = &["tcp", "tls", "ws", "wss"];
 const PROOFS: &[&str] = &["password", "certificate", "either", "both"];
 const CLIENT_AUTHS: &[&str] = &["none", "optional", "required"];
 const IDENTITIES: &[&str] = &["none", "cn", "san", "dn"];
+const CRL_STALE: &[&str] = &["warn", "fail_closed"];
 const DURABILITIES: &[&str] = &["group-commit", "fsync-each"];
 
 fn not_one_of(key: String, value: &str, allowed: &'static [&'static str]) -> ConfigError {
@@ -152,6 +153,13 @@ impl Settings {
                     ),
                     client_ca: t.client_ca.as_ref().map(base),
                     crl: t.crl.iter().map(base).collect(),
+                    crl_stale: Some(
+                        match t.crl_stale {
+                            CrlStalePolicy::Warn => "warn",
+                            CrlStalePolicy::FailClosed => "fail_closed",
+                        }
+                        .into(),
+                    ),
                     identity: Some(
                         match t.identity {
                             IdentitySource::None => "none",
@@ -460,6 +468,11 @@ impl TlsFile {
         s.key_passphrase_file = self.key_passphrase_file.as_ref().map(path);
         s.client_ca = self.client_ca.as_ref().map(path);
         s.crl = self.crl.iter().map(path).collect();
+        s.crl_stale = match self.crl_stale.as_deref().unwrap_or("warn") {
+            "warn" => CrlStalePolicy::Warn,
+            "fail_closed" => CrlStalePolicy::FailClosed,
+            other => return Err(not_one_of(format!("{key}.crl_stale"), other, CRL_STALE)),
+        };
         s.client_auth = match self.client_auth.as_deref().unwrap_or("none") {
             "none" => ClientAuth::None,
             "optional" => ClientAuth::Optional,
