@@ -33,7 +33,9 @@ fn openssl(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for this test ({e}): apt-get install -y openssl"))
+        .unwrap_or_else(|e| {
+            panic!("openssl is needed for this test ({e}): apt-get install -y openssl")
+        })
 }
 
 fn text(out: &Output) -> String {
@@ -66,13 +68,30 @@ fn revoke_writes_a_crl_openssl_reads_and_applies() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     ok(d, &["cert", "ca", "--out", "pki", "--cn", "Revoking CA"]);
-    ok(d, &["cert", "client", "--ca", "pki", "--cn", "dev1", "--out", "."]);
-    ok(d, &["cert", "client", "--ca", "pki", "--cn", "dev2", "--out", "."]);
+    ok(
+        d,
+        &[
+            "cert", "client", "--ca", "pki", "--cn", "dev1", "--out", ".",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "cert", "client", "--ca", "pki", "--cn", "dev2", "--out", ".",
+        ],
+    );
 
     let out = ok(
         d,
         &[
-            "cert", "revoke", "--ca", "pki", "dev1.pem", "--reason", "keyCompromise", "--days",
+            "cert",
+            "revoke",
+            "--ca",
+            "pki",
+            "dev1.pem",
+            "--reason",
+            "keyCompromise",
+            "--days",
             "3",
         ],
     );
@@ -93,7 +112,14 @@ fn revoke_writes_a_crl_openssl_reads_and_applies() {
     assert!(crl.contains("Next Update"), "{crl}");
     let verify = openssl(
         d,
-        &["crl", "-in", "pki/ca.crl", "-noout", "-CAfile", "pki/ca.pem"],
+        &[
+            "crl",
+            "-in",
+            "pki/ca.crl",
+            "-noout",
+            "-CAfile",
+            "pki/ca.pem",
+        ],
     );
     assert!(text(&verify).contains("verify OK"), "{}", text(&verify));
     // ...and applies it: dev1 is revoked, dev2 is not.
@@ -101,7 +127,13 @@ fn revoke_writes_a_crl_openssl_reads_and_applies() {
         openssl(
             d,
             &[
-                "verify", "-crl_check", "-CAfile", "pki/ca.pem", "-CRLfile", "pki/ca.crl", cert,
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "pki/ca.pem",
+                "-CRLfile",
+                "pki/ca.crl",
+                cert,
             ],
         )
     };
@@ -132,7 +164,12 @@ fn revoke_refuses_a_certificate_of_another_ca() {
     let d = t.path();
     ok(d, &["cert", "ca", "--out", "pki", "--cn", "Ours"]);
     ok(d, &["cert", "ca", "--out", "other", "--cn", "Theirs"]);
-    ok(d, &["cert", "client", "--ca", "other", "--cn", "stranger", "--out", "."]);
+    ok(
+        d,
+        &[
+            "cert", "client", "--ca", "other", "--cn", "stranger", "--out", ".",
+        ],
+    );
     let out = moat(d, &["cert", "revoke", "--ca", "pki", "stranger.pem"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let msg = text(&out);
@@ -159,7 +196,10 @@ fn an_encrypted_ca_key_needs_its_passphrase_file() {
     let out = moat(d, &["cert", "crl", "--ca", "pki"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("encrypted"), "{}", text(&out));
-    let out = ok(d, &["cert", "crl", "--ca", "pki", "--passphrase-file", "pass"]);
+    let out = ok(
+        d,
+        &["cert", "crl", "--ca", "pki", "--passphrase-file", "pass"],
+    );
     assert!(out.contains("CRL number 1, 0 revoked"), "{out}");
     assert!(!out.contains("correct horse"));
 }

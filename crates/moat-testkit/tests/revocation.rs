@@ -167,10 +167,18 @@ async fn revoke_disconnects_exactly_the_revoked_clients_on_tls_and_wss() {
         .map(|cn| pki.client(cn))
         .collect();
     let pair = |i: usize| (certs[i].0.as_path(), certs[i].1.as_path());
-    let mut tls_bad = connect(&pki, broker.mqtts, false, pair(0), "tls-bad").await.unwrap();
-    let mut tls_good = connect(&pki, broker.mqtts, false, pair(1), "tls-good").await.unwrap();
-    let mut wss_bad = connect(&pki, broker.wss, true, pair(2), "wss-bad").await.unwrap();
-    let mut wss_good = connect(&pki, broker.wss, true, pair(3), "wss-good").await.unwrap();
+    let mut tls_bad = connect(&pki, broker.mqtts, false, pair(0), "tls-bad")
+        .await
+        .unwrap();
+    let mut tls_good = connect(&pki, broker.mqtts, false, pair(1), "tls-good")
+        .await
+        .unwrap();
+    let mut wss_bad = connect(&pki, broker.wss, true, pair(2), "wss-bad")
+        .await
+        .unwrap();
+    let mut wss_good = connect(&pki, broker.wss, true, pair(3), "wss-good")
+        .await
+        .unwrap();
 
     // `moat cert revoke --ca DIR tls-bad.pem`, then the same for wss-bad.
     for i in [0, 2] {
@@ -179,7 +187,15 @@ async fn revoke_disconnects_exactly_the_revoked_clients_on_tls_and_wss() {
             .certificates()
             .remove(0);
         let serial = crl::serial_issued_by(&pki.ca, &der, "cert").unwrap();
-        crl::revoke(pki.path(), &pki.ca, &serial, RevocationReason::KeyCompromise, now, 7).unwrap();
+        crl::revoke(
+            pki.path(),
+            &pki.ca,
+            &serial,
+            RevocationReason::KeyCompromise,
+            now,
+            7,
+        )
+        .unwrap();
     }
     // What the file watcher or SIGHUP does.
     broker.handle.reload_tls("mqtts").await.unwrap();
@@ -191,19 +207,28 @@ async fn revoke_disconnects_exactly_the_revoked_clients_on_tls_and_wss() {
     alive(&mut wss_good).await;
 
     // Coming back fails, and the failure names the serial and the CRL.
-    assert!(connect(&pki, broker.mqtts, false, pair(0), "tls-bad").await.is_none());
+    assert!(connect(&pki, broker.mqtts, false, pair(0), "tls-bad")
+        .await
+        .is_none());
     let detail = failure_detail(&broker.tls, HandshakeFailure::Revoked).await;
     let serial = crl::serial_hex(&serial_of(&certs[0].0));
     assert!(detail.contains(&serial), "{serial} not in {detail}");
     assert!(detail.contains("ca.crl"), "{detail}");
     assert!(detail.contains("CN=Fleet CA"), "{detail}");
-    assert!(connect(&pki, broker.wss, true, pair(2), "wss-bad").await.is_none());
+    assert!(connect(&pki, broker.wss, true, pair(2), "wss-bad")
+        .await
+        .is_none());
     let detail = failure_detail(&broker.wss_tls, HandshakeFailure::Revoked).await;
-    assert!(detail.contains(&crl::serial_hex(&serial_of(&certs[2].0))), "{detail}");
+    assert!(
+        detail.contains(&crl::serial_hex(&serial_of(&certs[2].0))),
+        "{detail}"
+    );
     let failures = broker.handle.handshake_failures();
     assert!(failures.by_reason.contains_key("revoked"), "{failures:?}");
     // The good ones still connect.
-    assert!(connect(&pki, broker.mqtts, false, pair(1), "tls-good-2").await.is_some());
+    assert!(connect(&pki, broker.mqtts, false, pair(1), "tls-good-2")
+        .await
+        .is_some());
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -235,17 +260,36 @@ async fn a_crl_made_by_openssl_ca_gencrl_revokes() {
     .unwrap();
     std::fs::write(d.join("index.txt"), "").unwrap();
     std::fs::write(d.join("crlnumber"), "01\n").unwrap();
-    openssl(d, &["ca", "-config", "openssl-ca.cnf", "-revoke", "bad.pem"]);
     openssl(
         d,
-        &["ca", "-config", "openssl-ca.cnf", "-gencrl", "-out", "openssl.crl"],
+        &["ca", "-config", "openssl-ca.cnf", "-revoke", "bad.pem"],
+    );
+    openssl(
+        d,
+        &[
+            "ca",
+            "-config",
+            "openssl-ca.cnf",
+            "-gencrl",
+            "-out",
+            "openssl.crl",
+        ],
     );
     let broker = start(&settings(&pki, vec![d.join("openssl.crl")])).await;
-    assert!(connect(&pki, broker.mqtts, false, (&bad_c, &bad_k), "bad").await.is_none());
+    assert!(connect(&pki, broker.mqtts, false, (&bad_c, &bad_k), "bad")
+        .await
+        .is_none());
     let detail = failure_detail(&broker.tls, HandshakeFailure::Revoked).await;
-    assert!(detail.contains(&crl::serial_hex(&serial_of(&bad_c))), "{detail}");
+    assert!(
+        detail.contains(&crl::serial_hex(&serial_of(&bad_c))),
+        "{detail}"
+    );
     assert!(detail.contains("openssl.crl"), "{detail}");
-    assert!(connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good").await.is_some());
+    assert!(
+        connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -274,16 +318,28 @@ async fn crls_of_the_root_and_of_an_intermediate_both_apply() {
     )
     .unwrap();
     let broker = start(&settings(&root, vec![root_crl.path, inter_crl.path])).await;
-    assert!(connect(&root, broker.mqtts, false, (&bad_c, &bad_k), "bad").await.is_none());
+    assert!(connect(&root, broker.mqtts, false, (&bad_c, &bad_k), "bad")
+        .await
+        .is_none());
     let detail = failure_detail(&broker.tls, HandshakeFailure::Revoked).await;
     assert!(detail.contains("CN=Devices CA"), "{detail}");
-    assert!(connect(&root, broker.mqtts, false, (&good_c, &good_k), "good").await.is_some());
+    assert!(
+        connect(&root, broker.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_some()
+    );
 
     // Only the intermediate's CRL: the root's certificates have no CRL, and are not refused
     // for that.
     let only = start(&settings(&root, vec![inter.path().join("ca.crl")])).await;
-    assert!(connect(&root, only.mqtts, false, (&good_c, &good_k), "good").await.is_some());
-    assert!(connect(&root, only.mqtts, false, (&bad_c, &bad_k), "bad").await.is_none());
+    assert!(
+        connect(&root, only.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_some()
+    );
+    assert!(connect(&root, only.mqtts, false, (&bad_c, &bad_k), "bad")
+        .await
+        .is_none());
 }
 
 /// A CRL whose next update was yesterday, revoking `revoked`.
@@ -320,14 +376,23 @@ async fn a_stale_crl_warns_and_is_still_applied_by_default() {
     assert_eq!(status.len(), 1);
     assert!(status[0].stale && status[0].path == path, "{status:?}");
     assert!(broker.tls.crl_refusal(SystemTime::now()).is_none());
-    assert!(connect(&pki, broker.mqtts, false, (&bad_c, &bad_k), "bad").await.is_none());
+    assert!(connect(&pki, broker.mqtts, false, (&bad_c, &bad_k), "bad")
+        .await
+        .is_none());
     failure_detail(&broker.tls, HandshakeFailure::Revoked).await;
-    assert!(connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good").await.is_some());
+    assert!(
+        connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_some()
+    );
 
     let text = broker.handle.metrics_text().await;
     let stale_line = "moat_tls_crl_stale{listener=\"mqtts\",issuer=\"CN=Slow CA\"} 1";
     assert!(text.contains(stale_line), "{text}");
-    assert!(text.contains("moat_tls_crl_next_update_seconds{listener=\"mqtts\""), "{text}");
+    assert!(
+        text.contains("moat_tls_crl_next_update_seconds{listener=\"mqtts\""),
+        "{text}"
+    );
 
     // A fresh CRL clears it.
     let fresh = crl::sign_crl(&pki.ca, &[], 2, SystemTime::now(), SystemTime::now() + DAY).unwrap();
@@ -348,10 +413,19 @@ async fn fail_closed_refuses_every_handshake_while_a_crl_is_stale() {
     s.crl_stale = CrlStalePolicy::FailClosed;
     let broker = start(&s).await;
 
-    assert!(connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good").await.is_none());
+    assert!(
+        connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_none()
+    );
     let detail = failure_detail(&broker.tls, HandshakeFailure::CrlStale).await;
-    assert!(detail.contains("stale.crl") && detail.contains("fail_closed"), "{detail}");
-    assert!(connect(&pki, broker.wss, true, (&good_c, &good_k), "good").await.is_none());
+    assert!(
+        detail.contains("stale.crl") && detail.contains("fail_closed"),
+        "{detail}"
+    );
+    assert!(connect(&pki, broker.wss, true, (&good_c, &good_k), "good")
+        .await
+        .is_none());
     failure_detail(&broker.wss_tls, HandshakeFailure::CrlStale).await;
     let failures = broker.handle.handshake_failures();
     assert!(failures.by_reason.contains_key("crl_stale"), "{failures:?}");
@@ -360,5 +434,9 @@ async fn fail_closed_refuses_every_handshake_while_a_crl_is_stale() {
     let fresh = crl::sign_crl(&pki.ca, &[], 2, SystemTime::now(), SystemTime::now() + DAY).unwrap();
     std::fs::write(&path, fresh).unwrap();
     broker.handle.reload_tls("mqtts").await.unwrap();
-    assert!(connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good").await.is_some());
+    assert!(
+        connect(&pki, broker.mqtts, false, (&good_c, &good_k), "good")
+            .await
+            .is_some()
+    );
 }

@@ -31,11 +31,11 @@ use std::path::PathBuf;
 pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
 pub use live::{CloseCause, ConnectionGuard, CrlStatus, LiveTls, ReloadOutcome, TlsSnapshot};
-pub use revocation::{noting_revocation, RevokedBy};
 pub use material::{
     CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, TlsError,
 };
 pub use pinned::pinned_client_config;
+pub use revocation::{noting_revocation, RevokedBy};
 pub use verifier::V1ClientCertificate;
 
 /// Whether clients must present a certificate.
