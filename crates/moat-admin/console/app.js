@@ -430,6 +430,7 @@
     client_rejected_server_certificate: 'the client refused the broker\'s certificate (its CA, name or expiry)',
     handshake_timeout: 'the peer did not finish the TLS handshake in time',
     no_server_certificate: 'the listener\'s certificate was deleted: install or restore one',
+    crl_stale: 'a CRL is past its next update and the listener is fail_closed: sign a fresh one (moat cert crl)',
     other: 'not a TLS client, or the connection broke',
   };
 

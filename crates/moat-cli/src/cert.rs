@@ -40,6 +40,46 @@ enum CertCommand {
     Split(SplitArgs),
     /// Write an encrypted key (PKCS#8 or legacy "Proc-Type: 4,ENCRYPTED") as plain PKCS#8.
     DecryptKey(DecryptKeyArgs),
+    /// Revoke a certificate of this CA: record it in DIR/revoked.toml, re-sign DIR/ca.crl.
+    Revoke(RevokeArgs),
+    /// Sign DIR/ca.crl again (a new next update) without revoking anything new.
+    Crl(CrlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["cert", "serial"])))]
+struct RevokeArgs {
+    /// The CA directory (ca.pem, ca.key) that issued the certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The certificate to revoke (PEM or DER); it must be issued by this CA.
+    cert: Option<PathBuf>,
+    /// The serial to revoke (hex, colons optional), when the certificate file is gone.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Why: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
+    /// cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
+    #[arg(long, default_value = "unspecified")]
+    reason: moat_pki::crl::RevocationReason,
+    /// Days until the CRL's next update (a broker warns about a CRL past it).
+    #[arg(long, default_value_t = moat_pki::crl::DEFAULT_CRL_DAYS)]
+    days: u32,
+    /// Passphrase file for the CA's key.
+    #[arg(long, visible_alias = "passphrase-file")]
+    ca_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CrlArgs {
+    /// The CA directory (ca.pem, ca.key).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Days until the CRL's next update.
+    #[arg(long, default_value_t = moat_pki::crl::DEFAULT_CRL_DAYS)]
+    days: u32,
+    /// Passphrase file for the CA's key.
+    #[arg(long, visible_alias = "passphrase-file")]
+    ca_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,7 +269,63 @@ pub(crate) fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
         CertCommand::Lint(a) => lint_cmd(a),
         CertCommand::Split(a) => split_cmd(&a),
         CertCommand::DecryptKey(a) => decrypt_key(&a),
+        CertCommand::Revoke(a) => revoke_cmd(&a),
+        CertCommand::Crl(a) => crl_cmd(&a),
     }
+}
+
+fn revoke_cmd(a: &RevokeArgs) -> anyhow::Result<ExitCode> {
+    use moat_pki::crl;
+    let ca = load_ca(&a.ca, a.ca_passphrase_file.as_deref())?;
+    let (serial, what) = match (&a.cert, &a.serial) {
+        (Some(path), _) => {
+            let der = certs_of(path)?.remove(0);
+            let name = path.display().to_string();
+            (crl::serial_issued_by(&ca, &der, &name)?, name)
+        }
+        (None, Some(s)) => {
+            let serial = crl::parse_serial(s)?;
+            let hex = crl::serial_hex(&serial);
+            (serial, format!("serial {hex}"))
+        }
+        (None, None) => bail!("give the certificate file or --serial"),
+    };
+    let written = crl::revoke(&a.ca, &ca, &serial, a.reason, SystemTime::now(), a.days)?;
+    let hex = crl::serial_hex(&serial);
+    if written.newly_revoked {
+        println!("revoked {what} (serial {hex}, reason {})", a.reason);
+    } else {
+        println!("{what} (serial {hex}) was already revoked; the CRL is signed again");
+    }
+    print_crl(&written);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crl_cmd(a: &CrlArgs) -> anyhow::Result<ExitCode> {
+    let ca = load_ca(&a.ca, a.ca_passphrase_file.as_deref())?;
+    let written = moat_pki::crl::refresh(&a.ca, &ca, SystemTime::now(), a.days)?;
+    print_crl(&written);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_crl(w: &moat_pki::crl::CrlWritten) {
+    let next = w
+        .next_update
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .map_or_else(|| "?".into(), inspect::rfc3339);
+    println!(
+        "wrote {} (CRL number {}, {} revoked, next update {next})",
+        w.path.display(),
+        w.crl_number,
+        w.revoked
+    );
+    println!(
+        "a broker applies it live when its TLS listener names it: crl = [\"{}\"] under \
+         [listeners.tls]; sign it again with `moat cert crl --ca DIR` before the next update",
+        w.path.display()
+    );
 }
 
 fn read_pass(file: Option<&Path>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {

@@ -482,7 +482,11 @@ impl Checker {
                         ),
                         format!(
                             "is {} a TLS port (plain MQTT is usually 1883, TLS 8883)? Does the \
-                             broker offer TLS 1.2 or 1.3? Its log says why it hung up.",
+                             broker offer TLS 1.2 or 1.3? Its log says why it hung up, e.g. \
+                             reason=crl_stale: a listener with crl_stale = \"fail_closed\" \
+                             refuses every handshake while a CRL is past its next update (sign \
+                             a fresh one: `moat cert crl --ca DIR`), or \
+                             reason=no_server_certificate.",
                             t.authority()
                         ),
                     ),

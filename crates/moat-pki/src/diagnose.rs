@@ -544,7 +544,10 @@ pub fn rejection(purpose: Purpose, r: Rejection) -> Diagnosis {
         ),
         (_, R::Revoked) => Diagnosis::new(
             LintCode::CertRevoked,
-            format!("the {what} is revoked (a CRL lists it)"),
+            format!(
+                "the {what} is revoked (a CRL lists it; the broker's log line names the serial \
+                 and the CRL file)"
+            ),
             format!("issue a new one: {reissue}"),
         ),
         (Purpose::Client, R::V1) => Diagnosis::new(

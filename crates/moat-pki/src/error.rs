@@ -60,6 +60,16 @@ pub enum Error {
         #[source]
         source: CaError,
     },
+    /// A certificate was not issued by the CA it is to be revoked by.
+    #[error("{cert} was not issued by this CA: its issuer is {issuer}, the CA is {ca}")]
+    NotIssuedBy {
+        /// The certificate (file and subject).
+        cert: String,
+        /// Its issuer.
+        issuer: String,
+        /// The CA's subject.
+        ca: String,
+    },
     /// Building or signing a certificate failed.
     #[error("{step} failed")]
     Generate {
@@ -116,6 +126,12 @@ pub enum ContentError {
     /// The passphrase file is empty.
     #[error("the passphrase file is empty")]
     EmptyPassphrase,
+    /// The certificate cannot be parsed.
+    #[error("not an X.509 certificate: {0}")]
+    NotCertificate(String),
+    /// The revocation record (`revoked.toml`) is malformed.
+    #[error("malformed revocation record: {0}")]
+    Revocations(String),
 }
 
 /// A parameter that is not valid.
@@ -137,6 +153,16 @@ pub enum InvalidParameter {
     /// The validity ends before it starts.
     #[error("the validity ends before it starts")]
     Validity,
+    /// A serial number that is not hex.
+    #[error("{0:?} is not a serial number (hex, e.g. 3a:0f:91 or 3a0f91)")]
+    Serial(String),
+    /// A revocation reason that is none of RFC 5280's.
+    #[error(
+        "unknown revocation reason {0:?} (one of unspecified, keyCompromise, cACompromise, \
+         affiliationChanged, superseded, cessationOfOperation, certificateHold, \
+         privilegeWithdrawn, aACompromise)"
+    )]
+    RevocationReason(String),
 }
 
 /// Why a CA cannot sign.

@@ -25,11 +25,13 @@
 //!   broker's handshake log).
 //! - [`lint`]: the rules, as findings with stable codes ([`code::LintCode`]).
 //! - [`split`]: a bundle into leaf, ordered chain and root.
+//! - [`crl`]: a CA directory's revocations (`revoked.toml`) and the CRL signed from them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod code;
+pub mod crl;
 pub mod decode;
 pub mod diagnose;
 pub mod error;

@@ -125,6 +125,10 @@ pub struct TlsFile {
     /// Certificate revocation lists (PEM or DER).
     #[serde(default)]
     pub crl: Vec<PathBuf>,
+    /// What a CRL past its next update does: warn (default: it is still applied, with a
+    /// warning, a metric and $SYS) | fail_closed (every handshake is refused until a fresh
+    /// CRL is loaded).
+    pub crl_stale: Option<String>,
     /// Where a client certificate's identity comes from: none | cn (default) | san | dn.
     pub identity: Option<String>,
     /// Accept X.509 v1 client certificates (default false).

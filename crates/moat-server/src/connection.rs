@@ -127,6 +127,7 @@ enum End {
     NotConnect,
     Stopped,
     CertificateWithdrawn,
+    CertificateRevoked,
 }
 
 impl std::fmt::Display for End {
@@ -141,9 +142,8 @@ impl std::fmt::Display for End {
             Self::Refused(code) => write!(f, "CONNECT refused: {code}"),
             Self::NotConnect => f.write_str("first packet was not CONNECT [MQTT-3.1.0-1]"),
             Self::Stopped => f.write_str("server stopping"),
-            Self::CertificateWithdrawn => {
-                f.write_str("the listener's certificate was removed, or a CRL revoked the client's")
-            }
+            Self::CertificateWithdrawn => f.write_str("the listener's certificate was removed"),
+            Self::CertificateRevoked => f.write_str("a CRL now revokes the client's certificate"),
         }
     }
 }
@@ -532,12 +532,15 @@ impl Connection {
         // end the connection through its outbox, so this loop waits on the outbox and the
         // socket only.
         let _watcher = tls_guard.map(|g| {
-            let withdrawn = g.cancelled();
+            let closing = g.closing();
             let outbox = Arc::clone(outbox);
             AbortOnDrop(
                 tokio::spawn(async move {
-                    withdrawn.await;
-                    outbox.close_because(CloseReason::CertificateWithdrawn);
+                    let reason = match closing.await {
+                        moat_tls::CloseCause::Revoked => CloseReason::CertificateRevoked,
+                        _ => CloseReason::CertificateWithdrawn,
+                    };
+                    outbox.close_because(reason);
                 })
                 .abort_handle(),
             )
@@ -591,6 +594,9 @@ impl Connection {
                             }
                             CloseReason::CertificateWithdrawn => {
                                 (ReasonCode::ADMINISTRATIVE_ACTION, End::CertificateWithdrawn)
+                            }
+                            CloseReason::CertificateRevoked => {
+                                (ReasonCode::NOT_AUTHORIZED, End::CertificateRevoked)
                             }
                         };
                         if version.is_v5() {

@@ -493,9 +493,11 @@ fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified.
+/// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified, and
+/// checks its CRLs' next updates each time (a CRL goes stale while no file changes).
 async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration) {
     loop {
+        live.check_crls(std::time::SystemTime::now());
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = trigger.notified() => {}
@@ -680,7 +682,20 @@ async fn tls_accept(
         );
         return None;
     };
-    let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    if let Some(detail) = live.crl_refusal(std::time::SystemTime::now()) {
+        let reason = HandshakeFailure::CrlStale;
+        warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake refused");
+        live.failures.record(FailureRecord {
+            at: std::time::SystemTime::now(),
+            peer,
+            reason,
+            detail,
+        });
+        return None;
+    }
+    let (accepted, revoked_by) =
+        moat_tls::noting_revocation(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
+    let failure = match accepted {
         Ok(Ok(tls_stream)) => {
             let identity = tls_stream
                 .get_ref()
@@ -711,7 +726,11 @@ async fn tls_accept(
             "no handshake within the timeout".to_owned(),
         ),
     };
-    let (reason, detail) = failure;
+    let (reason, mut detail) = failure;
+    if let Some(by) = revoked_by {
+        // The serial, the certificate, the CRL file and its issuer, in the one line.
+        detail = format!("{detail}: {by}");
+    }
     warn!(%peer, %reason, hint = reason.hint(), error = %detail, "TLS handshake failed");
     live.failures.record(FailureRecord {
         at: std::time::SystemTime::now(),

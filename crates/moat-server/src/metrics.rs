@@ -451,6 +451,43 @@ impl Collector for TlsCollector {
             }
         }
         let now = unix_now();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(now).unwrap_or(0));
+        let crls: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|(name, live)| (name, live.crl_status(at)))
+            .collect();
+        {
+            let mut family = encoder.encode_descriptor(
+                "tls_crl_stale",
+                "1 while a CRL of the listener is past its next update (still applied unless \
+                 the listener's crl_stale is fail_closed), else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, status) in &crls {
+                for s in status {
+                    let labels = [("listener", name.as_str()), ("issuer", s.issuer.as_str())];
+                    ConstGauge::new(i64::from(s.stale)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tls_crl_next_update_seconds",
+                "Seconds until each CRL's next update (negative once stale).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, status) in &crls {
+                for s in status {
+                    let Some(next) = s.next_update else { continue };
+                    let labels = [("listener", name.as_str()), ("issuer", s.issuer.as_str())];
+                    ConstGauge::new(next.saturating_sub(now))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut family = encoder.encode_descriptor(
             "tls_certificate_expiry_seconds",
             "Seconds until each certificate a listener serves or trusts for clients expires \
@@ -488,6 +525,8 @@ fn unix_now() -> i64 {
 /// - `listeners/{listener}/connections`: open now; `.../connections/total`: accepted;
 /// - `listeners/{listener}/bytes/received`, `.../bytes/sent`;
 /// - `listeners/{listener}/tls/failures/{reason}`: TLS listeners only;
+/// - `listeners/{listener}/tls/crl/stale`: how many of its CRLs are past their next update;
+///   `listeners/{listener}/tls/crl/{issuer}/stale` (0/1) and `.../next_update` (RFC 3339);
 /// - `auth/failures`: the total; `auth/failures/{reason}`: by reason;
 /// - `auth/password checks`.
 ///
@@ -521,6 +560,17 @@ impl SysSource for SysValues {
                 let n = live.failures.get(reason);
                 let topic = format!("listeners/{name}/tls/failures/{}", reason.label());
                 out.push((topic, n.to_string()));
+            }
+            let status = live.crl_status(SystemTime::now());
+            let stale = status.iter().filter(|s| s.stale).count();
+            out.push((format!("listeners/{name}/tls/crl/stale"), stale.to_string()));
+            for s in status {
+                let prefix = format!("listeners/{name}/tls/crl/{}", topic_level(&s.issuer));
+                out.push((format!("{prefix}/stale"), u8::from(s.stale).to_string()));
+                if let Some(next) = s.next_update {
+                    let next = moat_pki::inspect::rfc3339(next);
+                    out.push((format!("{prefix}/next_update"), next));
+                }
             }
         }
         let auth = &m.auth.0;

@@ -30,8 +30,12 @@ struct Inner {
 pub(crate) enum CloseReason {
     /// The core asked (takeover, DISCONNECT sent, shutdown).
     Broker,
-    /// The listener's certificate was removed, or a CRL revoked the client's.
+    /// The listener's certificate was removed (v5: DISCONNECT 0x98 Administrative action).
     CertificateWithdrawn,
+    /// A CRL now revokes the client's certificate (v5: DISCONNECT 0x87 Not authorized: the
+    /// client's credential no longer admits it, which is not the operator's act on the
+    /// listener that 0x98 stands for).
+    CertificateRevoked,
 }
 
 /// Packets for one connection, and whether it should close after writing them.
@@ -96,6 +100,7 @@ impl Outbox {
         let code = match reason {
             CloseReason::Broker => 1,
             CloseReason::CertificateWithdrawn => 3,
+            CloseReason::CertificateRevoked => 4,
         };
         let _ = self
             .reason
@@ -108,6 +113,7 @@ impl Outbox {
     pub(crate) fn close_reason(&self) -> CloseReason {
         match self.reason.load(Ordering::Relaxed) {
             3 => CloseReason::CertificateWithdrawn,
+            4 => CloseReason::CertificateRevoked,
             _ => CloseReason::Broker,
         }
     }

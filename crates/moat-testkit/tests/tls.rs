@@ -297,8 +297,9 @@ async fn crl_refuses_and_disconnects_revoked_clients() {
         ReloadOutcome::Replaced { revoked, .. } => assert_eq!(revoked, 1),
         other => panic!("expected Replaced, got {other:?}"),
     }
+    // A revoked certificate: 0x87 Not authorized (a removed one gets 0x98).
     match c.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION),
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
 }

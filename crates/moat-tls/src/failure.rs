@@ -43,13 +43,16 @@ pub enum HandshakeFailure {
     Timeout,
     /// The listener has no certificate (it was removed).
     NoServerCertificate,
+    /// A CRL of the listener is past its next update and the listener's `crl_stale` is
+    /// `fail_closed`: every handshake is refused until a fresh CRL is loaded.
+    CrlStale,
     /// Anything else: not TLS at all, connection reset, bad signature...
     Other,
 }
 
 impl HandshakeFailure {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::UnknownCa,
         Self::Expired,
         Self::NotYetValid,
@@ -61,6 +64,7 @@ impl HandshakeFailure {
         Self::ClientRejectedServerCertificate,
         Self::Timeout,
         Self::NoServerCertificate,
+        Self::CrlStale,
         Self::Other,
     ];
 
@@ -78,6 +82,7 @@ impl HandshakeFailure {
             Self::ClientRejectedServerCertificate => "client_rejected_server_certificate",
             Self::Timeout => "handshake_timeout",
             Self::NoServerCertificate => "no_server_certificate",
+            Self::CrlStale => "crl_stale",
             Self::Other => "other",
         }
     }
@@ -164,6 +169,11 @@ impl HandshakeFailure {
             }
             Self::Timeout => "the client did not finish the handshake in time",
             Self::NoServerCertificate => "the listener's certificate was removed",
+            Self::CrlStale => {
+                "a CRL of this listener is past its next update and crl_stale = \"fail_closed\": \
+                 sign a fresh one (`moat cert crl --ca DIR`, or `openssl ca -gencrl`); the \
+                 broker loads it within seconds"
+            }
             _ => "not a TLS client, or the connection broke",
         }
         .to_owned()
@@ -195,7 +205,7 @@ pub struct FailureRecord {
 /// Handshake failure counters of one listener, and its last [`RECENT_FAILURES`] failures.
 #[derive(Debug, Default)]
 pub struct FailureCounters {
-    counts: [AtomicU64; 12],
+    counts: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Oldest first; a std mutex, held for a push or a copy only.
     recent: Mutex<VecDeque<FailureRecord>>,
 }

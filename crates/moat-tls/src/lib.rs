@@ -23,17 +23,19 @@ mod identity;
 mod live;
 mod material;
 mod pinned;
+mod revocation;
 mod verifier;
 
 use std::path::PathBuf;
 
 pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
-pub use live::{ConnectionGuard, LiveTls, ReloadOutcome, TlsSnapshot};
+pub use live::{CloseCause, ConnectionGuard, CrlStatus, LiveTls, ReloadOutcome, TlsSnapshot};
 pub use material::{
     CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, TlsError,
 };
 pub use pinned::pinned_client_config;
+pub use revocation::{noting_revocation, RevokedBy};
 pub use verifier::V1ClientCertificate;
 
 /// Whether clients must present a certificate.
@@ -62,6 +64,21 @@ pub enum IdentitySource {
     Dn,
 }
 
+/// What a listener does while one of its CRLs is past its next update (stale).
+///
+/// The rule: a stale CRL is still the best list of revoked certificates there is, so by
+/// default it keeps being applied and the broker warns loudly (a log line on each change, the
+/// `moat_tls_crl_stale` metric, `$SYS`); a listener that would rather refuse every client
+/// than trust an old list sets `fail_closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrlStalePolicy {
+    /// Keep applying the stale CRL and warn.
+    #[default]
+    Warn,
+    /// Refuse every handshake (reason `crl_stale`) until a fresh CRL is loaded.
+    FailClosed,
+}
+
 /// The files and policy of one TLS listener.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -77,8 +94,11 @@ pub struct TlsSettings {
     pub client_auth: ClientAuth,
     /// The CA bundle client certificates are verified against.
     pub client_ca: Option<PathBuf>,
-    /// Certificate revocation lists (PEM or DER).
+    /// Certificate revocation lists (PEM or DER). A client certificate whose issuer has no
+    /// CRL here is not checked for revocation.
     pub crl: Vec<PathBuf>,
+    /// What to do while a CRL is past its next update.
+    pub crl_stale: CrlStalePolicy,
     /// Which certificate name becomes the username.
     pub identity: IdentitySource,
     /// Accept X.509 v1 client certificates signed directly by the client CA (what
@@ -100,6 +120,7 @@ impl std::fmt::Debug for TlsSettings {
             .field("client_auth", &self.client_auth)
             .field("client_ca", &self.client_ca)
             .field("crl", &self.crl)
+            .field("crl_stale", &self.crl_stale)
             .field("identity", &self.identity)
             .field("accept_v1_client_certs", &self.accept_v1_client_certs)
             .finish()
@@ -117,6 +138,7 @@ impl TlsSettings {
             client_auth: ClientAuth::None,
             client_ca: None,
             crl: Vec::new(),
+            crl_stale: CrlStalePolicy::Warn,
             identity: IdentitySource::Cn,
             accept_v1_client_certs: false,
             alpn: vec![b"mqtt".to_vec()],

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -15,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
 use crate::material::{CertificateExpiry, Files, Material, Pem, Served, TlsError};
-use crate::{IdentitySource, TlsSettings};
+use crate::{CrlStalePolicy, IdentitySource, TlsSettings};
 
 struct State {
     /// Replaced with the material when an install changes them (client_auth, a new path).
@@ -29,6 +30,31 @@ struct State {
 struct Registered {
     serial: Option<(Vec<u8>, Vec<u8>)>,
     token: CancellationToken,
+    /// Set before `token` is cancelled when a CRL revokes the certificate.
+    revoked: Arc<AtomicBool>,
+}
+
+/// Why a registered connection must close ([`ConnectionGuard::closing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCause {
+    /// The listener's certificate was removed.
+    CertificateRemoved,
+    /// A CRL now revokes the client's certificate.
+    Revoked,
+}
+
+/// One CRL of a listener and whether it is past its next update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// Its issuer, RFC 4514 style.
+    pub issuer: String,
+    /// Its next update (Unix seconds), if it names one.
+    pub next_update: Option<i64>,
+    /// Whether `now` is past the next update.
+    pub stale: bool,
 }
 
 /// What [`LiveTls::reload`] did.
@@ -63,6 +89,8 @@ pub struct LiveTls {
     /// sees half an install.
     files: Mutex<()>,
     next_id: AtomicU64,
+    /// (CRL file, issuer) -> stale when last checked: a warning is logged on each change.
+    crl_stale: Mutex<HashMap<(PathBuf, String), bool>>,
     /// Handshake failures by reason.
     pub failures: FailureCounters,
 }
@@ -111,6 +139,7 @@ impl LiveTls {
             registry: Mutex::new(HashMap::new()),
             files: Mutex::new(()),
             next_id: AtomicU64::new(1),
+            crl_stale: Mutex::new(HashMap::new()),
             failures: FailureCounters::default(),
         })
     }
@@ -316,10 +345,18 @@ impl LiveTls {
             let Some((serial, issuer)) = &reg.serial else {
                 continue;
             };
-            if revoked_lists
+            if let Some(r) = revoked_lists
                 .iter()
-                .any(|r| r.issuer == *issuer && r.serials.contains(serial))
+                .find(|r| r.issuer == *issuer && r.serials.contains(serial))
             {
+                warn!(
+                    listener = %self.name,
+                    serial = %moat_pki::crl::serial_hex(serial),
+                    issuer = %r.issuer_name,
+                    crl = %r.path.display(),
+                    "a connected client's certificate is now revoked: disconnecting it"
+                );
+                reg.revoked.store(true, Ordering::SeqCst);
                 reg.token.cancel();
                 revoked += 1;
             }
@@ -348,18 +385,105 @@ impl LiveTls {
     pub fn register(self: &Arc<Self>, peer: Option<&PeerIdentity>) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let token = self.read_state().generation.child_token();
+        let revoked = Arc::new(AtomicBool::new(false));
         self.registry().insert(
             id,
             Registered {
                 serial: peer.map(|p| (p.serial.clone(), p.issuer.clone())),
                 token: token.clone(),
+                revoked: Arc::clone(&revoked),
             },
         );
         ConnectionGuard {
             live: Arc::clone(self),
             id,
             token,
+            revoked,
         }
+    }
+
+    /// The listener's CRLs and whether each is past its next update at `now`.
+    pub fn crl_status(&self, now: SystemTime) -> Vec<CrlStatus> {
+        let now = unix(now);
+        self.read_state()
+            .material
+            .as_ref()
+            .map(|m| {
+                m.served
+                    .crls
+                    .iter()
+                    .map(|c| CrlStatus {
+                        path: c.path.clone(),
+                        issuer: c.issuer.clone(),
+                        next_update: c.next_update,
+                        stale: c.next_update.is_some_and(|t| t < now),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks the CRLs' next updates (at start, after each reload and on the reload timer: a
+    /// CRL goes stale while nothing changes) and logs each change: a warning when one goes
+    /// stale, a note when it is fresh again. Returns the status now.
+    pub fn check_crls(&self, now: SystemTime) -> Vec<CrlStatus> {
+        let status = self.crl_status(now);
+        let policy = self.read_state().settings.crl_stale;
+        let mut seen = self.crl_stale.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|(p, i), _| status.iter().any(|s| s.path == *p && s.issuer == *i));
+        for s in &status {
+            let before = seen.insert((s.path.clone(), s.issuer.clone()), s.stale);
+            let next = s
+                .next_update
+                .map_or_else(|| "none".into(), moat_pki::inspect::rfc3339);
+            match (before, s.stale) {
+                (Some(true), false) => info!(
+                    listener = %self.name,
+                    crl = %s.path.display(),
+                    issuer = %s.issuer,
+                    next_update = %next,
+                    "CRL is fresh again"
+                ),
+                (Some(false) | None, true) => {
+                    let effect = match policy {
+                        CrlStalePolicy::Warn => {
+                            "it is still applied (crl_stale = \"warn\"); sign a fresh one"
+                        }
+                        CrlStalePolicy::FailClosed => {
+                            "every handshake is refused until a fresh one is loaded \
+                             (crl_stale = \"fail_closed\")"
+                        }
+                    };
+                    warn!(
+                        listener = %self.name,
+                        crl = %s.path.display(),
+                        issuer = %s.issuer,
+                        next_update = %next,
+                        "CRL is past its next update (stale): {effect}; `moat cert crl --ca DIR` \
+                         or `openssl ca -gencrl` makes a new one"
+                    );
+                }
+                _ => {}
+            }
+        }
+        status
+    }
+
+    /// Why a new handshake must be refused because a CRL is stale: `Some` only when the
+    /// listener's `crl_stale` is `fail_closed` and a CRL is past its next update at `now`.
+    pub fn crl_refusal(&self, now: SystemTime) -> Option<String> {
+        if self.read_state().settings.crl_stale != CrlStalePolicy::FailClosed {
+            return None;
+        }
+        let stale = self.crl_status(now).into_iter().find(|s| s.stale)?;
+        Some(format!(
+            "the CRL of {} in {} is past its next update ({}) and crl_stale = \"fail_closed\"",
+            stale.issuer,
+            stale.path.display(),
+            stale
+                .next_update
+                .map_or_else(|| "none".into(), moat_pki::inspect::rfc3339)
+        ))
     }
 
     /// The certificates in use (served and trusted for clients) with their expiry; none while
@@ -384,7 +508,7 @@ impl LiveTls {
 }
 
 /// (path, bytes or `None` when absent, secret).
-type SavedFile = (std::path::PathBuf, Option<Zeroizing<Vec<u8>>>, bool);
+type SavedFile = (PathBuf, Option<Zeroizing<Vec<u8>>>, bool);
 
 /// A listener's settings, material and file bytes at one moment ([`LiveTls::snapshot`]).
 /// Its `Debug` shows the paths only.
@@ -453,18 +577,38 @@ impl TlsSnapshot {
     }
 }
 
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// A TLS connection's registration; unregisters on drop.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     live: Arc<LiveTls>,
     id: u64,
     token: CancellationToken,
+    revoked: Arc<AtomicBool>,
 }
 
 impl ConnectionGuard {
     /// Completes when the connection must close (certificate removed or revoked).
     pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
         self.token.clone().cancelled_owned()
+    }
+
+    /// Completes when the connection must close, with why.
+    pub fn closing(&self) -> impl std::future::Future<Output = CloseCause> + Send + 'static {
+        let token = self.token.clone();
+        let revoked = Arc::clone(&self.revoked);
+        async move {
+            token.cancelled().await;
+            if revoked.load(Ordering::SeqCst) {
+                CloseCause::Revoked
+            } else {
+                CloseCause::CertificateRemoved
+            }
+        }
     }
 }
 

@@ -123,6 +123,10 @@ fn config_error(
 pub(crate) struct Revoked {
     pub(crate) issuer: Vec<u8>,
     pub(crate) serials: HashSet<Vec<u8>>,
+    /// The issuer, RFC 4514 style, for log lines.
+    pub(crate) issuer_name: String,
+    /// The file the CRL came from.
+    pub(crate) path: PathBuf,
 }
 
 /// Validated material and the server configuration built from it.
@@ -161,6 +165,8 @@ pub struct Served {
 /// One certificate revocation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlInfo {
+    /// The file it came from.
+    pub path: PathBuf,
     /// Its issuer, RFC 4514 style.
     pub issuer: String,
     /// When its issuer promises the next one (Unix seconds), if it says.
@@ -471,11 +477,14 @@ impl Material {
                 let (_, crl) = x509_parser::parse_x509_crl(&der)
                     .map_err(|e| file_error(path, FileError::NotCrl(e.to_string())))?;
                 crl_infos.push(CrlInfo {
+                    path: path.clone(),
                     issuer: crl.issuer().to_string(),
                     next_update: crl.next_update().map(|t| t.timestamp()),
                     revoked: crl.iter_revoked_certificates().count(),
                 });
                 revoked.push(Revoked {
+                    issuer_name: crl.issuer().to_string(),
+                    path: path.clone(),
                     issuer: crl.issuer().as_raw().to_vec(),
                     serials: crl
                         .iter_revoked_certificates()
@@ -507,7 +516,11 @@ impl Material {
                     Arc::new(roots),
                     Arc::clone(&provider),
                 )
-                .with_crls(crl_ders.clone());
+                .with_crls(crl_ders.clone())
+                // An issuer without a CRL in the list is not checked (else one intermediate's
+                // CRL would lock out every certificate of the others). A CRL past its next
+                // update keeps being applied: `crl_stale` decides what else happens.
+                .allow_unknown_revocation_status();
                 if *auth == ClientAuth::Optional {
                     vb = vb.allow_unauthenticated();
                 }

@@ -125,11 +125,29 @@ impl ClientCertVerifier for Verifier {
                     OtherError(Arc::new(V1ClientCertificate)),
                 )));
             }
-            self.verify_v1(&leaf, now)?;
+            let verified = self.verify_v1(&leaf, now);
+            if matches!(
+                verified,
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            ) {
+                crate::revocation::note(&self.revoked, &[end_entity.as_ref()]);
+            }
+            verified?;
             return Ok(ClientCertVerified::assertion());
         }
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        if matches!(
+            verified,
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        ) {
+            let certs: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
+                .chain(intermediates.iter().map(AsRef::as_ref))
+                .collect();
+            crate::revocation::note(&self.revoked, &certs);
+        }
+        verified
     }
 
     fn verify_tls12_signature(

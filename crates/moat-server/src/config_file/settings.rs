@@ -10,7 +10,7 @@ use std::time::Duration;
 use moat_auth::Proof;
 use moat_core::{CertExpiryAction, ClientIdSource};
 use moat_store::Durability;
-use moat_tls::{ClientAuth, IdentitySource, TlsSettings};
+use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, TlsSettings};
 
 use super::{
     AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, StoreFile, TlsFile,
@@ -60,6 +60,7 @@ const CLIENT_AUTHS: &[&str] = &["none", "optional", "required"];
 const IDENTITIES: &[&str] = &["none", "cn", "san", "dn"];
 const CLIENT_ID_SOURCES: &[&str] = &["client", "certificate"];
 const CERT_EXPIRY_ACTIONS: &[&str] = &["disconnect", "warn"];
+const CRL_STALE: &[&str] = &["warn", "fail_closed"];
 const DURABILITIES: &[&str] = &["group-commit", "fsync-each"];
 
 fn not_one_of(key: String, value: &str, allowed: &'static [&'static str]) -> ConfigError {
@@ -169,6 +170,13 @@ impl Settings {
                     ),
                     client_ca: t.client_ca.as_ref().map(base),
                     crl: t.crl.iter().map(base).collect(),
+                    crl_stale: Some(
+                        match t.crl_stale {
+                            CrlStalePolicy::Warn => "warn",
+                            CrlStalePolicy::FailClosed => "fail_closed",
+                        }
+                        .into(),
+                    ),
                     identity: Some(
                         match t.identity {
                             IdentitySource::None => "none",
@@ -510,6 +518,11 @@ impl TlsFile {
         s.key_passphrase_file = self.key_passphrase_file.as_ref().map(path);
         s.client_ca = self.client_ca.as_ref().map(path);
         s.crl = self.crl.iter().map(path).collect();
+        s.crl_stale = match self.crl_stale.as_deref().unwrap_or("warn") {
+            "warn" => CrlStalePolicy::Warn,
+            "fail_closed" => CrlStalePolicy::FailClosed,
+            other => return Err(not_one_of(format!("{key}.crl_stale"), other, CRL_STALE)),
+        };
         s.client_auth = match self.client_auth.as_deref().unwrap_or("none") {
             "none" => ClientAuth::None,
             "optional" => ClientAuth::Optional,
