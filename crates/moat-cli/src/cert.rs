@@ -44,6 +44,25 @@ enum CertCommand {
     Revoke(RevokeArgs),
     /// Sign DIR/ca.crl again (a new next update) without revoking anything new.
     Crl(CrlArgs),
+    /// Ask the running broker what expires, soonest first: the certificates it serves and
+    /// trusts, CRL next updates, and its connected clients' certificates.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InventoryArgs {
+    /// The broker's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:18083")]
+    admin: String,
+    /// The file holding an admin or viewer token.
+    #[arg(long, default_value = "moat-data/admin.token")]
+    token_file: PathBuf,
+    /// The CA to verify an https admin API with.
+    #[arg(long)]
+    cafile: Option<PathBuf>,
+    /// Print the broker's JSON as it is.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -271,7 +290,101 @@ pub(crate) fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
         CertCommand::DecryptKey(a) => decrypt_key(&a),
         CertCommand::Revoke(a) => revoke_cmd(&a),
         CertCommand::Crl(a) => crl_cmd(&a),
+        CertCommand::Inventory(a) => inventory_cmd(&a),
     }
+}
+
+/// GET /api/v1/expiry of the running broker, as a table (or the JSON with --json).
+fn inventory_cmd(a: &InventoryArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&a.token_file).with_context(|| {
+        format!(
+            "cannot read the admin token {} (give --token-file: admin.token or viewer.token in \
+             the broker's data dir)",
+            a.token_file.display()
+        )
+    })?;
+    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(ca) = &a.cafile {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?,
+        );
+    }
+    let client = client.build().context("cannot make an HTTP client")?;
+    let url = format!("{}/api/v1/expiry", a.admin.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (status, body) = runtime.block_on(async {
+        let resp = client
+            .get(&url)
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the broker's admin API at {url} (is moat serve running? --admin)"
+                )
+            })?;
+        let status = resp.status();
+        let body = resp.text().await.context("the answer broke off")?;
+        Ok::<_, anyhow::Error>((status, body))
+    })?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        bail!("{url}: {status}: {message}");
+    }
+    if a.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&body).with_context(|| format!("{url}: not the expected JSON"))?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            let place = match (i["certificate_set"].as_str(), i["client_id"].as_str()) {
+                (Some(set), _) => format!("set {set}"),
+                (_, Some(client)) => format!("client {client}"),
+                _ => "-".into(),
+            };
+            [
+                text(&i["level"]),
+                text(&i["kind"]),
+                place,
+                text(&i["subject"]),
+                text(&i["not_after"]),
+                i["days_left"]
+                    .as_i64()
+                    .map_or("-".into(), |d| d.to_string()),
+            ]
+        })
+        .collect();
+    let header = ["LEVEL", "KIND", "WHERE", "SUBJECT", "EXPIRES", "DAYS"].map(str::to_owned);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        println!("(nothing: the broker serves no TLS listener and has no client certificates)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn revoke_cmd(a: &RevokeArgs) -> anyhow::Result<ExitCode> {

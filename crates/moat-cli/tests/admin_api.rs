@@ -1115,3 +1115,76 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moat_cert_inventory_lists_what_the_running_broker_serves_and_its_clients_soonest_first() {
+    let pki = moat_testkit::pki::TestPki::new("Inventory CA");
+    let (cert, key) = pki.server("server", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.client("device-7");
+    let moat = Moat::start_with(&tls_config(&pki, &cert, &key));
+    let tls = moat_testkit::pki::tls_connect(
+        moat.mqtt("mqtts"),
+        "localhost",
+        pki.client_config(Some((&client_cert, &client_key))),
+    )
+    .await
+    .expect("tls");
+    let (_framed, _) = moat_client::connect_framed(tls, &opts("inventoried"))
+        .await
+        .expect("connect");
+    let inventory = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .args(["cert", "inventory", "--admin", &moat.base, "--token-file"])
+            .arg(&moat.viewer_token_file)
+            .args(extra)
+            .output()
+            .expect("moat cert inventory");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let table = inventory(&[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("LEVEL"), "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("server") && l.contains("set mqtts") && l.contains("CN=localhost")),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("client") && l.contains("client inventoried")),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&inventory(&["--json"])).expect("json");
+    let left: Vec<i64> = json
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["seconds_left"].as_i64().unwrap())
+        .collect();
+    assert!(
+        left.windows(2).all(|w| w[0] <= w[1]),
+        "soonest first: {left:?}"
+    );
+
+    // A wrong token is a clear error, not a table.
+    let bad = moat.dir.path().join("bad.token");
+    std::fs::write(&bad, "not-the-token-at-all").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["cert", "inventory", "--admin", &moat.base, "--token-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
