@@ -163,7 +163,7 @@ async function handle(route, s) {
   }
   if (p === 'retained' && method === 'GET') return json(200, { items: [{ topic: 'a/b', qos: 1, size: 5, payload: 'hello', payload_base64: 'aGVsbG8=' }, { topic: 'a/bin', qos: 0, size: 3, payload: null, payload_base64: 'AAEC' }], more: false });
   if (p === 'retained' && method === 'DELETE') return json(200, { deleted: true });
-  if (p === 'audit') return json(200, [{ at: iso(0), who: 'admin', address: '127.0.0.1', action: 'POST /api/v1/login', target: '', result: 'ok' }]);
+  if (p === 'audit') return json(200, [{ at: iso(0), who: 'admin', address: '127.0.0.1', action: 'POST /api/v1/login', result: 'ok' }]);
   return err(404, 'not_found', `no mock for ${method} ${path}`);
 }
 

@@ -1211,7 +1211,6 @@
           { label: 'Who', cell: (e) => e.who || '—' },
           { label: 'Address', cell: (e) => e.address || '—' },
           { label: 'Action', cell: (e) => h('code', null, e.action || '—'), class: 'wrap' },
-          { label: 'Target', cell: (e) => e.target || '—', class: 'wrap' },
           { label: 'Result', cell: (e) => h('span', { class: e.result === 'ok' ? 'badge lvl-ok' : 'badge lvl-7d' }, e.result || '—') },
         ], items || [], { testid: 'audit-table', empty: 'The audit log is empty.', rowAttrs: () => ({ 'data-testid': 'audit-row' }) }));
       } catch (err) { replace(listArea, errorBox(err)); }

@@ -23,9 +23,6 @@ pub struct AuditEntry {
     pub address: String,
     /// "METHOD /path".
     pub action: String,
-    /// What it was about (a listener, a user name, a client id), when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
     /// "ok" or the error code.
     pub result: String,
 }

@@ -218,7 +218,7 @@ impl Admin {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = api::router(Arc::clone(&self.app))
+        let router = api::router()
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&self.app),
                 gate,
@@ -328,7 +328,6 @@ fn record(app: &App, who: &'static str, ip: IpAddr, method: &Method, path: &str,
         who,
         address: ip.to_string(),
         action: format!("{method} {path}"),
-        target: None,
         result: result.to_owned(),
     });
 }

@@ -707,16 +707,20 @@ impl Checker {
         }
     }
 
+    /// The short name of the client certificate given with --cert, or "the certificate".
+    fn client_cert_name(&self) -> String {
+        self.client_cert
+            .as_deref()
+            .and_then(|p| transport::read_certificates(p).ok())
+            .and_then(|c| c.first().and_then(|d| CertInfo::from_der(d).ok()))
+            .map_or_else(|| "the certificate".into(), |c| c.short_name())
+    }
+
     fn client_cert_accepted(&mut self, seen: &TlsObservations) {
         let step = "client certificate";
         match (seen.client_cert_requested, seen.client_cert_sent) {
             (true, true) => {
-                let name = self
-                    .client_cert
-                    .as_deref()
-                    .and_then(|p| transport::read_certificates(p).ok())
-                    .and_then(|c| c.first().and_then(|d| CertInfo::from_der(d).ok()))
-                    .map_or_else(|| "the certificate".into(), |c| c.short_name());
+                let name = self.client_cert_name();
                 self.report.ok(step, &format!("{name} sent and accepted"));
             }
             (true, false) => self.report.info(
@@ -739,12 +743,7 @@ impl Checker {
             ClientError::Refused(rc)
                 if *rc == ReasonCode::CLIENT_IDENTIFIER_NOT_VALID && self.client_cert.is_some() =>
             {
-                let name = self
-                    .client_cert
-                    .as_deref()
-                    .and_then(|p| transport::read_certificates(p).ok())
-                    .and_then(|c| c.first().and_then(|d| CertInfo::from_der(d).ok()))
-                    .map_or_else(|| "the certificate".into(), |c| c.short_name());
+                let name = self.client_cert_name();
                 Problem::new(
                     format!(
                         "client id {:?} refused (reason code 0x85): on a listener with \

@@ -10,8 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use moat_server::{
-    Activation, CertError, CertSet, CertUpload, DeleteReport, ExpiryItem, HandshakeFailures,
-    PendingSet,
+    Activation, CertError, CertSet, CertUpload, DeleteReport, ExpiryItem, PendingSet,
 };
 use moat_tls::ClientAuth;
 use serde::Deserialize;
@@ -19,9 +18,6 @@ use zeroize::Zeroizing;
 
 use super::{AppState, Body, PathParam};
 use crate::error::{ApiError, ApiResult};
-
-pub(crate) type HandshakeFailuresView = HandshakeFailures;
-pub(crate) type ExpiryView = ExpiryItem;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -336,18 +332,6 @@ pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryI
 
 async fn expiry(State(app): State<AppState>) -> ApiResult<Json<Vec<ExpiryItem>>> {
     expiry_with_clients(&app).await.map(Json)
-}
-
-/// The soonest expiries of what the broker serves and trusts (no client scan: the overview
-/// is polled).
-pub(crate) async fn expiry_items(app: &AppState) -> ApiResult<Vec<ExpiryItem>> {
-    let mut items = app.broker.expiry();
-    items.sort_by_key(|i| i.seconds_left);
-    Ok(items)
-}
-
-pub(crate) fn handshake_failures(app: &AppState) -> HandshakeFailures {
-    app.broker.handshake_failures()
 }
 
 /// listener name -> certificate set id.

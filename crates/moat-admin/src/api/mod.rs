@@ -22,7 +22,7 @@ mod session;
 
 pub(crate) type AppState = Arc<App>;
 
-pub(crate) fn router(_app: AppState) -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(crate::console::index))
         .route("/index.html", get(crate::console::index))

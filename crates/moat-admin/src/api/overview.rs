@@ -32,8 +32,8 @@ pub(crate) struct Overview {
     sessions: usize,
     subscriptions: usize,
     retained: usize,
-    handshake_failures: certs::HandshakeFailuresView,
-    expiry: Vec<certs::ExpiryView>,
+    handshake_failures: moat_server::HandshakeFailures,
+    expiry: Vec<moat_server::ExpiryItem>,
 }
 
 #[derive(Serialize)]
@@ -78,7 +78,8 @@ pub(crate) async fn overview(State(app): State<AppState>) -> ApiResult<Json<Over
     let snap = app.broker.stats().await?;
     let listeners = app.broker.listeners();
     let (rr, sr) = rates(&app, snap.stats.messages_received, snap.stats.messages_sent);
-    let mut expiry = certs::expiry_items(&app).await?;
+    // What the broker serves and trusts, soonest first (no client scan: the overview is polled).
+    let mut expiry = app.broker.expiry();
     expiry.truncate(10);
     Ok(Json(Overview {
         version: env!("CARGO_PKG_VERSION"),
@@ -99,7 +100,7 @@ pub(crate) async fn overview(State(app): State<AppState>) -> ApiResult<Json<Over
         sessions: snap.sessions,
         subscriptions: snap.subscriptions,
         retained: snap.retained,
-        handshake_failures: certs::handshake_failures(&app),
+        handshake_failures: app.broker.handshake_failures(),
         expiry,
     }))
 }

@@ -33,7 +33,6 @@ fn audit_login(app: &AppState, peer: SocketAddr, who: &'static str, result: &str
         who,
         address: peer.ip().to_string(),
         action: "POST /api/v1/login".into(),
-        target: None,
         result: result.to_owned(),
     });
 }
