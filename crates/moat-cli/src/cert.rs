@@ -312,33 +312,37 @@ fn inventory_cmd(a: &InventoryArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let client = client.build().context("cannot make an HTTP client")?;
-    let url = format!("{}/api/v1/expiry", a.admin.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (status, body) = runtime.block_on(async {
-        let resp = client
-            .get(&url)
-            .bearer_auth(token.trim())
-            .send()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the broker's admin API at {url} (is moat serve running? --admin)"
-                )
-            })?;
-        let status = resp.status();
-        let body = resp.text().await.context("the answer broke off")?;
-        Ok::<_, anyhow::Error>((status, body))
-    })?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        bail!("{url}: {status}: {message}");
-    }
+    let get = |path: &str| {
+        let url = format!("{}{path}", a.admin.trim_end_matches('/'));
+        runtime.block_on(async {
+            let resp = client
+                .get(&url)
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach the broker's admin API at {url} (is moat serve running? \
+                         --admin)"
+                    )
+                })?;
+            let status = resp.status();
+            let body = resp.text().await.context("the answer broke off")?;
+            if !status.is_success() {
+                let message = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or(body);
+                bail!("{url}: {status}: {message}");
+            }
+            Ok::<_, anyhow::Error>((url, body))
+        })
+    };
+    let (url, body) = get("/api/v1/expiry")?;
     if a.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
@@ -383,6 +387,36 @@ fn inventory_cmd(a: &InventoryArgs) -> anyhow::Result<ExitCode> {
     }
     if rows.is_empty() {
         println!("(nothing: the broker serves no TLS listener and has no client certificates)");
+    }
+    let (url, body) = get("/api/v1/client-cas")?;
+    let cas: Vec<serde_json::Value> =
+        serde_json::from_str(&body).with_context(|| format!("{url}: not the expected JSON"))?;
+    if !cas.is_empty() {
+        println!();
+        println!("Client CAs and the connected clients that chain to each:");
+        for ca in &cas {
+            let clients = ca["clients"].as_u64().unwrap_or(0);
+            println!(
+                "  {}  {}  {}  expires {}  {clients} client(s)",
+                text(&ca["listener"]),
+                text(&ca["subject"]),
+                text(&ca["fingerprint"]),
+                text(&ca["not_after"]),
+            );
+            let ids: Vec<String> = ca["client_ids"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let more = clients.saturating_sub(ids.len() as u64);
+                let tail = if more > 0 {
+                    format!(" (+{more} more)")
+                } else {
+                    String::new()
+                };
+                println!("    {}{tail}", ids.join(", "));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

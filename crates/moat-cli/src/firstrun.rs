@@ -193,7 +193,7 @@ pub(crate) fn default_config(data_dir: &Path) -> ConfigFile {
         cert: pki("server.pem"),
         key: pki("server.key"),
         client_auth: Some("optional".into()),
-        client_ca: pki("ca.pem"),
+        client_ca: pki("ca.pem").map(moat_server::config_file::Paths::One),
         identity: Some("cn".into()),
         ..TlsFile::default()
     };

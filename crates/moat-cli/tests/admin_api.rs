@@ -1161,6 +1161,46 @@ async fn moat_cert_inventory_lists_what_the_running_broker_serves_and_its_client
             .any(|l| l.contains("client") && l.contains("client inventoried")),
         "{table}"
     );
+    // Which client CA each client chains to.
+    assert!(
+        table.contains("Client CAs") && table.contains("CN=Inventory CA"),
+        "{table}"
+    );
+    assert!(table.contains("    inventoried"), "{table}");
+    let (status, cas) = moat.call(Method::GET, "/api/v1/client-cas", None).await;
+    assert_eq!(status, StatusCode::OK, "{cas}");
+    let mqtts = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["listener"] == "mqtts")
+        .expect("mqtts CA");
+    assert_eq!(mqtts["clients"], 1, "{cas}");
+    assert_eq!(mqtts["client_ids"], serde_json::json!(["inventoried"]));
+    let fingerprint = mqtts["fingerprint"].as_str().unwrap().to_owned();
+    let (status, client) = moat
+        .call(Method::GET, "/api/v1/clients/inventoried", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(client["connected"]["tls"]["ca_fingerprint"], *fingerprint);
+    assert_eq!(client["connected"]["tls"]["ca_subject"], "CN=Inventory CA");
+    let path = format!(
+        "/api/v1/client-cas/{}/disconnect",
+        fingerprint.replace(':', "")
+    );
+    let (status, done) = moat.call(Method::POST, &path, None).await;
+    assert_eq!(
+        (status, &done["disconnected"]),
+        (StatusCode::OK, &serde_json::json!(1))
+    );
+    let (status, err) = moat
+        .call(Method::POST, "/api/v1/client-cas/00ff/disconnect", None)
+        .await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::NOT_FOUND, "no_client_ca")
+    );
+
     let json: Value = serde_json::from_str(&inventory(&["--json"])).expect("json");
     let left: Vec<i64> = json
         .as_array()

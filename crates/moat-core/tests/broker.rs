@@ -1602,6 +1602,8 @@ fn tls_info(
             subject: identity.map(|i| format!("CN={i}")),
             fingerprint: None,
             not_after,
+            ca_subject: None,
+            ca_fingerprint: None,
         })),
         on_cert_expiry,
         client_id_from,

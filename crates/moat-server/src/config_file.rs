@@ -120,8 +120,9 @@ pub struct TlsFile {
     pub key_passphrase_file: Option<PathBuf>,
     /// none (default) | optional | required.
     pub client_auth: Option<String>,
-    /// The CA that signed client certificates.
-    pub client_ca: Option<PathBuf>,
+    /// The CA that signed client certificates: one file, or several trusted at once
+    /// (`["new-ca.pem", "old-ca.pem"]`, to rotate a client CA).
+    pub client_ca: Option<Paths>,
     /// Certificate revocation lists (PEM or DER).
     #[serde(default)]
     pub crl: Vec<PathBuf>,
@@ -133,6 +134,35 @@ pub struct TlsFile {
     pub identity: Option<String>,
     /// Accept X.509 v1 client certificates (default false).
     pub accept_v1_client_certs: Option<bool>,
+}
+
+/// One path or several: `"ca.pem"` or `["new-ca.pem", "old-ca.pem"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Paths {
+    /// One file.
+    One(PathBuf),
+    /// Several files, in order.
+    Several(Vec<PathBuf>),
+}
+
+impl Paths {
+    /// The files, in order.
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            Self::One(p) => std::slice::from_ref(p),
+            Self::Several(v) => v,
+        }
+    }
+
+    /// `first` and `more` as written: a string for one file, a list for more.
+    pub fn of(first: PathBuf, more: Vec<PathBuf>) -> Self {
+        if more.is_empty() {
+            Self::One(first)
+        } else {
+            Self::Several(std::iter::once(first).chain(more).collect())
+        }
+    }
 }
 
 /// `[limits]`: the broker's protective limits (docs/LIMITS.md has each one's default and what

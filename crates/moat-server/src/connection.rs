@@ -90,6 +90,8 @@ impl TlsConn {
             subject: cert.map(|id| id.dn.clone()),
             fingerprint: cert.map(|id| id.fingerprint.clone()),
             not_after: cert.map(|id| id.not_after),
+            ca_subject: cert.and_then(|id| id.ca_subject.clone()),
+            ca_fingerprint: cert.and_then(|id| id.ca_fingerprint.clone()),
         }
     }
 }
@@ -128,6 +130,8 @@ enum End {
     Stopped,
     CertificateWithdrawn,
     CertificateRevoked,
+    CaRemoved,
+    CaDisconnected,
 }
 
 impl std::fmt::Display for End {
@@ -144,6 +148,12 @@ impl std::fmt::Display for End {
             Self::Stopped => f.write_str("server stopping"),
             Self::CertificateWithdrawn => f.write_str("the listener's certificate was removed"),
             Self::CertificateRevoked => f.write_str("a CRL now revokes the client's certificate"),
+            Self::CaRemoved => {
+                f.write_str("the client CA its certificate chains to is no longer trusted")
+            }
+            Self::CaDisconnected => {
+                f.write_str("an operator disconnected the clients of its client CA")
+            }
         }
     }
 }
@@ -538,6 +548,8 @@ impl Connection {
                 tokio::spawn(async move {
                     let reason = match closing.await {
                         moat_tls::CloseCause::Revoked => CloseReason::CertificateRevoked,
+                        moat_tls::CloseCause::CaRemoved => CloseReason::CaRemoved,
+                        moat_tls::CloseCause::Disconnected => CloseReason::CaDisconnected,
                         _ => CloseReason::CertificateWithdrawn,
                     };
                     outbox.close_because(reason);
@@ -597,6 +609,10 @@ impl Connection {
                             }
                             CloseReason::CertificateRevoked => {
                                 (ReasonCode::NOT_AUTHORIZED, End::CertificateRevoked)
+                            }
+                            CloseReason::CaRemoved => (ReasonCode::NOT_AUTHORIZED, End::CaRemoved),
+                            CloseReason::CaDisconnected => {
+                                (ReasonCode::ADMINISTRATIVE_ACTION, End::CaDisconnected)
                             }
                         };
                         if version.is_v5() {

@@ -49,6 +49,15 @@ pub(crate) struct ListenerEntry {
     pub(crate) metrics: Arc<ListenerMetrics>,
 }
 
+/// The client CAs of one TLS listener and their use ([`BrokerHandle::client_cas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerClientCas {
+    /// The listener.
+    pub listener: String,
+    /// Each CA it trusts, with its connected clients.
+    pub cas: Vec<moat_tls::ClientCaUse>,
+}
+
 /// One listener as it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerStatus {
@@ -248,6 +257,42 @@ impl BrokerHandle {
             })
             .collect();
         out
+    }
+
+    /// Every client CA each TLS listener trusts, with how many connected clients chain to
+    /// it: rotating a client CA, the old one can go once no client uses it.
+    pub fn client_cas(&self) -> Vec<ListenerClientCas> {
+        self.tls
+            .iter()
+            .filter_map(|(name, live)| {
+                let cas = live.client_cas();
+                (!cas.is_empty()).then(|| ListenerClientCas {
+                    listener: name.clone(),
+                    cas,
+                })
+            })
+            .collect()
+    }
+
+    /// Disconnects, on every TLS listener, the clients whose certificate chains to the client
+    /// CA with this SHA-256 fingerprint (v5: DISCONNECT 0x98). Returns how many; 0 when no
+    /// listener trusts such a CA or no client uses it.
+    pub fn disconnect_client_ca(&self, fingerprint: &str) -> usize {
+        // Colons optional, any case: as `openssl x509 -fingerprint -sha256` prints it or not.
+        let hex: Vec<char> = fingerprint
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let want = hex
+            .chunks(2)
+            .map(|p| p.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join(":");
+        self.tls
+            .values()
+            .map(|live| live.disconnect_ca(&want))
+            .sum()
     }
 
     /// The names of the TLS listeners (tls and wss).

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::{Broker, ConnId};
-use moat_tls::{FailureRecord, HandshakeFailure, LiveTls, PeerIdentity, ReloadOutcome};
+use moat_tls::{FailureRecord, HandshakeFailure, LiveTls, ReloadOutcome};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub use certs::{
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
-pub use handle::{BrokerHandle, ListenerStatus, Page, Stopped, TlsChangeError};
+pub use handle::{BrokerHandle, ListenerClientCas, ListenerStatus, Page, Stopped, TlsChangeError};
 pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
 pub use moat_store::{Durability, StoreError};
@@ -509,13 +509,17 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
         let name = live.name();
         match outcome {
             ReloadOutcome::Unchanged => {}
-            ReloadOutcome::Replaced { warnings, revoked } => {
+            ReloadOutcome::Replaced {
+                warnings,
+                revoked,
+                untrusted,
+            } => {
                 for w in warnings {
                     warn!(listener = name, "{w}");
                 }
                 info!(
                     listener = name,
-                    revoked, "TLS material replaced; new handshakes use it"
+                    revoked, untrusted, "TLS material replaced; new handshakes use it"
                 );
             }
             ReloadOutcome::Removed { closed } => warn!(
@@ -697,12 +701,10 @@ async fn tls_accept(
         moat_tls::noting_revocation(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
     let failure = match accepted {
         Ok(Ok(tls_stream)) => {
-            let identity = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| PeerIdentity::from_der(c));
+            let identity = tls_stream.get_ref().1.peer_certificates().and_then(|c| {
+                let presented: Vec<&[u8]> = c.iter().map(AsRef::as_ref).collect();
+                live.identify(&presented)
+            });
             let guard = live.register(identity.as_ref());
             let source = live.identity_source();
             let version = match tls_stream.get_ref().1.protocol_version() {

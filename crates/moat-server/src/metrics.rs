@@ -488,6 +488,26 @@ impl Collector for TlsCollector {
                 }
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tls_client_ca_clients",
+                "Connected clients whose certificate chains to each client CA a listener \
+                 trusts (0: the CA can be rotated out).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, live) in &self.listeners {
+                for u in live.client_cas() {
+                    let labels = [
+                        ("listener", name.as_str()),
+                        ("subject", u.ca.subject.as_str()),
+                        ("fingerprint", u.ca.fingerprint.as_str()),
+                    ];
+                    let n = i64::try_from(u.clients).unwrap_or(i64::MAX);
+                    ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut family = encoder.encode_descriptor(
             "tls_certificate_expiry_seconds",
             "Seconds until each certificate a listener serves or trusts for clients expires \

@@ -36,6 +36,11 @@ pub(crate) enum CloseReason {
     /// client's credential no longer admits it, which is not the operator's act on the
     /// listener that 0x98 stands for).
     CertificateRevoked,
+    /// The client CA the client's certificate chains to is no longer trusted (v5: 0x87 Not
+    /// authorized, as a revocation: the credential no longer admits it).
+    CaRemoved,
+    /// An operator disconnected the clients of a client CA (v5: 0x98 Administrative action).
+    CaDisconnected,
 }
 
 /// Packets for one connection, and whether it should close after writing them.
@@ -101,6 +106,8 @@ impl Outbox {
             CloseReason::Broker => 1,
             CloseReason::CertificateWithdrawn => 3,
             CloseReason::CertificateRevoked => 4,
+            CloseReason::CaRemoved => 5,
+            CloseReason::CaDisconnected => 6,
         };
         let _ = self
             .reason
@@ -114,6 +121,8 @@ impl Outbox {
         match self.reason.load(Ordering::Relaxed) {
             3 => CloseReason::CertificateWithdrawn,
             4 => CloseReason::CertificateRevoked,
+            5 => CloseReason::CaRemoved,
+            6 => CloseReason::CaDisconnected,
             _ => CloseReason::Broker,
         }
     }

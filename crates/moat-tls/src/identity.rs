@@ -23,6 +23,10 @@ pub struct PeerIdentity {
     pub issuer: Vec<u8>,
     /// When the certificate expires (Unix seconds).
     pub not_after: i64,
+    /// The subject of the trusted client CA it chains to ([`crate::LiveTls::identify`]).
+    pub ca_subject: Option<String>,
+    /// That CA's SHA-256 fingerprint.
+    pub ca_fingerprint: Option<String>,
 }
 
 impl PeerIdentity {
@@ -47,13 +51,7 @@ impl PeerIdentity {
                 }
             }
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let fingerprint = digest
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let fingerprint = crate::anchor::fingerprint(der);
         Some(Self {
             cn,
             sans,
@@ -62,6 +60,8 @@ impl PeerIdentity {
             serial: cert.raw_serial().to_vec(),
             issuer: cert.issuer().as_raw().to_vec(),
             not_after: cert.validity().not_after.timestamp(),
+            ca_subject: None,
+            ca_fingerprint: None,
         })
     }
 

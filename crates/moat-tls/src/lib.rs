@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod anchor;
 mod failure;
 mod identity;
 mod live;
@@ -28,9 +29,12 @@ mod verifier;
 
 use std::path::PathBuf;
 
+pub use anchor::ClientCa;
 pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
-pub use live::{CloseCause, ConnectionGuard, CrlStatus, LiveTls, ReloadOutcome, TlsSnapshot};
+pub use live::{
+    ClientCaUse, CloseCause, ConnectionGuard, CrlStatus, LiveTls, ReloadOutcome, TlsSnapshot,
+};
 pub use material::{
     CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, TlsError,
 };
@@ -92,8 +96,14 @@ pub struct TlsSettings {
     pub key_passphrase_file: Option<PathBuf>,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
-    /// The CA bundle client certificates are verified against.
+    /// The CA bundle client certificates are verified against (uploads of a client CA
+    /// replace this file).
     pub client_ca: Option<PathBuf>,
+    /// More CA bundles trusted alongside `client_ca` (`client_ca = ["new.pem", "old.pem"]`:
+    /// the first is `client_ca`, the rest are here). Rotating a client CA: add the new one,
+    /// watch which clients still chain to the old one ([`LiveTls::client_cas`]), remove it;
+    /// clients still chaining to a removed CA are disconnected.
+    pub extra_client_ca: Vec<PathBuf>,
     /// Certificate revocation lists (PEM or DER). A client certificate whose issuer has no
     /// CRL here is not checked for revocation.
     pub crl: Vec<PathBuf>,
@@ -119,6 +129,7 @@ impl std::fmt::Debug for TlsSettings {
             .field("key_passphrase_file", &self.key_passphrase_file)
             .field("client_auth", &self.client_auth)
             .field("client_ca", &self.client_ca)
+            .field("extra_client_ca", &self.extra_client_ca)
             .field("crl", &self.crl)
             .field("crl_stale", &self.crl_stale)
             .field("identity", &self.identity)
@@ -137,6 +148,7 @@ impl TlsSettings {
             key_passphrase_file: None,
             client_auth: ClientAuth::None,
             client_ca: None,
+            extra_client_ca: Vec::new(),
             crl: Vec::new(),
             crl_stale: CrlStalePolicy::Warn,
             identity: IdentitySource::Cn,

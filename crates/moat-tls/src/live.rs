@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -13,6 +13,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::anchor::ClientCa;
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
 use crate::material::{CertificateExpiry, Files, Material, Pem, Served, TlsError};
@@ -29,9 +30,28 @@ struct State {
 
 struct Registered {
     serial: Option<(Vec<u8>, Vec<u8>)>,
+    /// The fingerprint of the client CA its certificate chains to.
+    ca: Option<String>,
     token: CancellationToken,
-    /// Set before `token` is cancelled when a CRL revokes the certificate.
-    revoked: Arc<AtomicBool>,
+    /// Why `token` was cancelled ([`CloseCause`] as a number, set before the cancel; 0: the
+    /// listener's certificate was removed).
+    cause: Arc<AtomicU8>,
+}
+
+impl Registered {
+    fn close(&self, cause: CloseCause) {
+        self.cause.store(cause as u8, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+/// How many connected clients chain to one of a listener's client CAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCaUse {
+    /// The CA.
+    pub ca: ClientCa,
+    /// Connected clients whose certificate chains to it.
+    pub clients: usize,
 }
 
 /// Why a registered connection must close ([`ConnectionGuard::closing`]).
@@ -39,9 +59,24 @@ struct Registered {
 #[non_exhaustive]
 pub enum CloseCause {
     /// The listener's certificate was removed.
-    CertificateRemoved,
+    CertificateRemoved = 0,
     /// A CRL now revokes the client's certificate.
-    Revoked,
+    Revoked = 1,
+    /// The client CA its certificate chains to is no longer trusted by the listener.
+    CaRemoved = 2,
+    /// An operator disconnected the clients of a client CA.
+    Disconnected = 3,
+}
+
+impl CloseCause {
+    fn of(n: u8) -> Self {
+        match n {
+            1 => Self::Revoked,
+            2 => Self::CaRemoved,
+            3 => Self::Disconnected,
+            _ => Self::CertificateRemoved,
+        }
+    }
 }
 
 /// One CRL of a listener and whether it is past its next update.
@@ -64,12 +99,15 @@ pub enum ReloadOutcome {
     /// The files did not change.
     Unchanged,
     /// New material is in use for new handshakes; `revoked` connections were closed because a
-    /// new CRL revokes their certificates.
+    /// new CRL revokes their certificates, `untrusted` because the client CA they chain to is
+    /// no longer trusted.
     Replaced {
         /// Lint warnings of the new material.
         warnings: Vec<Finding>,
         /// Connections closed by the new CRLs.
         revoked: usize,
+        /// Connections closed because their client CA was removed.
+        untrusted: usize,
     },
     /// The certificate or key file is gone: TLS clients were closed, handshakes are refused.
     Removed {
@@ -331,6 +369,7 @@ impl LiveTls {
     fn swap_in(&self, material: Material, settings: Option<TlsSettings>) -> ReloadOutcome {
         let warnings = material.warnings.clone();
         let revoked_lists = Arc::clone(&material.revoked);
+        let client_cas = Arc::clone(&material.client_cas);
         {
             let mut state = self.write_state();
             if let Some(s) = settings {
@@ -356,12 +395,92 @@ impl LiveTls {
                     crl = %r.path.display(),
                     "a connected client's certificate is now revoked: disconnecting it"
                 );
-                reg.revoked.store(true, Ordering::SeqCst);
-                reg.token.cancel();
+                reg.close(CloseCause::Revoked);
                 revoked += 1;
             }
         }
-        ReloadOutcome::Replaced { warnings, revoked }
+        // A client CA no longer trusted disconnects the clients that chain to it (a listener
+        // that stopped verifying client certificates trusts no CA and closes no one).
+        let mut untrusted = 0;
+        if !client_cas.is_empty() {
+            for reg in self.registry().values() {
+                let Some(ca) = &reg.ca else { continue };
+                if reg.token.is_cancelled() || client_cas.iter().any(|c| c.fingerprint == *ca) {
+                    continue;
+                }
+                reg.close(CloseCause::CaRemoved);
+                untrusted += 1;
+            }
+            if untrusted > 0 {
+                warn!(
+                    listener = %self.name,
+                    clients = untrusted,
+                    "a client CA is no longer trusted: the clients chaining to it were disconnected"
+                );
+            }
+        }
+        ReloadOutcome::Replaced {
+            warnings,
+            revoked,
+            untrusted,
+        }
+    }
+
+    /// The identity of a verified client certificate chain (leaf first, then the
+    /// intermediates the client sent), with the trusted client CA it chains to.
+    pub fn identify(&self, presented: &[&[u8]]) -> Option<PeerIdentity> {
+        let mut identity = PeerIdentity::from_der(presented.first()?)?;
+        if let Some(material) = self.read_state().material.as_ref() {
+            if let Some(i) = crate::anchor::anchor_of(&material.client_cas, presented) {
+                let ca = &material.client_cas[i];
+                identity.ca_subject = Some(ca.subject.clone());
+                identity.ca_fingerprint = Some(ca.fingerprint.clone());
+            }
+        }
+        Some(identity)
+    }
+
+    /// The client CAs the listener trusts now, each with the number of connected clients whose
+    /// certificate chains to it: a CA being rotated out can be removed once it has none.
+    pub fn client_cas(&self) -> Vec<ClientCaUse> {
+        let cas = self
+            .read_state()
+            .material
+            .as_ref()
+            .map(|m| Arc::clone(&m.client_cas))
+            .unwrap_or_default();
+        let mut uses: Vec<ClientCaUse> = cas
+            .iter()
+            .map(|ca| ClientCaUse {
+                ca: ca.clone(),
+                clients: 0,
+            })
+            .collect();
+        for reg in self.registry().values() {
+            if let Some(u) = uses
+                .iter_mut()
+                .find(|u| reg.ca.as_deref() == Some(u.ca.fingerprint.as_str()))
+            {
+                u.clients += 1;
+            }
+        }
+        uses
+    }
+
+    /// Disconnects the connected clients whose certificate chains to the client CA with this
+    /// fingerprint (v5: DISCONNECT 0x98, administrative action). Returns how many.
+    pub fn disconnect_ca(&self, fingerprint: &str) -> usize {
+        let mut closed = 0;
+        for reg in self.registry().values() {
+            if reg.ca.as_deref() == Some(fingerprint) && !reg.token.is_cancelled() {
+                reg.close(CloseCause::Disconnected);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            info!(listener = %self.name, ca = fingerprint, clients = closed, "clients of a client CA disconnected");
+        }
+        closed
     }
 
     /// Removes the certificate: new handshakes are refused and every TLS connection of this
@@ -385,20 +504,21 @@ impl LiveTls {
     pub fn register(self: &Arc<Self>, peer: Option<&PeerIdentity>) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let token = self.read_state().generation.child_token();
-        let revoked = Arc::new(AtomicBool::new(false));
+        let cause = Arc::new(AtomicU8::new(CloseCause::CertificateRemoved as u8));
         self.registry().insert(
             id,
             Registered {
                 serial: peer.map(|p| (p.serial.clone(), p.issuer.clone())),
+                ca: peer.and_then(|p| p.ca_fingerprint.clone()),
                 token: token.clone(),
-                revoked: Arc::clone(&revoked),
+                cause: Arc::clone(&cause),
             },
         );
         ConnectionGuard {
             live: Arc::clone(self),
             id,
             token,
-            revoked,
+            cause,
         }
     }
 
@@ -588,7 +708,7 @@ pub struct ConnectionGuard {
     live: Arc<LiveTls>,
     id: u64,
     token: CancellationToken,
-    revoked: Arc<AtomicBool>,
+    cause: Arc<AtomicU8>,
 }
 
 impl ConnectionGuard {
@@ -600,14 +720,10 @@ impl ConnectionGuard {
     /// Completes when the connection must close, with why.
     pub fn closing(&self) -> impl std::future::Future<Output = CloseCause> + Send + 'static {
         let token = self.token.clone();
-        let revoked = Arc::clone(&self.revoked);
+        let cause = Arc::clone(&self.cause);
         async move {
             token.cancelled().await;
-            if revoked.load(Ordering::SeqCst) {
-                CloseCause::Revoked
-            } else {
-                CloseCause::CertificateRemoved
-            }
+            CloseCause::of(cause.load(Ordering::SeqCst))
         }
     }
 }

@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use zeroize::Zeroizing;
 
+use crate::anchor::ClientCa;
 use crate::verifier::Verifier;
 use crate::{ClientAuth, TlsSettings};
 
@@ -133,6 +134,8 @@ pub(crate) struct Revoked {
 pub struct Material {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) revoked: Arc<Vec<Revoked>>,
+    /// The CAs client certificates are verified against, each with its file.
+    pub(crate) client_cas: Arc<Vec<ClientCa>>,
     /// Lint warnings, to log.
     pub warnings: Vec<Finding>,
     /// A digest of every file's content, to tell whether anything changed.
@@ -235,6 +238,22 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The further client CA files: one that is gone is a CA no longer trusted (how a CA being
+/// rotated out is removed while running), not an error.
+fn read_extra_cas(paths: &[PathBuf]) -> Result<Vec<Option<Vec<u8>>>, TlsError> {
+    paths
+        .iter()
+        .map(|p| match std::fs::read(p) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TlsError::Read {
+                path: p.clone(),
+                source,
+            }),
+        })
+        .collect()
+}
+
 /// The crypto provider for the whole project.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -247,6 +266,8 @@ pub(crate) struct Files {
     key: Zeroizing<Vec<u8>>,
     passphrase: Option<Zeroizing<Vec<u8>>>,
     client_ca: Option<Vec<u8>>,
+    /// The further client CA files, `None` for one that is gone.
+    extra_ca: Vec<Option<Vec<u8>>>,
     crls: Vec<Vec<u8>>,
 }
 
@@ -291,6 +312,7 @@ impl Files {
             key: Zeroizing::new(read(&s.key)?),
             passphrase,
             client_ca: s.client_ca.as_deref().map(read).transpose()?,
+            extra_ca: read_extra_cas(&s.extra_client_ca)?,
             crls: s.crl.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         })
     }
@@ -314,6 +336,7 @@ impl Files {
             key: pem.key.clone(),
             passphrase: None,
             client_ca: keep(&pem.client_ca, &s.client_ca)?,
+            extra_ca: read_extra_cas(&s.extra_client_ca)?,
             crls: s.crl.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         })
     }
@@ -334,6 +357,17 @@ impl Files {
         w(replace_file(&s.cert, &pem.cert, false))
     }
 
+    /// The further client CA files that exist, with their paths.
+    fn extra_cas<'a>(
+        &'a self,
+        s: &'a TlsSettings,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a PathBuf)> + 'a {
+        self.extra_ca
+            .iter()
+            .zip(&s.extra_client_ca)
+            .filter_map(|(data, path)| data.as_ref().map(|d| (d, path)))
+    }
+
     pub(crate) fn digest(&self) -> Vec<u8> {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut part = |tag: &[u8], data: &[u8]| {
@@ -352,6 +386,9 @@ impl Files {
                 .unwrap_or_default(),
         );
         part(b"ca", self.client_ca.as_deref().unwrap_or_default());
+        for c in &self.extra_ca {
+            part(b"ca+", c.as_deref().unwrap_or(b"(gone)"));
+        }
         for c in &self.crls {
             part(b"crl", c);
         }
@@ -406,7 +443,28 @@ impl Material {
             .as_ref()
             .zip(s.client_ca.as_deref())
             .map(|(d, p)| LintFile::new(display(p), d.clone()));
-        let findings = lint::lint(&input);
+        for (data, path) in files.extra_ca.iter().zip(&s.extra_client_ca) {
+            if data.is_none() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "client CA file is gone: that CA is no longer trusted (clients chaining to \
+                     it are disconnected)"
+                );
+            }
+        }
+        let mut findings = lint::lint(&input);
+        // Each further client CA file is linted as the client CA (the findings of the rest
+        // repeat and are dropped), so a finding names its own file.
+        if s.client_auth != ClientAuth::None {
+            for (data, path) in files.extra_cas(s) {
+                input.client_ca = Some(LintFile::new(display(path), data.clone()));
+                for f in lint::lint(&input) {
+                    if !findings.contains(&f) {
+                        findings.push(f);
+                    }
+                }
+            }
+        }
         if lint::has_errors(&findings) {
             return Err(TlsError::Lint { findings });
         }
@@ -463,6 +521,7 @@ impl Material {
         let mut revoked = Vec::new();
         let mut crl_infos = Vec::new();
         let mut client_ca_ders = Vec::new();
+        let mut client_cas = Vec::new();
         for (data, path) in files.crls.iter().zip(&s.crl) {
             let ders: Vec<Vec<u8>> = match decode::decode(data) {
                 Ok(d) if d.items.iter().any(|i| i.kind == Kind::Crl) => d
@@ -501,17 +560,25 @@ impl Material {
         let builder = match (&s.client_auth, &files.client_ca, &s.client_ca) {
             (ClientAuth::None, _, _) | (_, None, _) | (_, _, None) => builder.with_no_client_auth(),
             (auth, Some(ca_data), Some(ca_path)) => {
-                let ca_certs = decode::decode(ca_data)
-                    .map(|d| d.certificates())
-                    .map_err(|e| file_error(ca_path, e))?;
                 let mut roots = RootCertStore::empty();
-                client_ca_ders.clone_from(&ca_certs);
-                for c in &ca_certs {
-                    certificates.extend(CertificateExpiry::of(CertificateRole::ClientCa, c));
-                    roots
-                        .add(CertificateDer::from(c.clone()))
-                        .map_err(|e| file_error(ca_path, FileError::ClientCa(e)))?;
+                let ca_files = std::iter::once((ca_data, ca_path)).chain(files.extra_cas(s));
+                for (data, path) in ca_files {
+                    let certs = decode::decode(data)
+                        .map(|d| d.certificates())
+                        .map_err(|e| file_error(path, e))?;
+                    for c in certs {
+                        if client_ca_ders.contains(&c) {
+                            continue;
+                        }
+                        certificates.extend(CertificateExpiry::of(CertificateRole::ClientCa, &c));
+                        roots
+                            .add(CertificateDer::from(c.clone()))
+                            .map_err(|e| file_error(path, FileError::ClientCa(e)))?;
+                        client_cas.extend(ClientCa::from_der(&c, path.clone()));
+                        client_ca_ders.push(c);
+                    }
                 }
+                let ca_certs = client_ca_ders.clone();
                 let mut vb = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     Arc::clone(&provider),
@@ -550,6 +617,7 @@ impl Material {
         Ok(Self {
             config: Arc::new(config),
             revoked: Arc::new(revoked),
+            client_cas: Arc::new(client_cas),
             served: Served {
                 leaf,
                 chain: chain_ders,

@@ -13,7 +13,7 @@ use moat_server::{
     Activation, CertError, CertSet, CertUpload, DeleteReport, ExpiryItem, PendingSet,
 };
 use moat_tls::ClientAuth;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{AppState, Body, PathParam};
@@ -31,6 +31,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/certificates/{id}/restore", post(restore))
         .route("/api/v1/certificates/{id}/delete-preview", get(preview))
         .route("/api/v1/expiry", get(expiry))
+        .route("/api/v1/client-cas", get(client_cas))
+        .route(
+            "/api/v1/client-cas/{fingerprint}/disconnect",
+            post(disconnect_client_ca),
+        )
 }
 
 fn cert_error(e: CertError) -> ApiError {
@@ -345,4 +350,113 @@ pub(crate) fn set_of_listener(app: &AppState) -> BTreeMap<String, String> {
                 .map(|id| (l.name, id))
         })
         .collect()
+}
+
+/// Client ids listed per client CA at most (the count is exact).
+const CLIENT_IDS_PER_CA: usize = 100;
+
+#[derive(Serialize)]
+struct ClientCaView {
+    listener: String,
+    subject: String,
+    fingerprint: String,
+    not_after: String,
+    file: String,
+    /// Connected clients whose certificate chains to this CA.
+    clients: usize,
+    /// Their client ids, sorted, at most [`CLIENT_IDS_PER_CA`].
+    client_ids: Vec<String>,
+}
+
+/// Every client CA of every TLS listener and who uses it: a CA being rotated out can be
+/// removed from `client_ca` once its `clients` is 0 (removing it disconnects the rest).
+async fn client_cas(State(app): State<AppState>) -> ApiResult<Json<Vec<ClientCaView>>> {
+    let uses = app.broker.client_cas();
+    // (listener, CA fingerprint) -> client ids, from one bounded scan of the clients.
+    let mut ids: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    if !uses.is_empty() {
+        let mut after = None;
+        let mut seen = 0;
+        loop {
+            let page = app
+                .broker
+                .clients(moat_core::ClientQuery {
+                    after: after.take(),
+                    limit: 1000,
+                    ..moat_core::ClientQuery::default()
+                })
+                .await?;
+            seen += page.items.len();
+            for c in &page.items {
+                let Some(fp) = c.tls.as_ref().and_then(|t| t.ca_fingerprint.clone()) else {
+                    continue;
+                };
+                let list = ids.entry((c.listener.clone(), fp)).or_default();
+                if list.len() < CLIENT_IDS_PER_CA {
+                    list.push(c.client_id.clone());
+                }
+            }
+            if !page.more || seen >= moat_core::MAX_CLIENT_SCAN {
+                break;
+            }
+            after = page.items.last().map(|c| c.client_id.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for l in uses {
+        for u in l.cas {
+            let key = (l.listener.clone(), u.ca.fingerprint.clone());
+            out.push(ClientCaView {
+                client_ids: ids.remove(&key).unwrap_or_default(),
+                listener: l.listener.clone(),
+                subject: u.ca.subject,
+                fingerprint: u.ca.fingerprint,
+                not_after: moat_pki::inspect::rfc3339(u.ca.not_after),
+                file: u.ca.path.display().to_string(),
+                clients: u.clients,
+            });
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Serialize)]
+struct CaDisconnected {
+    disconnected: usize,
+}
+
+/// Disconnects every connected client whose certificate chains to the client CA with this
+/// fingerprint (v5: DISCONNECT 0x98). The CA stays trusted: remove it from `client_ca` to
+/// refuse its clients from now on.
+async fn disconnect_client_ca(
+    State(app): State<AppState>,
+    PathParam(fingerprint): PathParam,
+) -> ApiResult<Json<CaDisconnected>> {
+    let known = app
+        .broker
+        .client_cas()
+        .iter()
+        .flat_map(|l| &l.cas)
+        .any(|u| same_fingerprint(&u.ca.fingerprint, &fingerprint));
+    if !known {
+        return Err(ApiError::not_found(
+            "no_client_ca",
+            format!("no listener trusts a client CA with fingerprint {fingerprint:?}"),
+        )
+        .fix("GET /api/v1/client-cas lists them with their SHA-256 fingerprints"));
+    }
+    let disconnected = app.broker.disconnect_client_ca(&fingerprint);
+    Ok(Json(CaDisconnected { disconnected }))
+}
+
+/// Fingerprints compared as hex digits: colons and case do not matter.
+fn same_fingerprint(a: &str, b: &str) -> bool {
+    let hex = |s: &str| {
+        s.chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_uppercase())
+            .collect::<String>()
+    };
+    let a = hex(a);
+    !a.is_empty() && a == hex(b)
 }

@@ -47,6 +47,10 @@ struct TlsView {
     subject: Option<String>,
     fingerprint: Option<String>,
     not_after: Option<String>,
+    /// The subject of the listener's client CA the certificate chains to.
+    ca_subject: Option<String>,
+    /// That CA's SHA-256 fingerprint (GET /api/v1/client-cas lists the CAs).
+    ca_fingerprint: Option<String>,
 }
 
 pub(crate) fn protocol_name(p: moat_codec::ProtocolVersion) -> &'static str {
@@ -68,6 +72,8 @@ impl From<ClientSummary> for ClientView {
                 subject: t.subject.clone(),
                 fingerprint: t.fingerprint.clone(),
                 not_after: t.not_after.map(moat_pki::inspect::rfc3339),
+                ca_subject: t.ca_subject.clone(),
+                ca_fingerprint: t.ca_fingerprint.clone(),
             }),
             client_id: c.client_id,
             username: c.username,

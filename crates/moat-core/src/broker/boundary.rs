@@ -175,6 +175,10 @@ pub struct TlsInfo {
     pub fingerprint: Option<String>,
     /// When it expires (Unix seconds), if one was presented.
     pub not_after: Option<i64>,
+    /// The subject of the listener's client CA the certificate chains to.
+    pub ca_subject: Option<String>,
+    /// That CA's SHA-256 fingerprint.
+    pub ca_fingerprint: Option<String>,
 }
 
 /// A message the broker accepted, with who published it.

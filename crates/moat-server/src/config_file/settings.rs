@@ -13,7 +13,8 @@ use moat_store::Durability;
 use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, TlsSettings};
 
 use super::{
-    AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, StoreFile, TlsFile,
+    AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, Paths, StoreFile,
+    TlsFile,
 };
 use crate::{AuthConfig, ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
 
@@ -168,7 +169,9 @@ impl Settings {
                         }
                         .into(),
                     ),
-                    client_ca: t.client_ca.as_ref().map(base),
+                    client_ca: t.client_ca.as_ref().map(|ca| {
+                        Paths::of(base(ca), t.extra_client_ca.iter().map(base).collect())
+                    }),
                     crl: t.crl.iter().map(base).collect(),
                     crl_stale: Some(
                         match t.crl_stale {
@@ -516,7 +519,16 @@ impl TlsFile {
         let mut s = TlsSettings::new(path(cert), path(k));
         s.chain = self.chain.as_ref().map(path);
         s.key_passphrase_file = self.key_passphrase_file.as_ref().map(path);
-        s.client_ca = self.client_ca.as_ref().map(path);
+        if let Some(cas) = &self.client_ca {
+            let Some((first, more)) = cas.paths().split_first() else {
+                return Err(ConfigError::invalid(
+                    format!("{key}.client_ca"),
+                    "an empty list; give at least one CA file, e.g. client_ca = [\"pki/ca.pem\"]",
+                ));
+            };
+            s.client_ca = Some(path(first));
+            s.extra_client_ca = more.iter().map(path).collect();
+        }
         s.crl = self.crl.iter().map(path).collect();
         s.crl_stale = match self.crl_stale.as_deref().unwrap_or("warn") {
             "warn" => CrlStalePolicy::Warn,
@@ -725,7 +737,7 @@ kind = "wss"
 bind = "0.0.0.0:8084"
 path = "/mqtt/wss"
 auth = "certificate"
-tls = { cert = "pki/server.pem", key = "pki/server.key", client_auth = "optional", client_ca = "pki/ca.pem", identity = "dn" }
+tls = { cert = "pki/server.pem", key = "pki/server.key", client_auth = "optional", client_ca = ["pki/ca.pem", "pki/old-ca.pem"], identity = "dn" }
 
 [auth]
 password_file = "users"
@@ -809,6 +821,16 @@ tls_listener = "secure"
             // Joined, not normalised: ".." is the file system's to follow.
             Some(Path::new("/etc/moat/../shared/ca.pem"))
         );
+        // Several client CAs: the first is the one uploads replace, all are trusted.
+        let rotating = s.server.listeners[3].tls.as_ref().unwrap();
+        assert_eq!(
+            rotating.client_ca.as_deref(),
+            Some(Path::new("/etc/moat/pki/ca.pem"))
+        );
+        assert_eq!(
+            rotating.extra_client_ca,
+            [Path::new("/etc/moat/pki/old-ca.pem")]
+        );
         assert_eq!(s.data_dir, Path::new("/etc/moat/var/moat"));
         assert_eq!(
             s.server.auth.password_file.as_deref(),
@@ -818,7 +840,17 @@ tls_listener = "secure"
         assert_eq!(e.data_dir.as_deref(), Some(Path::new("var/moat")));
         let t = e.listeners[2].tls.as_ref().unwrap();
         assert_eq!(t.cert.as_deref(), Some(Path::new("pki/server.pem")));
-        assert_eq!(t.client_ca.as_deref(), Some(Path::new("../shared/ca.pem")));
+        assert_eq!(
+            t.client_ca,
+            Some(Paths::One(PathBuf::from("../shared/ca.pem")))
+        );
+        assert_eq!(
+            e.listeners[3].tls.as_ref().unwrap().client_ca,
+            Some(Paths::Several(vec![
+                PathBuf::from("pki/ca.pem"),
+                PathBuf::from("pki/old-ca.pem")
+            ]))
+        );
         assert_eq!(
             t.key_passphrase_file.as_deref(),
             Some(Path::new("/run/secrets/pass"))
