@@ -151,6 +151,24 @@ pub enum StoreOp {
         /// Topic.
         topic: String,
     },
+    /// A message for a forwarding rule's spool (written before the publisher's
+    /// acknowledgement; it leaves only when the rule's sink has it). Keys are unique for the
+    /// store's life and increase: the store remembers the next one.
+    SpoolPut {
+        /// The rule.
+        rule: String,
+        /// The message key.
+        key: u64,
+        /// The encoded record.
+        record: Bytes,
+    },
+    /// The rule's sink confirmed these keys: they leave the spool.
+    SpoolRemove {
+        /// The rule.
+        rule: String,
+        /// The keys.
+        keys: Vec<u64>,
+    },
 }
 
 /// A stored session, as loaded at start-up.

@@ -121,6 +121,8 @@ pub struct ServerConfig {
     /// Where the certificate sets keep their state: the previous material, the marker of a
     /// deleted set, parts a listener had no file for. Default `<data_dir>/tls`.
     pub tls_state_dir: std::path::PathBuf,
+    /// Forwarding rules and the spool's limits (rules need the store).
+    pub forward: crate::ForwardConfig,
 }
 
 /// The default of [`ServerConfig::max_concurrent_auth`]: 2 per CPU, at least 2 and at most
@@ -152,6 +154,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             tls_poll_interval: Duration::from_secs(2),
             tls_state_dir: std::path::PathBuf::from("moat-data/tls"),
+            forward: crate::ForwardConfig::default(),
         }
     }
 }

@@ -566,7 +566,7 @@ impl Connection {
         }
         loop {
             // A client that does not read what it is sent is not read from either.
-            let paused = outbox.len() >= shared.config.max_outbox_packets;
+            let paused = outbox.len() >= shared.config.max_outbox_packets || outbox.reading_held();
             tokio::select! {
                 biased;
                 () = shared.hard_stop.cancelled() => return End::Stopped,

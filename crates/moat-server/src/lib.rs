@@ -16,6 +16,7 @@ mod certs;
 mod config;
 pub mod config_file;
 mod connection;
+mod forward;
 mod handle;
 mod metrics;
 mod outbox;
@@ -45,9 +46,11 @@ pub use certs::{
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
+pub use forward::{ForwardConfig, ForwardRule};
 pub use handle::{BrokerHandle, ListenerClientCas, ListenerStatus, Page, Stopped, TlsChangeError};
 pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
+pub use moat_forward::{Record, Sink, SinkError};
 pub use moat_store::{Durability, StoreError};
 pub use moat_tls::{ClientAuth, IdentitySource, TlsError, TlsSettings};
 
@@ -97,6 +100,15 @@ pub enum ServerError {
     /// The password file or the ACL is invalid.
     #[error(transparent)]
     Auth(#[from] moat_auth::LoadError),
+    /// Forwarding rules need the durable store (their spool lives there).
+    #[error(
+        "forwarding needs the durable store: its spool keeps every message until the sink \
+         confirms it; set [store] enabled = true (or remove the [forward] rules)"
+    )]
+    ForwardWithoutStore,
+    /// A forwarding rule has no sink attached.
+    #[error("forwarding rule {0:?} has no sink")]
+    NoSink(String),
     /// A listener's TLS material is unusable.
     #[error("listener {name:?}")]
     Tls {
@@ -135,9 +147,25 @@ pub struct Server {
     store: Option<(moat_store::DiskStore, moat_core::store::Snapshot)>,
     metrics: Arc<Metrics>,
     certs: Arc<certs::CertSets>,
+    /// Each forwarding rule's sink, by rule name ([`Server::attach_sink`]).
+    sinks: forward::Sinks,
 }
 
 impl Server {
+    /// Attaches the sink of a forwarding rule (every rule of [`ServerConfig::forward`] needs
+    /// one before [`Server::run`]). Nothing is connected here: a sink connects on its first
+    /// write, and an unreachable one is retried while the spool keeps the messages.
+    ///
+    /// # Errors
+    /// [`ServerError::NoSink`] if no rule has that name.
+    pub fn attach_sink(&mut self, rule: &str, sink: Box<dyn Sink>) -> Result<(), ServerError> {
+        if !self.config.forward.rules.iter().any(|r| r.name == rule) {
+            return Err(ServerError::NoSink(rule.to_owned()));
+        }
+        self.sinks.0.insert(rule.to_owned(), sink);
+        Ok(())
+    }
+
     /// Binds every listener.
     ///
     /// # Errors
@@ -145,6 +173,9 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         if config.listeners.is_empty() {
             return Err(ServerError::NoListeners);
+        }
+        if !config.forward.rules.is_empty() && config.store.is_none() {
+            return Err(ServerError::ForwardWithoutStore);
         }
         let auth = Arc::new(AuthState::load(
             config.auth.clone(),
@@ -236,7 +267,8 @@ impl Server {
             .iter()
             .map(|(l, _, tls)| (l.name.as_str(), tls.clone()))
             .collect();
-        let (metrics, per_listener) = Metrics::new(Arc::clone(&auth), &names);
+        let (mut metrics, per_listener) = Metrics::new(Arc::clone(&auth), &names);
+        metrics.register_forward(&config.forward.rules);
         if let Some((store, _)) = &store {
             metrics.store().set_bytes(store.disk_usage());
         }
@@ -282,6 +314,7 @@ impl Server {
             store,
             metrics: Arc::new(metrics),
             certs,
+            sinks: forward::Sinks::default(),
         })
     }
 
@@ -382,11 +415,36 @@ impl Server {
             }
             None => None,
         };
-        let router = Router::new(broker, rx, config.max_outbox_packets).with_store(
-            store,
-            fatal.clone(),
-            self.metrics.store(),
-        );
+        // Forwarding: the router spools, one task per rule delivers.
+        let mut sinks = self.sinks.0;
+        let mut forwarding = None;
+        let mut rule_tasks = Vec::new();
+        let forward_stop = CancellationToken::new();
+        if let (false, Some(store)) = (config.forward.rules.is_empty(), &store) {
+            let reader = store.spool_reader();
+            let (f, handles) =
+                forward::Forwarding::new(&config.forward, &reader, self.metrics.forward())?;
+            for (i, (rule, wake)) in config.forward.rules.iter().zip(handles.wakes).enumerate() {
+                let sink = sinks
+                    .remove(&rule.name)
+                    .ok_or_else(|| ServerError::NoSink(rule.name.clone()))?;
+                rule_tasks.push(tokio::spawn(forward::run_rule(
+                    i,
+                    rule.name.clone(),
+                    sink,
+                    reader.clone(),
+                    wake,
+                    tx.clone(),
+                    config.forward.clone(),
+                    self.metrics.forward(),
+                    forward_stop.clone(),
+                )));
+            }
+            forwarding = Some(f);
+        }
+        let router = Router::new(broker, rx, config.max_outbox_packets)
+            .with_store(store, fatal.clone(), self.metrics.store())
+            .with_forwarding(forwarding);
         let router_task = tokio::spawn(router.run(router_stop.clone()));
 
         let shared = Arc::new(Shared {
@@ -466,6 +524,11 @@ impl Server {
         }
         stop_accepting.cancel();
         for t in accept_tasks {
+            let _ = t.await;
+        }
+        // A sink write in flight is abandoned: its records stay spooled for the next start.
+        forward_stop.cancel();
+        for t in rule_tasks {
             let _ = t.await;
         }
         // The router disconnects everyone (DISCONNECT 0x8B to v5 clients) and closes outboxes;

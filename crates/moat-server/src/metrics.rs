@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     tls: Arc<TlsCollector>,
     core: Arc<CoreCollector>,
     store: StoreMetrics,
+    forward: Arc<crate::forward::ForwardMetrics>,
 }
 
 impl fmt::Debug for Metrics {
@@ -215,8 +216,22 @@ impl Metrics {
             tls,
             core,
             store,
+            forward: Arc::default(),
         };
         (metrics, per_listener)
+    }
+
+    /// Registers the forwarding rules' metrics (once, before the server runs).
+    pub(crate) fn register_forward(&mut self, rules: &[crate::ForwardRule]) {
+        self.forward = Arc::new(crate::forward::ForwardMetrics::register(
+            &mut self.registry,
+            rules,
+        ));
+    }
+
+    /// Forwarding's metrics.
+    pub(crate) fn forward(&self) -> Arc<crate::forward::ForwardMetrics> {
+        Arc::clone(&self.forward)
     }
 
     /// What the router records about the store.
@@ -601,6 +616,7 @@ impl SysSource for SysValues {
             out.push((format!("auth/failures/{}", kind.name()), n.to_string()));
         }
         out.push(("auth/failures".into(), failures.to_string()));
+        m.forward.sys_values(out);
         out.push((
             "auth/password checks".into(),
             auth.password_checks().to_string(),
@@ -609,7 +625,7 @@ impl SysSource for SysValues {
 }
 
 /// A name as one topic level: no separators, no wildcards.
-fn topic_level(name: &str) -> String {
+pub(crate) fn topic_level(name: &str) -> String {
     name.chars()
         .map(|c| {
             if matches!(c, '/' | '+' | '#' | '\0') {

@@ -54,6 +54,9 @@ pub(crate) struct Outbox {
     reason: AtomicU8,
     /// The router wants to hear when this outbox has been drained (retained messages wait).
     room_wanted: AtomicBool,
+    /// The connection is not read from: its acknowledgements are held (a full forwarding
+    /// spool) and it keeps publishing.
+    reading_held: AtomicBool,
 }
 
 impl Outbox {
@@ -61,6 +64,18 @@ impl Outbox {
         // A poisoned lock only means another thread panicked while pushing; the queue is
         // still a valid VecDeque.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops (or resumes) reading from the connection; a resume wakes it.
+    pub(crate) fn hold_reading(&self, hold: bool) {
+        if self.reading_held.swap(hold, Ordering::SeqCst) && !hold {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Whether reading is held ([`Outbox::hold_reading`]).
+    pub(crate) fn reading_held(&self) -> bool {
+        self.reading_held.load(Ordering::Relaxed)
     }
 
     /// Queues a packet. Returns false if the outbox is closed.

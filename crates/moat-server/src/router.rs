@@ -25,6 +25,7 @@ use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::Forwarding;
 use crate::metrics::StoreMetrics;
 use crate::outbox::Outbox;
 
@@ -60,6 +61,12 @@ pub(crate) enum ToRouter {
     /// A consumer of every accepted message (bounded: the router waits for it).
     WatchAccepted {
         tx: mpsc::Sender<Arc<AcceptedMessage>>,
+    },
+    /// A forwarding rule's sink confirmed these spooled records.
+    Forwarded {
+        rule: usize,
+        keys: Vec<u64>,
+        bytes: u64,
     },
 }
 
@@ -100,6 +107,9 @@ pub(crate) struct Router {
     fatal: CancellationToken,
     /// Why the router stopped on its own (the store failed).
     failure: Option<crate::ServerError>,
+    /// Forwarding rules: accepted messages they match are spooled before their
+    /// acknowledgement.
+    forward: Option<Forwarding>,
 }
 
 impl Router {
@@ -124,7 +134,28 @@ impl Router {
             batch_limit: 256,
             fatal: CancellationToken::new(),
             failure: None,
+            forward: None,
         }
+    }
+
+    /// Spools the accepted messages that `forwarding`'s rules match (the core reports them
+    /// from the start).
+    pub(crate) fn with_forwarding(mut self, forwarding: Option<Forwarding>) -> Self {
+        if forwarding.is_some() {
+            let request = AdminRequest::ReportAccepted(true);
+            self.broker.handle(
+                Input::Admin {
+                    id: RequestId(0),
+                    request,
+                },
+                now(),
+            );
+            // The reply to that request is not anyone's.
+            self.broker.drain_outputs_into(&mut self.outputs);
+            self.outputs.clear();
+        }
+        self.forward = forwarding;
+        self
     }
 
     pub(crate) fn with_store(
@@ -284,12 +315,20 @@ impl Router {
                 self.broker.handle(Input::Lost { conn }, now);
                 self.outboxes.remove(&conn);
                 self.connecting.remove(&conn);
+                if let Some(f) = &mut self.forward {
+                    f.closed(conn);
+                }
             }
             ToRouter::Admin { request, reply } => {
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 self.requests.insert(id, reply);
                 self.broker.handle(Input::Admin { id, request }, now);
+            }
+            ToRouter::Forwarded { rule, keys, bytes } => {
+                if let Some(f) = &mut self.forward {
+                    f.forwarded(rule, keys, bytes, &mut self.store_ops, &self.outboxes);
+                }
             }
             ToRouter::WatchAccepted { tx } => {
                 self.watchers.push(tx);
@@ -312,11 +351,27 @@ impl Router {
             if self.outputs.is_empty() {
                 return Ok(pressure);
             }
-            if self.outputs.iter().any(|o| matches!(o, Output::Persist(_))) {
+            let spooling = self.forward.is_some()
+                && self
+                    .outputs
+                    .iter()
+                    .any(|o| matches!(o, Output::Accepted(_)));
+            if spooling
+                || !self.store_ops.is_empty()
+                || self.outputs.iter().any(|o| matches!(o, Output::Persist(_)))
+            {
                 let mut rest = Vec::with_capacity(self.outputs.len());
                 for output in self.outputs.drain(..) {
                     match output {
                         Output::Persist(op) => self.store_ops.push(op),
+                        Output::Accepted(m) => {
+                            // Spooled in the same commit as the ops before it, so before its
+                            // acknowledgement (which follows it) leaves.
+                            if let Some(f) = &mut self.forward {
+                                f.spool(&m, &mut self.store_ops);
+                            }
+                            rest.push(Output::Accepted(m));
+                        }
                         other => rest.push(other),
                     }
                 }
@@ -324,6 +379,13 @@ impl Router {
                 if !self.commit().await {
                     return Err(());
                 }
+                if let Some(f) = &mut self.forward {
+                    f.wake();
+                }
+            }
+            if self.watchers.is_empty() {
+                // Reported for forwarding only: spooled above.
+                self.outputs.retain(|o| !matches!(o, Output::Accepted(_)));
             }
             if self
                 .outputs
@@ -342,7 +404,7 @@ impl Router {
                             for w in &self.watchers {
                                 let _ = w.send(Arc::clone(&m)).await;
                             }
-                            if self.watchers.is_empty() {
+                            if self.watchers.is_empty() && self.forward.is_none() {
                                 // Its consumers are gone: the core stops reporting.
                                 let id = RequestId(0);
                                 let request = AdminRequest::ReportAccepted(false);
@@ -372,6 +434,13 @@ impl Router {
                 Output::Send(conn, packet) => {
                     let Some(outbox) = self.outboxes.get(&conn) else {
                         continue;
+                    };
+                    let packet = match &mut self.forward {
+                        Some(f) => match f.park(conn, packet, outbox) {
+                            Some(p) => p,
+                            None => continue,
+                        },
+                        None => packet,
                     };
                     if let Packet::Publish(p) = &packet {
                         if p.qos == QoS::AtMostOnce && outbox.len() >= self.max_outbox_packets {

@@ -61,6 +61,11 @@ const QOS2: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("incoming_q
 const WILLS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("wills");
 /// Topic -> message.
 const RETAINED: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("retained");
+/// (rule, key) -> forwarding record.
+const SPOOL: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spool");
+/// The `meta` key holding the next spool key (keys are never reused, so a sink's
+/// de-duplication by key never drops a new message).
+const SPOOL_NEXT: &str = "spool_next";
 
 /// How the server batches writes; both settings make every acknowledged message durable.
 ///
@@ -81,7 +86,7 @@ pub enum Durability {
 
 /// The durable store: one redb file in a directory.
 pub struct DiskStore {
-    db: redb::Database,
+    db: std::sync::Arc<redb::Database>,
     path: PathBuf,
     durability: Durability,
     created: bool,
@@ -119,7 +124,7 @@ impl DiskStore {
             }
             Err(e) => return Err(StoreError::io(&path, e)),
         };
-        let db = guard(&path, || open_existing(&path))??;
+        let db = std::sync::Arc::new(guard(&path, || open_existing(&path))??);
         Ok(Self {
             db,
             path,
@@ -183,12 +188,23 @@ impl DiskStore {
                 qos2: tx.open_table(QOS2).map_err(|e| self.err(e))?,
                 wills: tx.open_table(WILLS).map_err(|e| self.err(e))?,
                 retained: tx.open_table(RETAINED).map_err(|e| self.err(e))?,
+                spool: tx.open_table(SPOOL).map_err(|e| self.err(e))?,
+                spool_next: None,
             };
             for op in ops {
                 t.apply(op).map_err(|e| match e {
                     OpError::Redb(e) => self.err(*e),
                     OpError::TooLong(what) => StoreError::TooLong { what },
                 })?;
+            }
+            if let Some(next) = t.spool_next {
+                let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+                let old = meta
+                    .get(SPOOL_NEXT)
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |v| v.value());
+                meta.insert(SPOOL_NEXT, next.max(old))
+                    .map_err(|e| self.err(e))?;
             }
         }
         // Durability::Immediate (redb's default): one fsync, durable on return.
@@ -305,6 +321,133 @@ impl Store for DiskStore {
     }
 }
 
+impl DiskStore {
+    /// A reader of the forwarding spools, usable from any thread while the server writes
+    /// (a redb read transaction sees the last commit and never blocks the writer).
+    pub fn spool_reader(&self) -> SpoolReader {
+        SpoolReader {
+            db: std::sync::Arc::clone(&self.db),
+            path: self.path.clone(),
+        }
+    }
+}
+
+type SpoolTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Reads the forwarding spools ([`StoreOp::SpoolPut`]) of a [`DiskStore`].
+#[derive(Clone)]
+pub struct SpoolReader {
+    db: std::sync::Arc<redb::Database>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SpoolReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpoolReader {
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::from_redb(&self.path, e.into())
+    }
+
+    fn table(&self) -> Result<Option<SpoolTable>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        match tx.open_table(SPOOL) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Up to `limit` records of `rule` with keys after `after` (from the first when `None`),
+    /// in key order, as (key, encoded record).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the file cannot be read.
+    pub fn read(
+        &self,
+        rule: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let Some(t) = self.table()? else {
+            return Ok(Vec::new());
+        };
+        let prefix = enc::client_prefix(rule);
+        let start = match after {
+            Some(k) => match k.checked_add(1) {
+                Some(next) => enc::key_with(rule, &next.to_be_bytes()),
+                None => return Ok(Vec::new()),
+            },
+            None => prefix.clone(),
+        };
+        let range = match enc::prefix_end(&prefix) {
+            Some(end) => t.range(start.as_slice()..end.as_slice()),
+            None => t.range(start.as_slice()..),
+        }
+        .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in range.take(limit) {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (_, key) = enc::split_client_key(k.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("table spool: {}", e.0),
+            })?;
+            let key = enc::decode_u64_be(key).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("table spool: {}", e.0),
+            })?;
+            out.push((key, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every rule with spooled records: (rule, records, bytes). Reads the whole spool: for
+    /// start-up.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the file cannot be read.
+    pub fn usage(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let Some(t) = self.table()? else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (rule, _) = enc::split_client_key(k.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("table spool: {}", e.0),
+            })?;
+            let bytes = v.value().len() as u64;
+            match out.last_mut() {
+                Some((r, n, b)) if r == rule => {
+                    *n += 1;
+                    *b += bytes;
+                }
+                _ => out.push((rule.to_owned(), 1, bytes)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next spool key: one past the highest ever put (0 for a new store).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the file cannot be read.
+    pub fn next_key(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        Ok(meta
+            .get(SPOOL_NEXT)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value()))
+    }
+}
+
 /// What a store holds, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -331,6 +474,9 @@ struct Tables<'tx> {
     qos2: redb::Table<'tx, &'static [u8], &'static [u8]>,
     wills: redb::Table<'tx, &'static [u8], &'static [u8]>,
     retained: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    spool: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    /// One past the highest spool key put in this batch.
+    spool_next: Option<u64>,
 }
 
 enum OpError {
@@ -466,6 +612,19 @@ impl Tables<'_> {
                 let k = enc::encode_key_str(&message.topic);
                 self.retained
                     .insert(k.as_slice(), enc::encode_retained(message).as_slice())?;
+            }
+            StoreOp::SpoolPut { rule, key, record } => {
+                check_len(rule, "rule name")?;
+                let k = enc::key_with(rule, &key.to_be_bytes());
+                self.spool.insert(k.as_slice(), record.as_ref())?;
+                let next = key.saturating_add(1);
+                self.spool_next = Some(self.spool_next.map_or(next, |n| n.max(next)));
+            }
+            StoreOp::SpoolRemove { rule, keys } => {
+                for key in keys {
+                    let k = enc::key_with(rule, &key.to_be_bytes());
+                    self.spool.remove(k.as_slice())?;
+                }
             }
             StoreOp::RetainedRemove { topic } => {
                 let k = enc::encode_key_str(topic);

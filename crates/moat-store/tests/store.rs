@@ -437,3 +437,49 @@ fn set_format(path: &std::path::Path, v: Option<u64>) {
     }
     tx.commit().unwrap();
 }
+
+#[test]
+fn spools_keep_records_per_rule_in_key_order_and_never_reuse_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let put = |rule: &str, key: u64| StoreOp::SpoolPut {
+        rule: rule.into(),
+        key,
+        record: bytes::Bytes::from(format!("{rule}-{key}")),
+    };
+    {
+        let mut store = DiskStore::open(&path, Durability::GroupCommit).unwrap();
+        let reader = store.spool_reader();
+        assert_eq!(reader.next_key().unwrap(), 0);
+        assert!(reader.read("a", None, 10).unwrap().is_empty());
+        store
+            .apply(&[put("a", 1), put("b", 2), put("a", 3), put("a", 300)])
+            .unwrap();
+        let keys = |after, limit| -> Vec<u64> {
+            reader
+                .read("a", after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(None, 10), [1, 3, 300]);
+        assert_eq!(keys(Some(1), 1), [3]);
+        assert_eq!(keys(Some(300), 10), Vec::<u64>::new());
+        assert_eq!(reader.read("b", None, 10).unwrap()[0].1, b"b-2");
+        // Every key removed: the next one is still past the highest ever put.
+        store
+            .apply(&[StoreOp::SpoolRemove {
+                rule: "a".into(),
+                keys: vec![1, 3, 300],
+            }])
+            .unwrap();
+        assert_eq!(keys(None, 10), Vec::<u64>::new());
+    }
+    let store = DiskStore::open(&path, Durability::GroupCommit).unwrap();
+    let reader = store.spool_reader();
+    assert_eq!(reader.next_key().unwrap(), 301);
+    assert_eq!(reader.usage().unwrap(), [("b".to_owned(), 1, 3)]);
+    // Spools are not sessions: loading ignores them.
+    assert_eq!(store.load().unwrap(), Snapshot::default());
+}

@@ -194,6 +194,9 @@ pub struct AcceptedMessage {
     pub cert_identity: Option<String>,
     /// The publisher's listener.
     pub listener: Arc<str>,
+    /// The publisher's connection (its acknowledgement follows this output: an engine that
+    /// must hold it, a full forwarding spool, knows whose it is).
+    pub conn: ConnId,
 }
 
 /// An operator's request.

@@ -294,6 +294,7 @@ impl Broker {
             username: conn.info.username.clone(),
             cert_identity: conn.info.tls.as_ref().and_then(|t| t.identity.clone()),
             listener: Arc::clone(&conn.info.listener),
+            conn: conn_id,
         };
         self.outputs.push_back(Output::Accepted(Arc::new(accepted)));
     }
