@@ -51,15 +51,8 @@ enum CertCommand {
 
 #[derive(Debug, clap::Args)]
 struct InventoryArgs {
-    /// The broker's admin API.
-    #[arg(long, default_value = "http://127.0.0.1:18083")]
-    admin: String,
-    /// The file holding an admin or viewer token.
-    #[arg(long, default_value = "moat-data/admin.token")]
-    token_file: PathBuf,
-    /// The CA to verify an https admin API with.
-    #[arg(long)]
-    cafile: Option<PathBuf>,
+    #[command(flatten)]
+    admin: crate::admin_client::AdminArgs,
     /// Print the broker's JSON as it is.
     #[arg(long)]
     json: bool,
@@ -296,52 +289,8 @@ pub(crate) fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
 
 /// GET /api/v1/expiry of the running broker, as a table (or the JSON with --json).
 fn inventory_cmd(a: &InventoryArgs) -> anyhow::Result<ExitCode> {
-    let token = std::fs::read_to_string(&a.token_file).with_context(|| {
-        format!(
-            "cannot read the admin token {} (give --token-file: admin.token or viewer.token in \
-             the broker's data dir)",
-            a.token_file.display()
-        )
-    })?;
-    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-    if let Some(ca) = &a.cafile {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        client = client.add_root_certificate(
-            reqwest::Certificate::from_pem(&pem)
-                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?,
-        );
-    }
-    let client = client.build().context("cannot make an HTTP client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let get = |path: &str| {
-        let url = format!("{}{path}", a.admin.trim_end_matches('/'));
-        runtime.block_on(async {
-            let resp = client
-                .get(&url)
-                .bearer_auth(token.trim())
-                .send()
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot reach the broker's admin API at {url} (is moat serve running? \
-                         --admin)"
-                    )
-                })?;
-            let status = resp.status();
-            let body = resp.text().await.context("the answer broke off")?;
-            if !status.is_success() {
-                let message = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                    .unwrap_or(body);
-                bail!("{url}: {status}: {message}");
-            }
-            Ok::<_, anyhow::Error>((url, body))
-        })
-    };
+    let client = crate::admin_client::AdminClient::new(&a.admin)?;
+    let get = |path: &str| client.get(path);
     let (url, body) = get("/api/v1/expiry")?;
     if a.json {
         println!("{body}");

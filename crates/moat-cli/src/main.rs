@@ -8,10 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin_client;
 mod bench;
 mod cert;
 mod check;
 mod firstrun;
+mod forward;
 mod pubsub;
 mod serve;
 mod user;
@@ -43,6 +45,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Generate load against a broker and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Show the running broker's forwarding rules, sinks and spools.
+    Forward(forward::ForwardArgs),
 }
 
 /// How `moat serve` writes its log lines (`--log-format`, else `MOAT_LOG_FORMAT`).
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => pubsub::run_sub(args),
         Command::Check(args) => check::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Forward(args) => forward::run(args),
     };
     match result {
         Ok(code) => code,

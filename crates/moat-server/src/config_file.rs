@@ -208,6 +208,12 @@ pub struct LimitsFile {
     pub max_outbox_packets: Option<usize>,
     /// Seconds between $SYS publications (0: none).
     pub sys_interval_secs: Option<u64>,
+    /// Records one forwarding rule's spool holds before its publishers are slowed.
+    pub forward_spool_messages: Option<u64>,
+    /// Bytes one forwarding rule's spool holds before its publishers are slowed.
+    pub forward_spool_bytes: Option<u64>,
+    /// Records per sink write at most.
+    pub forward_batch: Option<usize>,
 }
 
 /// Why a config file cannot be read, used or written.

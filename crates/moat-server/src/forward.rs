@@ -96,6 +96,74 @@ pub(crate) struct RuleMetrics {
     pub(crate) up: Gauge,
     pub(crate) full: Gauge,
     pub(crate) latency_seconds: Histogram,
+    /// [`SinkState`] as a number.
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl RuleMetrics {
+    fn set_state(&self, state: SinkState) {
+        self.state
+            .store(state as u8, std::sync::atomic::Ordering::Relaxed);
+        self.up.set(i64::from(state == SinkState::Up));
+    }
+
+    fn state(&self) -> SinkState {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => SinkState::Up,
+            2 => SinkState::Down,
+            _ => SinkState::Starting,
+        }
+    }
+}
+
+/// Where a rule's sink stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkState {
+    /// Nothing was written yet.
+    Starting = 0,
+    /// The last write succeeded.
+    Up = 1,
+    /// The last write failed: records stay spooled and are retried.
+    Down = 2,
+}
+
+impl SinkState {
+    /// "starting", "up" or "down".
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// A forwarding rule's state and spool ([`crate::BrokerHandle::forwarding`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardStatus {
+    /// The rule.
+    pub rule: String,
+    /// Its topic filters.
+    pub filters: Vec<String>,
+    /// Its sink, as the sink describes itself (no secret).
+    pub sink: String,
+    /// The sink's state.
+    pub state: SinkState,
+    /// Records spooled (not yet confirmed).
+    pub spooled: u64,
+    /// Their bytes.
+    pub spooled_bytes: u64,
+    /// Age of the oldest record waiting, in seconds (0: none waits).
+    pub oldest_age_seconds: u64,
+    /// Records the sink confirmed (since start).
+    pub forwarded: u64,
+    /// Failed writes retried (since start).
+    pub retries: u64,
+    /// Matching QoS 0 messages dropped at a full spool (since start).
+    pub dropped_qos0: u64,
+    /// Whether the spool is at its bound (publishers slowed).
+    pub full: bool,
 }
 
 impl Default for RuleMetrics {
@@ -111,6 +179,7 @@ impl Default for RuleMetrics {
             up: Gauge::default(),
             full: Gauge::default(),
             latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            state: std::sync::atomic::AtomicU8::new(0),
         }
     }
 }
@@ -131,6 +200,8 @@ impl std::fmt::Debug for Sinks {
 #[derive(Debug, Default)]
 pub(crate) struct ForwardMetrics {
     names: Vec<String>,
+    filters: Vec<Vec<String>>,
+    sinks: std::sync::Mutex<Vec<String>>,
     rules: Vec<RuleMetrics>,
     pub(crate) held_publishers: Gauge,
 }
@@ -209,6 +280,11 @@ impl ForwardMetrics {
                 rule: r.name.clone(),
             };
             me.names.push(r.name.clone());
+            me.filters.push(r.filters.clone());
+            me.sinks
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(String::new());
             me.rules.push(RuleMetrics {
                 forwarded: counters[0].get_or_create_owned(&l),
                 retries: counters[1].get_or_create_owned(&l),
@@ -220,6 +296,7 @@ impl ForwardMetrics {
                 up: gauges[3].get_or_create_owned(&l),
                 full: gauges[4].get_or_create_owned(&l),
                 latency_seconds: latency.get_or_create_owned(&l),
+                state: std::sync::atomic::AtomicU8::new(0),
             });
         }
         me
@@ -231,6 +308,39 @@ impl ForwardMetrics {
         self.rules
             .get(i)
             .unwrap_or_else(|| NONE.get_or_init(RuleMetrics::default))
+    }
+
+    /// Notes what rule `i`'s sink writes to.
+    pub(crate) fn set_sink(&self, i: usize, describe: String) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sinks.get_mut(i) {
+            *s = describe;
+        }
+    }
+
+    /// Every rule's state and spool.
+    pub(crate) fn status(&self) -> Vec<ForwardStatus> {
+        let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let n = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
+        self.names
+            .iter()
+            .zip(&self.filters)
+            .zip(&self.rules)
+            .zip(sinks)
+            .map(|(((name, filters), m), sink)| ForwardStatus {
+                rule: name.clone(),
+                filters: filters.clone(),
+                sink,
+                state: m.state(),
+                spooled: n(&m.spooled),
+                spooled_bytes: n(&m.spooled_bytes),
+                oldest_age_seconds: n(&m.oldest_age_seconds),
+                forwarded: m.forwarded.get(),
+                retries: m.retries.get(),
+                dropped_qos0: m.dropped_qos0.get(),
+                full: m.full.get() == 1,
+            })
+            .collect()
     }
 
     /// `$SYS/broker/forward/{rule}/...` values.
@@ -248,7 +358,7 @@ impl ForwardMetrics {
                 format!("{p}/oldest_age_seconds"),
                 m.oldest_age_seconds.get().to_string(),
             ));
-            out.push((format!("{p}/sink_up"), m.up.get().to_string()));
+            out.push((format!("{p}/sink"), m.state().label().to_owned()));
             out.push((format!("{p}/spool_full"), m.full.get().to_string()));
             out.push((
                 format!("{p}/dropped_qos0"),
@@ -610,7 +720,7 @@ pub(crate) async fn run_rule(
                     m.forwarded.inc_by(records.len() as u64);
                     if up != Some(true) {
                         info!(rule = %name, sink = %target, "sink is up: forwarding");
-                        m.up.set(1);
+                        m.set_state(SinkState::Up);
                         up = Some(true);
                     }
                     break;
@@ -624,7 +734,7 @@ pub(crate) async fn run_rule(
                             error = %why,
                             "sink unavailable: messages stay spooled and are retried"
                         );
-                        m.up.set(0);
+                        m.set_state(SinkState::Down);
                         up = Some(false);
                     }
                     if pause(&stop, backoff).await {

@@ -259,6 +259,11 @@ impl BrokerHandle {
         out
     }
 
+    /// Every forwarding rule's sink state and spool (empty without rules).
+    pub fn forwarding(&self) -> Vec<crate::ForwardStatus> {
+        self.metrics.forward().status()
+    }
+
     /// Every client CA each TLS listener trusts, with how many connected clients chain to
     /// it: rotating a client CA, the old one can go once no client uses it.
     pub fn client_cas(&self) -> Vec<ListenerClientCas> {

@@ -46,7 +46,7 @@ pub use certs::{
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
 };
-pub use forward::{ForwardConfig, ForwardRule};
+pub use forward::{ForwardConfig, ForwardRule, ForwardStatus, SinkState};
 pub use handle::{BrokerHandle, ListenerClientCas, ListenerStatus, Page, Stopped, TlsChangeError};
 pub use metrics::METRICS_CONTENT_TYPE;
 pub use moat_auth::{FailureKind, Proof};
@@ -161,6 +161,15 @@ impl Server {
     pub fn attach_sink(&mut self, rule: &str, sink: Box<dyn Sink>) -> Result<(), ServerError> {
         if !self.config.forward.rules.iter().any(|r| r.name == rule) {
             return Err(ServerError::NoSink(rule.to_owned()));
+        }
+        if let Some(i) = self
+            .config
+            .forward
+            .rules
+            .iter()
+            .position(|r| r.name == rule)
+        {
+            self.metrics.forward().set_sink(i, sink.describe());
         }
         self.sinks.0.insert(rule.to_owned(), sink);
         Ok(())

@@ -17,6 +17,7 @@ use crate::App;
 mod access;
 mod certs;
 mod clients;
+mod forward;
 mod overview;
 mod session;
 
@@ -56,6 +57,7 @@ pub(crate) fn router() -> Router<AppState> {
             put(access::set_password),
         )
         .route("/api/v1/acl", get(access::acl).put(access::put_acl))
+        .route("/api/v1/forward", get(forward::list))
         .merge(certs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

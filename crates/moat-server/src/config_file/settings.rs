@@ -240,6 +240,9 @@ impl Settings {
                 connect_timeout_secs: Some(s.connect_timeout.as_secs()),
                 max_outbox_packets: Some(s.max_outbox_packets),
                 sys_interval_secs: Some(b.sys_interval.map_or(0, |d| d.as_secs())),
+                forward_spool_messages: Some(s.forward.spool_max_messages),
+                forward_spool_bytes: Some(s.forward.spool_max_bytes),
+                forward_batch: Some(s.forward.batch),
             }),
             admin: Some(AdminFile {
                 enabled: Some(self.admin.enabled),
@@ -657,6 +660,21 @@ impl LimitsFile {
         }
         if let Some(v) = self.sys_interval_secs {
             s.broker.sys_interval = (v > 0).then(|| Duration::from_secs(v));
+        }
+        if let Some(v) = nonzero(self.forward_spool_messages, "forward_spool_messages")? {
+            s.forward.spool_max_messages = v;
+        }
+        if let Some(v) = nonzero(self.forward_spool_bytes, "forward_spool_bytes")? {
+            s.forward.spool_max_bytes = v;
+        }
+        if let Some(v) = nonzero(self.forward_batch, "forward_batch")? {
+            if v > 10_000 {
+                return Err(ConfigError::invalid(
+                    "limits.forward_batch",
+                    format!("{v} is more than 10000 records per write"),
+                ));
+            }
+            s.forward.batch = v;
         }
         Ok(())
     }
