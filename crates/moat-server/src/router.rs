@@ -19,7 +19,7 @@ use moat_codec::{Connect, Packet, QoS, ReasonCode};
 use moat_core::store::{Store, StoreOp};
 use moat_core::{
     AcceptedMessage, AdminReply, AdminRequest, Broker, ClientInfo, ConnId, ConnectOutcome, Input,
-    Output, RequestId,
+    Message, Output, RequestId,
 };
 use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +60,11 @@ pub(crate) enum ToRouter {
     /// A consumer of every accepted message (bounded: the router waits for it).
     WatchAccepted {
         tx: mpsc::Sender<Arc<AcceptedMessage>>,
+    },
+    /// A message from the server itself (a `$SYS` event): delivered to the subscriptions
+    /// that match, retained if it says so.
+    Publish {
+        message: Arc<Message>,
     },
 }
 
@@ -290,6 +295,9 @@ impl Router {
                 self.next_request += 1;
                 self.requests.insert(id, reply);
                 self.broker.handle(Input::Admin { id, request }, now);
+            }
+            ToRouter::Publish { message } => {
+                self.broker.handle(Input::Remote { message }, now);
             }
             ToRouter::WatchAccepted { tx } => {
                 self.watchers.push(tx);
