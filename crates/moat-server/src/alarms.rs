@@ -671,7 +671,6 @@ pub(crate) async fn run(handle: BrokerHandle, status: Arc<AlarmStatus>, config: 
         items.extend(clients);
         let (summary, warnings) = engine.check(items, &status.listeners, unix_now);
         *status.lock() = Some(summary);
-        status.checks.fetch_add(1, Ordering::Relaxed);
         let total = warnings.len();
         for (i, w) in warnings.iter().enumerate() {
             status.warnings[kind_index(w.item.kind)].fetch_add(1, Ordering::Relaxed);
@@ -708,6 +707,8 @@ pub(crate) async fn run(handle: BrokerHandle, status: Arc<AlarmStatus>, config: 
                 }
             }
         }
+        // Counted once done: a check counted has published its warnings.
+        status.checks.fetch_add(1, Ordering::Relaxed);
         if total > MAX_WARNINGS_PER_CHECK {
             warn!(
                 more = total - MAX_WARNINGS_PER_CHECK,
