@@ -296,6 +296,9 @@ async fn delete(
 /// Connected clients scanned for their certificates at most (pages of 1000).
 const MAX_CLIENT_SCAN: usize = 100_000;
 
+/// Client pages asked for at most (each examines at most the core's 10,000 sessions).
+const MAX_PAGES: usize = 1_000;
+
 /// Every certificate the broker serves or trusts, CRL next updates, and the certificates of
 /// connected clients, sorted by expiry.
 pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryItem>> {
@@ -303,6 +306,7 @@ pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryI
     let now = SystemTime::now();
     let mut after = None;
     let mut seen = 0;
+    let mut pages = 0;
     loop {
         let page = app
             .broker
@@ -324,7 +328,17 @@ pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryI
         if !page.more || seen >= MAX_CLIENT_SCAN {
             break;
         }
-        after = page.items.last().map(|c| c.client_id.clone());
+        // `next_after`, not the page's last client: a page cut short by the core's scan
+        // budget (10,000 disconnected sessions in a row) may be empty, and starting over
+        // from the first client would never end.
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        pages += 1;
+        if pages == MAX_PAGES {
+            break;
+        }
     }
     items.sort_by_key(|i| i.seconds_left);
     Ok(items)
