@@ -1601,6 +1601,7 @@ fn tls_info(
             identity: identity.map(str::to_owned),
             subject: identity.map(|i| format!("CN={i}")),
             fingerprint: None,
+            serial: None,
             not_after,
             ca_subject: None,
             ca_fingerprint: None,

@@ -123,6 +123,35 @@ pub struct ServerConfig {
     pub tls_state_dir: std::path::PathBuf,
     /// Forwarding rules and the spool's limits (rules need the store).
     pub forward: crate::ForwardConfig,
+    /// When certificates and CRLs that are about to expire are warned about (`[tls_alarms]`).
+    pub tls_alarms: TlsAlarmsConfig,
+}
+
+/// Expiry alarms (`[tls_alarms]` in moat.toml): when the broker warns, in the log and on
+/// `$SYS/broker/tls/expiry/warning`, that a certificate it serves or trusts, a CRL's next
+/// update, or a connected client's certificate is about to expire (see `crate::alarms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsAlarmsConfig {
+    /// How long before expiry each warning is given, longest first, without repeats (each
+    /// at least a second). One warning per item and threshold crossed, one more when it
+    /// has expired. Empty: no warnings (the counts in metrics and `$SYS` stay). Default 30,
+    /// 7 and 1 days.
+    pub warn_before: Vec<Duration>,
+    /// How often everything is looked at (at least a second). Default 60 s.
+    pub check_interval: Duration,
+}
+
+impl Default for TlsAlarmsConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            warn_before: [30, 7, 1]
+                .into_iter()
+                .map(|d| Duration::from_secs(d * DAY))
+                .collect(),
+            check_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The default of [`ServerConfig::max_concurrent_auth`]: 2 per CPU, at least 2 and at most
@@ -155,6 +184,7 @@ impl Default for ServerConfig {
             tls_poll_interval: Duration::from_secs(2),
             tls_state_dir: std::path::PathBuf::from("moat-data/tls"),
             forward: crate::ForwardConfig::default(),
+            tls_alarms: TlsAlarmsConfig::default(),
         }
     }
 }

@@ -20,8 +20,8 @@ mod settings;
 pub use settings::{AdminSettings, Settings, DEFAULT_ADMIN_BIND};
 
 /// The file as written by the user. Every key is optional; an unknown key is an error (a
-/// typo must not silently keep a default).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// typo must not silently keep a default). (Not `Eq`: `warn_days` are floats.)
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// The data directory (default "moat-data"), relative to the file's folder.
@@ -37,6 +37,22 @@ pub struct ConfigFile {
     pub limits: Option<LimitsFile>,
     /// `[admin]`: the admin API and web console.
     pub admin: Option<AdminFile>,
+    /// `[tls_alarms]`: warnings before certificates and CRLs expire.
+    pub tls_alarms: Option<TlsAlarmsFile>,
+}
+
+/// `[tls_alarms]`: when the broker warns (log, `$SYS/broker/tls/expiry/warning`, metrics)
+/// that a certificate it serves or trusts, a CRL's next update or a connected client's
+/// certificate is about to expire.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAlarmsFile {
+    /// Days before expiry to warn at, each once (default [30, 7, 1]); fractions are allowed
+    /// (0.5 is 12 hours, at least a second); sorted and deduplicated; [] turns the warnings
+    /// off.
+    pub warn_days: Option<Vec<f64>>,
+    /// Seconds between checks (default 60, at least 1).
+    pub check_interval_secs: Option<u64>,
 }
 
 /// `[admin]`: the admin HTTP API and web console (docs/ADMIN-API.md). Relative paths are

@@ -89,11 +89,24 @@ impl TlsConn {
             identity: cert.and_then(|id| id.name(self.source)).map(str::to_owned),
             subject: cert.map(|id| id.dn.clone()),
             fingerprint: cert.map(|id| id.fingerprint.clone()),
+            serial: cert.map(|id| serial_hex(&id.serial)),
             not_after: cert.map(|id| id.not_after),
             ca_subject: cert.and_then(|id| id.ca_subject.clone()),
             ca_fingerprint: cert.and_then(|id| id.ca_fingerprint.clone()),
         }
     }
+}
+
+/// A serial number's bytes as hex pairs with colons (`01:a2:...`).
+fn serial_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{b:02x}"));
+    }
+    out
 }
 
 /// What [`Connection::forward_packet`] stopped at. Boxed payloads keep it small: it is held

@@ -231,6 +231,38 @@ impl BrokerHandle {
         self.certs.expiry(std::time::SystemTime::now())
     }
 
+    /// As [`expiry`](Self::expiry), at `now`.
+    pub(crate) fn expiry_at(&self, now: std::time::SystemTime) -> Vec<ExpiryItem> {
+        self.certs.expiry(now)
+    }
+
+    /// Publishes an event on `$SYS/broker/{name}`: QoS 0, not retained, to the subscribers
+    /// connected now (as the core publishes its `$SYS` values, but once).
+    ///
+    /// # Errors
+    /// [`Stopped`] if the server is not running.
+    pub(crate) async fn publish_sys_event(
+        &self,
+        name: &str,
+        payload: String,
+    ) -> Result<(), Stopped> {
+        let message = moat_core::Message {
+            topic: format!("$SYS/broker/{name}"),
+            payload: payload.into(),
+            qos: moat_codec::QoS::AtMostOnce,
+            retain: false,
+            properties: moat_codec::Properties::default(),
+            expires_at: None,
+            origin: None,
+        };
+        self.router
+            .send(ToRouter::Publish {
+                message: Arc::new(message),
+            })
+            .await
+            .map_err(|_| Stopped)
+    }
+
     /// Handshake failures of every TLS listener: counts by reason and the last
     /// [`moat_tls::RECENT_FAILURES`] failures, newest first.
     pub fn handshake_failures(&self) -> HandshakeFailures {

@@ -11,6 +11,7 @@
 //! [`ServerConfig::shutdown_grace`], and `run` returns.
 #![warn(missing_docs)]
 
+mod alarms;
 mod auth;
 mod certs;
 mod config;
@@ -45,6 +46,7 @@ pub use certs::{
 };
 pub use config::{
     default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
+    TlsAlarmsConfig,
 };
 pub use forward::{ForwardConfig, ForwardRule, ForwardStatus, SinkState};
 pub use handle::{BrokerHandle, ListenerClientCas, ListenerStatus, Page, Stopped, TlsChangeError};
@@ -276,7 +278,13 @@ impl Server {
             .iter()
             .map(|(l, _, tls)| (l.name.as_str(), tls.clone()))
             .collect();
-        let (mut metrics, per_listener) = Metrics::new(Arc::clone(&auth), &names);
+        let tls_names = names
+            .iter()
+            .filter(|(_, tls)| tls.is_some())
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        let alarms = Arc::new(alarms::AlarmStatus::new(&config.tls_alarms, tls_names));
+        let (mut metrics, per_listener) = Metrics::new(Arc::clone(&auth), &names, alarms);
         metrics.register_forward(&config.forward.rules);
         if let Some((store, _)) = &store {
             metrics.store().set_bytes(store.disk_usage());
@@ -393,6 +401,7 @@ impl Server {
     /// [`ServerError::StoreFailed`] if the store failed while running: listeners stop, v5
     /// clients get DISCONNECT 0x80 with a reason string, and the server returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let handle = self.handle();
         let config = self.config;
         let stop_accepting = CancellationToken::new();
         let router_stop = CancellationToken::new();
@@ -484,6 +493,18 @@ impl Server {
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_tasks = Vec::new();
+        // Expiry alarms: only where there is TLS (certificates to watch).
+        let alarm_status = self.metrics.alarms();
+        if alarm_status.enabled() {
+            let alarms = alarms::run(handle, alarm_status, config.tls_alarms.clone());
+            let stop = stop_accepting.clone();
+            accept_tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = alarms => {}
+                    () = stop.cancelled() => {}
+                }
+            }));
+        }
         for bound in self.listeners {
             let Bound {
                 config: listener,

@@ -33,6 +33,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::alarms::AlarmStatus;
 use crate::auth::AuthState;
 
 /// The `Content-Type` of [`crate::BrokerHandle::metrics_text`]'s output.
@@ -52,6 +53,8 @@ pub(crate) struct Metrics {
     core: Arc<CoreCollector>,
     store: StoreMetrics,
     forward: Arc<crate::forward::ForwardMetrics>,
+    /// What the expiry alarms found (also a collector).
+    alarms: Arc<AlarmStatus>,
 }
 
 impl fmt::Debug for Metrics {
@@ -140,6 +143,7 @@ impl Metrics {
     pub(crate) fn new(
         auth: Arc<AuthState>,
         listeners: &[(&str, Option<Arc<LiveTls>>)],
+        alarms: Arc<AlarmStatus>,
     ) -> (Self, Vec<Arc<ListenerMetrics>>) {
         let mut registry = Registry::with_prefix("moat");
         let open = Family::<ListenerLabel, Gauge>::default();
@@ -209,6 +213,7 @@ impl Metrics {
         registry.register_collector(Box::new(Arc::clone(&core)));
         registry.register_collector(Box::new(Arc::clone(&auth)));
         registry.register_collector(Box::new(Arc::clone(&tls)));
+        registry.register_collector(Box::new(Arc::clone(&alarms)));
         let metrics = Self {
             registry,
             listeners: per_listener.clone(),
@@ -217,6 +222,7 @@ impl Metrics {
             core,
             store,
             forward: Arc::default(),
+            alarms,
         };
         (metrics, per_listener)
     }
@@ -232,6 +238,11 @@ impl Metrics {
     /// Forwarding's metrics.
     pub(crate) fn forward(&self) -> Arc<crate::forward::ForwardMetrics> {
         Arc::clone(&self.forward)
+    }
+
+    /// What the expiry alarms found and warned, shared with their task.
+    pub(crate) fn alarms(&self) -> Arc<AlarmStatus> {
+        Arc::clone(&self.alarms)
     }
 
     /// What the router records about the store.
@@ -563,7 +574,19 @@ fn unix_now() -> i64 {
 /// - `listeners/{listener}/tls/crl/stale`: how many of its CRLs are past their next update;
 ///   `listeners/{listener}/tls/crl/{issuer}/stale` (0/1) and `.../next_update` (RFC 3339);
 /// - `auth/failures`: the total; `auth/failures/{reason}`: by reason;
-/// - `auth/password checks`.
+/// - `auth/password checks`;
+/// - with a TLS listener, the expiry alarms' counts as of their last check (`crate::alarms`;
+///   `{within}` is each `[tls_alarms] warn_days` threshold as `30d`, `12h`...):
+///   `tls/expiry/certificates/expiring` (served and trusted certificates and CRL next
+///   updates within the longest threshold, not expired), `tls/expiry/certificates/expired`,
+///   `tls/expiry/certificates/within/{within}` (cumulative), the same three under
+///   `tls/expiry/clients/` for connected clients' certificates, `tls/expiry/soonest` (RFC
+///   3339, or `none`) and `tls/expiry/warnings` (warnings given so far).
+///
+/// Not a value but an event, published by the alarms when they warn (QoS 0, not retained):
+/// `tls/expiry/warning`, a JSON object with `kind`, `level`, `subject`, `certificate_set`,
+/// `listener`, `client_id`, `serial`, `not_after`, `seconds_left` and `message` (the log
+/// line).
 ///
 /// The core publishes the store's size (`store/bytes`) itself.
 #[derive(Debug)]
@@ -621,6 +644,7 @@ impl SysSource for SysValues {
             "auth/password checks".into(),
             auth.password_checks().to_string(),
         ));
+        m.alarms.sys_values(out);
     }
 }
 

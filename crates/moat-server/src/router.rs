@@ -19,7 +19,7 @@ use moat_codec::{Connect, Packet, QoS, ReasonCode};
 use moat_core::store::{Store, StoreOp};
 use moat_core::{
     AcceptedMessage, AdminReply, AdminRequest, Broker, ClientInfo, ConnId, ConnectOutcome, Input,
-    Output, RequestId,
+    Message, Output, RequestId,
 };
 use moat_store::{DiskStore, Durability};
 use tokio::sync::{mpsc, oneshot};
@@ -67,6 +67,11 @@ pub(crate) enum ToRouter {
         rule: usize,
         keys: Vec<u64>,
         bytes: u64,
+    },
+    /// A message from the server itself (a `$SYS` event): delivered to the subscriptions
+    /// that match, retained if it says so.
+    Publish {
+        message: Arc<Message>,
     },
 }
 
@@ -329,6 +334,9 @@ impl Router {
                 if let Some(f) = &mut self.forward {
                     f.forwarded(rule, keys, bytes, &mut self.store_ops, &self.outboxes);
                 }
+            }
+            ToRouter::Publish { message } => {
+                self.broker.handle(Input::Remote { message }, now);
             }
             ToRouter::WatchAccepted { tx } => {
                 self.watchers.push(tx);

@@ -301,14 +301,18 @@ async fn delete(
 /// Connected clients scanned for their certificates at most (pages of 1000).
 const MAX_CLIENT_SCAN: usize = 100_000;
 
-/// Every certificate the broker serves or trusts, CRL next updates, and the certificates of
-/// connected clients, sorted by expiry.
-pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryItem>> {
-    let mut items = app.broker.expiry();
-    let now = SystemTime::now();
+/// Client pages asked for at most (each examines at most the core's 10,000 sessions).
+const MAX_PAGES: usize = 1_000;
+
+/// Calls `f` with every connected client, a page at a time, within [`MAX_CLIENT_SCAN`]
+/// clients and [`MAX_PAGES`] pages.
+async fn each_client(
+    app: &AppState,
+    mut f: impl FnMut(&moat_core::ClientSummary),
+) -> ApiResult<()> {
     let mut after = None;
     let mut seen = 0;
-    loop {
+    for _ in 0..MAX_PAGES {
         let page = app
             .broker
             .clients(moat_core::ClientQuery {
@@ -318,19 +322,35 @@ pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryI
             })
             .await?;
         seen += page.items.len();
-        for c in &page.items {
-            if let Some(tls) = &c.tls {
-                if let Some(not_after) = tls.not_after {
-                    let subject = tls.subject.as_deref().unwrap_or("");
-                    items.push(ExpiryItem::client(&c.client_id, subject, not_after, now));
-                }
-            }
-        }
+        page.items.iter().for_each(&mut f);
         if !page.more || seen >= MAX_CLIENT_SCAN {
             break;
         }
-        after = page.items.last().map(|c| c.client_id.clone());
+        // `next_after`, not the page's last client: a page cut short by the core's scan
+        // budget (10,000 disconnected sessions in a row) may be empty, and starting over
+        // from the first client would never end.
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
     }
+    Ok(())
+}
+
+/// Every certificate the broker serves or trusts, CRL next updates, and the certificates of
+/// connected clients, sorted by expiry.
+pub(crate) async fn expiry_with_clients(app: &AppState) -> ApiResult<Vec<ExpiryItem>> {
+    let mut items = app.broker.expiry();
+    let now = SystemTime::now();
+    each_client(app, |c| {
+        if let Some(tls) = &c.tls {
+            if let Some(not_after) = tls.not_after {
+                let subject = tls.subject.as_deref().unwrap_or("");
+                items.push(ExpiryItem::client(&c.client_id, subject, not_after, now));
+            }
+        }
+    })
+    .await?;
     items.sort_by_key(|i| i.seconds_left);
     Ok(items)
 }
@@ -375,32 +395,16 @@ async fn client_cas(State(app): State<AppState>) -> ApiResult<Json<Vec<ClientCaV
     // (listener, CA fingerprint) -> client ids, from one bounded scan of the clients.
     let mut ids: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     if !uses.is_empty() {
-        let mut after = None;
-        let mut seen = 0;
-        loop {
-            let page = app
-                .broker
-                .clients(moat_core::ClientQuery {
-                    after: after.take(),
-                    limit: 1000,
-                    ..moat_core::ClientQuery::default()
-                })
-                .await?;
-            seen += page.items.len();
-            for c in &page.items {
-                let Some(fp) = c.tls.as_ref().and_then(|t| t.ca_fingerprint.clone()) else {
-                    continue;
-                };
-                let list = ids.entry((c.listener.clone(), fp)).or_default();
-                if list.len() < CLIENT_IDS_PER_CA {
-                    list.push(c.client_id.clone());
-                }
+        each_client(&app, |c| {
+            let Some(fp) = c.tls.as_ref().and_then(|t| t.ca_fingerprint.clone()) else {
+                return;
+            };
+            let list = ids.entry((c.listener.clone(), fp)).or_default();
+            if list.len() < CLIENT_IDS_PER_CA {
+                list.push(c.client_id.clone());
             }
-            if !page.more || seen >= moat_core::MAX_CLIENT_SCAN {
-                break;
-            }
-            after = page.items.last().map(|c| c.client_id.clone());
-        }
+        })
+        .await?;
     }
     let mut out = Vec::new();
     for l in uses {

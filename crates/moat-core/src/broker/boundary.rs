@@ -173,6 +173,9 @@ pub struct TlsInfo {
     pub subject: Option<String>,
     /// Its SHA-256 fingerprint (hex), if one was presented.
     pub fingerprint: Option<String>,
+    /// Its serial number (hex bytes with colons, as `openssl x509 -serial` groups them), if
+    /// one was presented.
+    pub serial: Option<String>,
     /// When it expires (Unix seconds), if one was presented.
     pub not_after: Option<i64>,
     /// The subject of the listener's client CA the certificate chains to.

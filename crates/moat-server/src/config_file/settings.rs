@@ -14,9 +14,9 @@ use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, TlsSettings};
 
 use super::{
     AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, Paths, StoreFile,
-    TlsFile,
+    TlsAlarmsFile, TlsFile,
 };
-use crate::{AuthConfig, ListenerConfig, ListenerKind, ServerConfig, StoreConfig};
+use crate::{AuthConfig, ListenerConfig, ListenerKind, ServerConfig, StoreConfig, TlsAlarmsConfig};
 
 /// Validated settings: what the server runs with, and what the file's relative paths were
 /// resolved against (so that [`effective`](Self::effective) writes a file that means the same
@@ -252,6 +252,16 @@ impl Settings {
                 audit_log: Some(in_data(&self.admin.audit_log)),
                 tls_listener: self.admin.tls_listener.clone(),
             }),
+            tls_alarms: Some(TlsAlarmsFile {
+                warn_days: Some(
+                    s.tls_alarms
+                        .warn_before
+                        .iter()
+                        .map(|d| d.as_secs_f64() / DAY_SECS)
+                        .collect(),
+                ),
+                check_interval_secs: Some(s.tls_alarms.check_interval.as_secs()),
+            }),
         }
     }
 }
@@ -367,6 +377,9 @@ impl ConfigFile {
             tls_listener: admin.tls_listener,
         };
         server.tls_state_dir = in_data(Path::new("tls"));
+        if let Some(alarms) = &self.tls_alarms {
+            server.tls_alarms = alarms.validate()?;
+        }
         Ok(Settings {
             server,
             data_dir,
@@ -569,6 +582,67 @@ impl TlsFile {
         };
         s.accept_v1_client_certs = self.accept_v1_client_certs.unwrap_or(false);
         Ok(s)
+    }
+}
+
+/// Seconds in a day, for `warn_days`.
+const DAY_SECS: f64 = 86_400.0;
+
+/// The most days `warn_days` takes (100 years: beyond any certificate worth warning about).
+const MAX_WARN_DAYS: f64 = 36_500.0;
+
+/// The most thresholds `warn_days` takes (each is a metric label value).
+const MAX_WARN_THRESHOLDS: usize = 8;
+
+impl TlsAlarmsFile {
+    fn validate(&self) -> Result<TlsAlarmsConfig, ConfigError> {
+        let mut c = TlsAlarmsConfig::default();
+        if let Some(days) = &self.warn_days {
+            let mut secs = Vec::with_capacity(days.len());
+            for d in days {
+                if !(d.is_finite() && *d > 0.0 && *d <= MAX_WARN_DAYS) {
+                    return Err(ConfigError::invalid(
+                        "tls_alarms.warn_days",
+                        format!(
+                            "{d} is not a number of days above 0 and at most {MAX_WARN_DAYS}; \
+                             write e.g. [30, 7, 1], or [0.5] for 12 hours, or [] for no warnings"
+                        ),
+                    ));
+                }
+                let s = (d * DAY_SECS).round();
+                if s < 1.0 {
+                    return Err(ConfigError::invalid(
+                        "tls_alarms.warn_days",
+                        format!("{d} days is less than a second; warn at least a second ahead"),
+                    ));
+                }
+                // Finite, between 1 and 36,500 days in seconds: fits a u64.
+                secs.push(s as u64);
+            }
+            secs.sort_unstable_by(|a, b| b.cmp(a));
+            secs.dedup();
+            if secs.len() > MAX_WARN_THRESHOLDS {
+                return Err(ConfigError::invalid(
+                    "tls_alarms.warn_days",
+                    format!(
+                        "{} thresholds; give at most {MAX_WARN_THRESHOLDS} (e.g. [30, 7, 1])",
+                        secs.len()
+                    ),
+                ));
+            }
+            c.warn_before = secs.into_iter().map(Duration::from_secs).collect();
+        }
+        match self.check_interval_secs {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "tls_alarms.check_interval_secs",
+                    "must be at least 1 (seconds between checks; default 60)",
+                ))
+            }
+            Some(v) => c.check_interval = Duration::from_secs(v),
+            None => {}
+        }
+        Ok(c)
     }
 }
 
@@ -793,6 +867,10 @@ token_file = "secrets/admin.token"
 viewer_token_file = "/run/moat/viewer.token"
 audit_log = "log/audit.jsonl"
 tls_listener = "secure"
+
+[tls_alarms]
+warn_days = [0.5, 14]
+check_interval_secs = 5
 "#;
 
     /// file -> validate -> effective -> TOML -> parse -> validate gives the same settings,
@@ -979,6 +1057,48 @@ tls_listener = "secure"
             e.contains("listeners[0].on_client_cert_expiry") && e.contains("\"warn\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_alarms_parse_sort_and_refuse_nonsense() {
+        let day = Duration::from_secs(86_400);
+        let parse = |t: &str| ConfigFile::from_str(t).unwrap().validate().unwrap();
+        let s = parse("");
+        assert_eq!(s.server.tls_alarms, TlsAlarmsConfig::default());
+        assert_eq!(
+            s.server.tls_alarms.warn_before,
+            vec![30 * day, 7 * day, day]
+        );
+        assert_eq!(s.server.tls_alarms.check_interval, Duration::from_secs(60));
+        let s = parse("[tls_alarms]\nwarn_days = [1, 30, 0.5, 7, 1.0]\ncheck_interval_secs = 1\n");
+        assert_eq!(
+            s.server.tls_alarms.warn_before,
+            vec![30 * day, 7 * day, day, day / 2]
+        );
+        assert_eq!(s.server.tls_alarms.check_interval, Duration::from_secs(1));
+        let s = parse("[tls_alarms]\nwarn_days = []\n");
+        assert!(s.server.tls_alarms.warn_before.is_empty());
+        let s = ConfigFile::from_str(EVERY_KEY).unwrap().validate().unwrap();
+        assert_eq!(s.server.tls_alarms.warn_before, vec![14 * day, day / 2]);
+        assert_eq!(s.server.tls_alarms.check_interval, Duration::from_secs(5));
+
+        for bad in [
+            "[0]",
+            "[-1]",
+            "[nan]",
+            "[inf]",
+            "[0.000001]",
+            "[1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        ] {
+            let e = err(&format!("[tls_alarms]\nwarn_days = {bad}\n"));
+            assert!(e.contains("tls_alarms.warn_days"), "{bad}: {e}");
+        }
+        let e = err("[tls_alarms]\ncheck_interval_secs = 0\n");
+        assert!(e.contains("tls_alarms.check_interval_secs"), "{e}");
+        let e = err("[tls_alarms]\nwarn_day = [1]\n");
+        assert!(e.contains("warn_day"), "{e}");
+        let e = err("[tls_alarms]\nwarn_days = [\"7d\"]\n");
+        assert!(e.contains("warn_days"), "{e}");
     }
 
     #[test]
