@@ -46,6 +46,8 @@ struct TlsView {
     identity: Option<String>,
     subject: Option<String>,
     fingerprint: Option<String>,
+    /// Its serial number, hex bytes with colons.
+    serial: Option<String>,
     not_after: Option<String>,
     /// The subject of the listener's client CA the certificate chains to.
     ca_subject: Option<String>,
@@ -71,6 +73,7 @@ impl From<ClientSummary> for ClientView {
                 identity: t.identity.clone(),
                 subject: t.subject.clone(),
                 fingerprint: t.fingerprint.clone(),
+                serial: t.serial.clone(),
                 not_after: t.not_after.map(moat_pki::inspect::rfc3339),
                 ca_subject: t.ca_subject.clone(),
                 ca_fingerprint: t.ca_fingerprint.clone(),
