@@ -754,6 +754,13 @@ impl CertSets {
             for c in &served.chain {
                 cert(ExpiryKind::Chain, c);
             }
+            // SNI sets: recognisable by their subjects.
+            for set in &served.sni {
+                cert(ExpiryKind::Server, &set.leaf);
+                for c in &set.chain {
+                    cert(ExpiryKind::Chain, c);
+                }
+            }
             for c in &served.client_ca {
                 cert(ExpiryKind::ClientCa, c);
             }

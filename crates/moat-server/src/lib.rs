@@ -494,10 +494,12 @@ fn unix_ms_now() -> u64 {
 }
 
 /// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified, and
-/// checks its CRLs' next updates each time (a CRL goes stale while no file changes).
+/// checks its CRLs' and stapled OCSP responses' next updates each time (they go stale while
+/// no file changes).
 async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration) {
     loop {
         live.check_crls(std::time::SystemTime::now());
+        live.check_ocsp(std::time::SystemTime::now());
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = trigger.notified() => {}
@@ -509,13 +511,21 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
         let name = live.name();
         match outcome {
             ReloadOutcome::Unchanged => {}
-            ReloadOutcome::Replaced { warnings, revoked } => {
+            ReloadOutcome::Replaced {
+                warnings,
+                revoked,
+                sets_removed,
+                closed,
+            } => {
                 for w in warnings {
                     warn!(listener = name, "{w}");
                 }
                 info!(
                     listener = name,
-                    revoked, "TLS material replaced; new handshakes use it"
+                    revoked,
+                    sni_sets_removed = sets_removed.len(),
+                    closed,
+                    "TLS material replaced; new handshakes use it"
                 );
             }
             ReloadOutcome::Removed { closed } => warn!(
@@ -703,7 +713,7 @@ async fn tls_accept(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| PeerIdentity::from_der(c));
-            let guard = live.register(identity.as_ref());
+            let guard = live.register(identity.as_ref(), tls_stream.get_ref().1.server_name());
             let source = live.identity_source();
             let version = match tls_stream.get_ref().1.protocol_version() {
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

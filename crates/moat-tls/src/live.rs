@@ -10,12 +10,13 @@ use std::time::SystemTime;
 use moat_pki::lint::Finding;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use zeroize::Zeroizing;
 
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
-use crate::material::{CertificateExpiry, Files, Material, Pem, Served, TlsError};
+use crate::material::{CertificateExpiry, Files, Material, MissingSet, Pem, Served, TlsError};
+use crate::ocsp::OcspCertStatus;
 use crate::{CrlStalePolicy, IdentitySource, TlsSettings};
 
 struct State {
@@ -29,6 +30,8 @@ struct State {
 
 struct Registered {
     serial: Option<(Vec<u8>, Vec<u8>)>,
+    /// The SNI set its handshake chose (index in the settings); `None`: the default.
+    set: Option<usize>,
     token: CancellationToken,
     /// Set before `token` is cancelled when a CRL revokes the certificate.
     revoked: Arc<AtomicBool>,
@@ -38,7 +41,8 @@ struct Registered {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseCause {
-    /// The listener's certificate was removed.
+    /// The listener's certificate (or the SNI set the connection's handshake chose) was
+    /// removed.
     CertificateRemoved,
     /// A CRL now revokes the client's certificate.
     Revoked,
@@ -57,6 +61,23 @@ pub struct CrlStatus {
     pub stale: bool,
 }
 
+/// One OCSP response of a listener and whether it is stapled now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspStatus {
+    /// The response file.
+    pub path: PathBuf,
+    /// The subject of the certificate it is for.
+    pub subject: String,
+    /// Which certificate: "default" or "SNI set N (names)".
+    pub set: String,
+    /// What it says (`None` when it was refused).
+    pub status: Option<OcspCertStatus>,
+    /// Its nextUpdate (Unix seconds), if it names one.
+    pub next_update: Option<i64>,
+    /// Whether handshakes get it now (checked and not past its nextUpdate).
+    pub stapled: bool,
+}
+
 /// What [`LiveTls::reload`] did.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -70,6 +91,10 @@ pub enum ReloadOutcome {
         warnings: Vec<Finding>,
         /// Connections closed by the new CRLs.
         revoked: usize,
+        /// The SNI sets whose files are gone (their names now get the default certificate).
+        sets_removed: Vec<String>,
+        /// Connections closed because the SNI set their handshake chose was removed.
+        closed: usize,
     },
     /// The certificate or key file is gone: TLS clients were closed, handshakes are refused.
     Removed {
@@ -91,6 +116,8 @@ pub struct LiveTls {
     next_id: AtomicU64,
     /// (CRL file, issuer) -> stale when last checked: a warning is logged on each change.
     crl_stale: Mutex<HashMap<(PathBuf, String), bool>>,
+    /// OCSP response file -> stapled when last checked: a warning is logged when one stops.
+    ocsp_stapled: Mutex<HashMap<PathBuf, bool>>,
     /// Handshake failures by reason.
     pub failures: FailureCounters,
 }
@@ -115,6 +142,7 @@ impl LiveTls {
             warn!(listener = name, "{w}");
         }
         info!(listener = name, certificate = %material.summary, "TLS material loaded");
+        log_ocsp(name, &material);
         Ok(Self::with(name, settings, Some(material)))
     }
 
@@ -140,6 +168,7 @@ impl LiveTls {
             files: Mutex::new(()),
             next_id: AtomicU64::new(1),
             crl_stale: Mutex::new(HashMap::new()),
+            ocsp_stapled: Mutex::new(HashMap::new()),
             failures: FailureCounters::default(),
         })
     }
@@ -185,7 +214,7 @@ impl LiveTls {
     pub fn reload(&self, now: SystemTime) -> ReloadOutcome {
         let settings = self.settings();
         let guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let read = Files::read(&settings);
+        let read = Files::read(&settings, MissingSet::Remove);
         drop(guard);
         let files = match read {
             Ok(f) => f,
@@ -331,17 +360,39 @@ impl LiveTls {
     fn swap_in(&self, material: Material, settings: Option<TlsSettings>) -> ReloadOutcome {
         let warnings = material.warnings.clone();
         let revoked_lists = Arc::clone(&material.revoked);
-        {
+        log_ocsp(&self.name, &material);
+        let gone = {
             let mut state = self.write_state();
             if let Some(s) = settings {
                 state.settings = s;
             }
+            let gone = removed_sets(state.material.as_deref(), &material);
             state.acceptor = Some(TlsAcceptor::from(Arc::clone(&material.config)));
             state.material = Some(Arc::new(material));
+            gone
+        };
+        let registry = self.registry();
+        // The clients of an SNI set whose files are gone are disconnected; the others stay.
+        let mut closed = 0;
+        for (index, label) in &gone {
+            let mine: Vec<_> = registry
+                .values()
+                .filter(|r| r.set == Some(*index))
+                .collect();
+            warn!(
+                listener = %self.name,
+                set = %label,
+                clients = mine.len(),
+                "the certificate or key file of an SNI set is gone: its clients are                  disconnected and its names get the default certificate until the files are back"
+            );
+            for reg in mine {
+                reg.token.cancel();
+                closed += 1;
+            }
         }
         // A CRL that now revokes a connected client's certificate disconnects it.
         let mut revoked = 0;
-        for reg in self.registry().values() {
+        for reg in registry.values() {
             let Some((serial, issuer)) = &reg.serial else {
                 continue;
             };
@@ -361,7 +412,12 @@ impl LiveTls {
                 revoked += 1;
             }
         }
-        ReloadOutcome::Replaced { warnings, revoked }
+        ReloadOutcome::Replaced {
+            warnings,
+            revoked,
+            sets_removed: gone.into_iter().map(|(_, label)| label).collect(),
+            closed,
+        }
     }
 
     /// Removes the certificate: new handshakes are refused and every TLS connection of this
@@ -379,17 +435,30 @@ impl LiveTls {
         open
     }
 
-    /// Registers a connection that completed its handshake. The guard's token is cancelled when
-    /// the certificate is removed or a CRL revokes the peer's certificate; dropping the guard
-    /// unregisters.
-    pub fn register(self: &Arc<Self>, peer: Option<&PeerIdentity>) -> ConnectionGuard {
+    /// Registers a connection that completed its handshake, with the name it asked for
+    /// (`server_name()` of the accepted connection: it tells which SNI set served it). The
+    /// guard's token is cancelled when the certificate (or that SNI set) is removed or a CRL
+    /// revokes the peer's certificate; dropping the guard unregisters.
+    pub fn register(
+        self: &Arc<Self>,
+        peer: Option<&PeerIdentity>,
+        server_name: Option<&str>,
+    ) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let token = self.read_state().generation.child_token();
+        let (token, set) = {
+            let state = self.read_state();
+            let set = state
+                .material
+                .as_ref()
+                .and_then(|m| m.resolver.chosen(server_name));
+            (state.generation.child_token(), set)
+        };
         let revoked = Arc::new(AtomicBool::new(false));
         self.registry().insert(
             id,
             Registered {
                 serial: peer.map(|p| (p.serial.clone(), p.issuer.clone())),
+                set,
                 token: token.clone(),
                 revoked: Arc::clone(&revoked),
             },
@@ -464,6 +533,55 @@ impl LiveTls {
                     );
                 }
                 _ => {}
+            }
+        }
+        status
+    }
+
+    /// The listener's OCSP responses and whether each is stapled at `now`.
+    pub fn ocsp_status(&self, now: SystemTime) -> Vec<OcspStatus> {
+        let now = unix(now);
+        let state = self.read_state();
+        let Some(m) = state.material.as_ref() else {
+            return Vec::new();
+        };
+        m.ocsp
+            .iter()
+            .map(|o| {
+                let (status, next_update) = match &o.result {
+                    Ok((status, next)) => (Some(*status), *next),
+                    Err(_) => (None, None),
+                };
+                OcspStatus {
+                    path: o.path.clone(),
+                    subject: o.subject.clone(),
+                    set: o.set.clone(),
+                    status,
+                    next_update,
+                    stapled: status.is_some() && next_update.is_none_or(|n| n >= now),
+                }
+            })
+            .collect()
+    }
+
+    /// Checks the stapled OCSP responses' nextUpdate (on the reload timer: a response goes
+    /// stale while nothing changes; handshakes stop getting it at its nextUpdate) and logs a
+    /// warning when one stops being stapled. Returns the status now.
+    pub fn check_ocsp(&self, now: SystemTime) -> Vec<OcspStatus> {
+        let status = self.ocsp_status(now);
+        let mut seen = self.ocsp_stapled.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|p, _| status.iter().any(|s| s.path == *p));
+        for s in &status {
+            let before = seen.insert(s.path.clone(), s.stapled);
+            if before == Some(true) && !s.stapled {
+                warn!(
+                    listener = %self.name,
+                    ocsp = %s.path.display(),
+                    set = %s.set,
+                    subject = %s.subject,
+                    next_update = %s.next_update.map_or_else(|| "none".into(), moat_pki::inspect::rfc3339),
+                    "the stapled OCSP response is past its nextUpdate: it is no longer stapled;                      write a fresh response to the file"
+                );
             }
         }
         status
@@ -577,7 +695,55 @@ impl TlsSnapshot {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// Logs why each OCSP response of `material` that is configured is not stapled.
+fn log_ocsp(listener: &str, material: &Material) {
+    for o in &material.ocsp {
+        match &o.result {
+            Ok((status, next)) => info!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                status = status.label(),
+                next_update = %next.map_or_else(|| "none".into(), moat_pki::inspect::rfc3339),
+                "OCSP response stapled"
+            ),
+            Err(why) if why.is_severe() => error!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                subject = %o.subject,
+                "OCSP response not stapled: {why}"
+            ),
+            Err(why) => warn!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                subject = %o.subject,
+                "OCSP response not stapled (the certificate is served without it): {why}"
+            ),
+        }
+    }
+}
+
+/// The SNI sets `old` served that `new` does not (their files are gone): index and label.
+fn removed_sets(old: Option<&Material>, new: &Material) -> Vec<(usize, String)> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    old.served
+        .sni
+        .iter()
+        .filter(|o| !new.served.sni.iter().any(|n| n.index == o.index))
+        .map(|o| {
+            (
+                o.index,
+                format!("SNI set {} ({})", o.index, o.names.join(", ")),
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
