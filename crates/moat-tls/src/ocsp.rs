@@ -282,9 +282,8 @@ fn time(any: &Any<'_>) -> Result<i64, OcspRefusal> {
 /// The one DER value `input` holds (nothing after it).
 fn whole<'a>(input: &'a [u8], what: &'static str) -> Result<Any<'a>, OcspRefusal> {
     match Any::from_der(input) {
-        Ok((rest, any)) if rest.is_empty() => Ok(any),
-        Ok(_) => Err(OcspRefusal::Malformed(what)),
-        Err(_) => Err(OcspRefusal::Malformed(what)),
+        Ok(([], any)) => Ok(any),
+        Ok(_) | Err(_) => Err(OcspRefusal::Malformed(what)),
     }
 }
 
