@@ -311,6 +311,8 @@ pub enum ExpiryKind {
     ClientCa,
     /// When a CRL's next update is due.
     CrlNextUpdate,
+    /// When a stapled OCSP response's nextUpdate is due (it stops being stapled then).
+    OcspNextUpdate,
     /// A connected client's certificate.
     Client,
 }
@@ -763,6 +765,17 @@ impl CertSets {
             }
             for c in &served.client_ca {
                 cert(ExpiryKind::ClientCa, c);
+            }
+            for ocsp in set.members[0].live.ocsp_status(now) {
+                if let (Some(next), Some(_)) = (ocsp.next_update, ocsp.status) {
+                    items.push(ExpiryItem::new(
+                        ExpiryKind::OcspNextUpdate,
+                        id,
+                        ocsp.subject,
+                        next,
+                        now,
+                    ));
+                }
             }
             for crl in &served.crls {
                 if let Some(next) = crl.next_update {

@@ -22,6 +22,7 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 struct Broker {
     addr: SocketAddr,
     live: Arc<LiveTls>,
+    handle: moat_server::BrokerHandle,
     _stop: oneshot::Sender<()>,
 }
 
@@ -45,6 +46,7 @@ async fn start(tls: TlsSettings) -> Broker {
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0].1;
     let live = server.tls("mqtts").expect("tls state");
+    let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -52,6 +54,7 @@ async fn start(tls: TlsSettings) -> Broker {
     Broker {
         addr,
         live,
+        handle,
         _stop: stop,
     }
 }
@@ -260,6 +263,11 @@ async fn an_openssl_ocsp_response_is_stapled_and_one_for_another_cert_is_not() {
     let response = ocsp_response(&pki, &cert, "server.ocsp.der").await;
     let mut settings = TlsSettings::new(&cert, key);
     settings.ocsp = Some(response.clone());
+    // An SNI set with a response of its own.
+    let (a_cert, a_key) = pki.server("a", &["a.example"]);
+    let mut a = SniSet::new(&a_cert, a_key);
+    a.ocsp = Some(ocsp_response(&pki, &a_cert, "a.ocsp.der").await);
+    settings.sni = vec![a];
     let broker = start(settings).await;
 
     for version in ["-tls1_3", "-tls1_2"] {
@@ -276,13 +284,26 @@ async fn an_openssl_ocsp_response_is_stapled_and_one_for_another_cert_is_not() {
         );
         assert!(out.contains("Cert Status: good"), "{version}: {out}");
     }
+    let out = s_client(pki.path(), broker.addr, Some("a.example"), &["-status"]).await;
+    assert!(subject(&out).contains("CN = a.example"), "{out}");
+    assert!(out.contains("Cert Status: good"), "{out}");
     let status = broker.live.ocsp_status(SystemTime::now());
-    assert_eq!(status.len(), 1);
-    assert!(status[0].stapled);
-    assert_eq!(status[0].status, Some(OcspCertStatus::Good));
+    assert_eq!(status.len(), 2);
+    assert!(status.iter().all(|s| s.stapled));
+    assert!(status
+        .iter()
+        .all(|s| s.status == Some(OcspCertStatus::Good)));
     // Past its nextUpdate (-ndays 1) it is no longer stapled.
     let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
     assert!(!broker.live.check_ocsp(later)[0].stapled);
+    // The expiry listing (moat cert inventory) has both responses' next updates.
+    let ocsp_items = broker
+        .handle
+        .expiry()
+        .into_iter()
+        .filter(|i| i.kind == moat_server::ExpiryKind::OcspNextUpdate)
+        .count();
+    assert_eq!(ocsp_items, 2);
 
     // The file now holds a response for another certificate: not stapled after the reload,
     // and the certificate is still served.
@@ -297,6 +318,8 @@ async fn an_openssl_ocsp_response_is_stapled_and_one_for_another_cert_is_not() {
     assert!(out.contains("OCSP response: no response sent"), "{out}");
     let status = broker.live.ocsp_status(SystemTime::now());
     assert!(!status[0].stapled && status[0].status.is_none());
+    // The SNI set's response is untouched.
+    assert!(status[1].stapled);
 }
 
 #[test]
