@@ -756,11 +756,16 @@ impl CertSets {
             for c in &served.chain {
                 cert(ExpiryKind::Chain, c);
             }
-            // SNI sets: recognisable by their subjects.
+            // SNI sets: recognisable by their subjects; an intermediate they share with the
+            // default (or each other) is listed once.
+            let mut listed: Vec<&[u8]> = served.chain.iter().map(Vec::as_slice).collect();
             for set in &served.sni {
                 cert(ExpiryKind::Server, &set.leaf);
                 for c in &set.chain {
-                    cert(ExpiryKind::Chain, c);
+                    if !listed.contains(&c.as_slice()) {
+                        listed.push(c);
+                        cert(ExpiryKind::Chain, c);
+                    }
                 }
             }
             for c in &served.client_ca {

@@ -358,3 +358,30 @@ fn a_bad_sni_set_refuses_the_material_naming_its_file() {
     settings.sni.truncate(1);
     assert!(moat_tls::Material::load(&settings, SystemTime::now()).is_err());
 }
+
+/// SNI sets sharing the default's intermediate list it once (one metric series per
+/// certificate), and every leaf.
+#[test]
+fn a_shared_intermediate_is_listed_once() {
+    let root = TestPki::new("Root CA");
+    let inter = root.intermediate("Issuing CA");
+    let (cert, key) = inter.server("default", &["localhost"]);
+    let mut settings = TlsSettings::new(cert, key);
+    settings.chain = Some(inter.ca_pem.clone());
+    for host in ["a.example", "b.example"] {
+        let (c, k) = inter.server(host, &[host]);
+        let mut set = SniSet::new(c, k);
+        set.chain = Some(inter.ca_pem.clone());
+        settings.sni.push(set);
+    }
+    let m = moat_tls::Material::load(&settings, SystemTime::now()).expect("material");
+    let roles: Vec<_> = m.certificates.iter().map(|c| c.role.label()).collect();
+    assert_eq!(
+        roles,
+        ["server", "chain", "server", "server"],
+        "{:?}",
+        m.certificates
+    );
+    assert_eq!(m.served().sni.len(), 2);
+    assert!(m.served().sni.iter().all(|s| s.chain.len() == 1));
+}

@@ -732,10 +732,15 @@ impl Material {
         let mut certificates = Vec::new();
         let mut ocsp = Vec::new();
         let mut served_sni = Vec::new();
+        // Each certificate once: SNI sets often share an intermediate (one metric series each).
+        let mut listed: HashSet<Vec<u8>> = HashSet::new();
         let mut expiry = |leaf: &[u8], chain: &[Vec<u8>]| {
-            certificates.extend(CertificateExpiry::of(CertificateRole::Server, leaf));
-            for c in chain {
-                certificates.extend(CertificateExpiry::of(CertificateRole::Chain, c));
+            let roles = std::iter::once((CertificateRole::Server, leaf))
+                .chain(chain.iter().map(|c| (CertificateRole::Chain, c.as_slice())));
+            for (role, der) in roles {
+                if listed.insert(der.to_vec()) {
+                    certificates.extend(CertificateExpiry::of(role, der));
+                }
             }
         };
         expiry(&main.leaf, &main.chain);
