@@ -537,7 +537,8 @@
   }
   const kindWords = {
     server: 'Server certificate', chain: 'Intermediate (chain)', client_ca: 'Client CA',
-    crl_next_update: 'CRL next update', client: 'Client certificate',
+    crl_next_update: 'CRL next update', ocsp_next_update: 'OCSP response next update',
+    client: 'Client certificate',
   };
   function expiryTable(items, testid) {
     return table([

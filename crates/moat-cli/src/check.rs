@@ -55,6 +55,11 @@ pub(crate) struct CheckArgs {
     /// Seconds each step may take.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// The name to ask the broker for in the TLS handshake (SNI) and to verify its
+    /// certificate against, instead of the URL's host: checks a listener's SNI certificate
+    /// set while dialing another address (e.g. mqtts://127.0.0.1 --servername b.example).
+    #[arg(long, value_name = "NAME")]
+    servername: Option<String>,
 }
 
 /// Runs `moat check`.
@@ -105,6 +110,7 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| format!("moat/check/{}", common::random_suffix())),
         limit: Duration::from_secs(args.timeout.max(1)),
+        server_name: args.servername.clone(),
         report: Report::default(),
     };
     let rt = common::runtime(1)?;
@@ -211,6 +217,8 @@ struct Checker {
     id: String,
     topic: String,
     limit: Duration,
+    /// `--servername`: the name asked for and verified instead of the URL's host.
+    server_name: Option<String>,
     report: Report,
 }
 
@@ -307,7 +315,8 @@ impl Checker {
         }
         let config = self.config.clone()?;
         let start = Instant::now();
-        match transport::tls_handshake(tcp, config, &t.host, self.limit).await {
+        let name = self.server_name.clone().unwrap_or_else(|| t.host.clone());
+        match transport::tls_handshake(tcp, config, &name, self.limit).await {
             Ok(tls) => {
                 if loud {
                     let (_, conn) = tls.get_ref();
@@ -318,9 +327,13 @@ impl Checker {
                         .negotiated_cipher_suite()
                         .map(|s| format!("{:?}", s.suite()))
                         .unwrap_or_default();
+                    let asked = match &self.server_name {
+                        Some(n) => format!(", server name {n}"),
+                        None => String::new(),
+                    };
                     self.report.ok(
                         "TLS handshake",
-                        &format!("{version}, {suite} ({:.1} ms)", ms(start.elapsed())),
+                        &format!("{version}, {suite}{asked} ({:.1} ms)", ms(start.elapsed())),
                     );
                     self.certificate_ok();
                 }
@@ -416,9 +429,18 @@ impl Checker {
                     presented: &seen.server_chain,
                     anchors: &self.anchors,
                     ca_file: ca_file.as_deref(),
-                    host: &t.host,
+                    host: self.server_name.as_deref().unwrap_or(&t.host),
                     now: SystemTime::now(),
                 });
+                if let Some(asked) = &self.server_name {
+                    // The diagnosis speaks of the name dialed: here it is the name asked for.
+                    for d in &mut found {
+                        d.cause = d.cause.replace(
+                            &format!("you dialed {asked}"),
+                            &format!("you asked for {asked} (--servername; dialed {})", t.host),
+                        );
+                    }
+                }
                 if found.is_empty() {
                     found.extend(
                         certificate_rejection(err).map(|r| diagnose::rejection(Purpose::Server, r)),

@@ -110,6 +110,36 @@ fn name_mismatch_names_the_hosts_and_the_fix() {
     );
 }
 
+/// `--servername` asks a listener for one of its SNI certificate sets (set up in moat.toml
+/// with `[[listeners.tls.sni]]`); a name no set has gets the default, and the mismatch says
+/// which name was asked.
+#[test]
+fn servername_checks_an_sni_set() {
+    let pki = TestPki::new("Check CA");
+    let (cert, key) = pki.server("server", &["localhost", "127.0.0.1"]);
+    let (b_cert, b_key) = pki.server("b", &["b.example"]);
+    let sni = format!(
+        "[[listeners.tls.sni]]\ncert = \"{}\"\nkey = \"{}\"\nnames = [\"b.example\"]\n",
+        b_cert.display(),
+        b_key.display()
+    );
+    let broker = Moat::start(&tls_listener("tls", &cert, &key, &sni), pki.path());
+    let t = check_ok(
+        &broker.url("tls"),
+        &["--cafile", p(&pki.ca_pem), "--servername", "b.example"],
+    );
+    assert!(t.contains("server name b.example"), "{t}");
+    assert!(t.contains("✓ server certificate: CN=b.example"), "{t}");
+    check_fails(
+        &broker.url("tls"),
+        &["--cafile", p(&pki.ca_pem), "--servername", "c.example"],
+        &[
+            "name mismatch",
+            "you asked for c.example (--servername; dialed 127.0.0.1)",
+        ],
+    );
+}
+
 #[test]
 fn expired_server_certificate() {
     let pki = TestPki::new("Check CA");

@@ -62,16 +62,24 @@ const MAX_CLIENT_PAGES: usize = 1_000;
 const MAX_WARNINGS_PER_CHECK: usize = 100;
 
 /// The kinds of items, in the order of [`KIND_LABELS`].
-const KINDS: [ExpiryKind; 5] = [
+const KINDS: [ExpiryKind; 6] = [
     ExpiryKind::Server,
     ExpiryKind::Chain,
     ExpiryKind::ClientCa,
     ExpiryKind::CrlNextUpdate,
+    ExpiryKind::OcspNextUpdate,
     ExpiryKind::Client,
 ];
 
 /// The `kind` label of each of [`KINDS`] (as the admin API's expiry list names them).
-const KIND_LABELS: [&str; 5] = ["server", "chain", "client_ca", "crl_next_update", "client"];
+const KIND_LABELS: [&str; 6] = [
+    "server",
+    "chain",
+    "client_ca",
+    "crl_next_update",
+    "ocsp_next_update",
+    "client",
+];
 
 fn kind_index(kind: ExpiryKind) -> usize {
     KINDS.iter().position(|k| *k == kind).unwrap_or(0)
@@ -365,6 +373,9 @@ impl Engine {
             ExpiryKind::Chain => format!("intermediate certificate {}", item.subject),
             ExpiryKind::ClientCa => format!("client CA certificate {}", item.subject),
             ExpiryKind::CrlNextUpdate => format!("the CRL of {}", item.subject),
+            ExpiryKind::OcspNextUpdate => {
+                format!("the stapled OCSP response for {}", item.subject)
+            }
             ExpiryKind::Client => format!(
                 "client certificate {} (serial {}) of client {:?}",
                 item.subject,
@@ -394,11 +405,18 @@ impl Engine {
                 "sign a fresh CRL (`moat cert crl --ca DIR`, or `openssl ca -gencrl`): the \
                  broker loads it within seconds"
             }
+            ExpiryKind::OcspNextUpdate => {
+                "fetch a fresh response (`openssl ocsp ... -respout FILE`) into the ocsp file: \
+                 the broker staples it within seconds (a stale one is no longer stapled)"
+            }
             ExpiryKind::Client => {
                 "issue the device a new certificate (`moat cert client --ca DIR --cn ID`)"
             }
         };
-        let verb = if item.kind == ExpiryKind::CrlNextUpdate {
+        let verb = if matches!(
+            item.kind,
+            ExpiryKind::CrlNextUpdate | ExpiryKind::OcspNextUpdate
+        ) {
             ("is due", "was due")
         } else {
             ("expires", "expired")
@@ -467,7 +485,7 @@ pub(crate) struct AlarmStatus {
     /// The TLS listeners (the alarms run only if there is one).
     listeners: Vec<String>,
     summary: Mutex<Option<Summary>>,
-    warnings: [AtomicU64; 5],
+    warnings: [AtomicU64; 6],
     checks: AtomicU64,
     truncated: AtomicU64,
 }

@@ -311,6 +311,8 @@ pub enum ExpiryKind {
     ClientCa,
     /// When a CRL's next update is due.
     CrlNextUpdate,
+    /// When a stapled OCSP response's nextUpdate is due (it stops being stapled then).
+    OcspNextUpdate,
     /// A connected client's certificate.
     Client,
 }
@@ -754,8 +756,31 @@ impl CertSets {
             for c in &served.chain {
                 cert(ExpiryKind::Chain, c);
             }
+            // SNI sets: recognisable by their subjects; an intermediate they share with the
+            // default (or each other) is listed once.
+            let mut listed: Vec<&[u8]> = served.chain.iter().map(Vec::as_slice).collect();
+            for set in &served.sni {
+                cert(ExpiryKind::Server, &set.leaf);
+                for c in &set.chain {
+                    if !listed.contains(&c.as_slice()) {
+                        listed.push(c);
+                        cert(ExpiryKind::Chain, c);
+                    }
+                }
+            }
             for c in &served.client_ca {
                 cert(ExpiryKind::ClientCa, c);
+            }
+            for ocsp in set.members[0].live.ocsp_status(now) {
+                if let (Some(next), Some(_)) = (ocsp.next_update, ocsp.status) {
+                    items.push(ExpiryItem::new(
+                        ExpiryKind::OcspNextUpdate,
+                        id,
+                        ocsp.subject,
+                        next,
+                        now,
+                    ));
+                }
             }
             for crl in &served.crls {
                 if let Some(next) = crl.next_update {

@@ -150,6 +150,35 @@ pub struct TlsFile {
     pub identity: Option<String>,
     /// Accept X.509 v1 client certificates (default false).
     pub accept_v1_client_certs: Option<bool>,
+    /// An OCSP response for `cert` (DER as `openssl ocsp -respout` writes it, or PEM),
+    /// stapled when it checks out; re-read with the other files.
+    pub ocsp: Option<PathBuf>,
+    /// More certificates chosen by the name the client asks for (SNI); `cert` stays the
+    /// default. `sni = [{ cert = "...", key = "...", names = ["b.example"] }]` or
+    /// `[[listeners.tls.sni]]` tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniFile>,
+}
+
+/// One `[[listeners.tls.sni]]` certificate set. Relative paths are relative to the config
+/// file's folder.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniFile {
+    /// The certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Intermediate certificates sent after it (PEM).
+    pub chain: Option<PathBuf>,
+    /// The private key (PEM).
+    pub key: Option<PathBuf>,
+    /// A file holding the passphrase of an encrypted key.
+    pub key_passphrase_file: Option<PathBuf>,
+    /// An OCSP response for `cert`, stapled when it checks out.
+    pub ocsp: Option<PathBuf>,
+    /// The names this set answers for (`*.example.com` matches one label); default: the DNS
+    /// names of its certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// One path or several: `"ca.pem"` or `["new-ca.pem", "old-ca.pem"]`.

@@ -587,10 +587,12 @@ fn unix_ms_now() -> u64 {
 }
 
 /// Re-reads a TLS listener's files every `interval` and whenever `trigger` is notified, and
-/// checks its CRLs' next updates each time (a CRL goes stale while no file changes).
+/// checks its CRLs' and stapled OCSP responses' next updates each time (they go stale while
+/// no file changes).
 async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration) {
     loop {
         live.check_crls(std::time::SystemTime::now());
+        live.check_ocsp(std::time::SystemTime::now());
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = trigger.notified() => {}
@@ -606,13 +608,19 @@ async fn watch_tls(live: Arc<LiveTls>, trigger: Arc<Notify>, interval: Duration)
                 warnings,
                 revoked,
                 untrusted,
+                sets_removed,
+                closed,
             } => {
                 for w in warnings {
                     warn!(listener = name, "{w}");
                 }
                 info!(
                     listener = name,
-                    revoked, untrusted, "TLS material replaced; new handshakes use it"
+                    revoked,
+                    untrusted,
+                    sni_sets_removed = sets_removed.len(),
+                    closed,
+                    "TLS material replaced; new handshakes use it"
                 );
             }
             ReloadOutcome::Removed { closed } => warn!(
@@ -798,7 +806,7 @@ async fn tls_accept(
                 let presented: Vec<&[u8]> = c.iter().map(AsRef::as_ref).collect();
                 live.identify(&presented)
             });
-            let guard = live.register(identity.as_ref());
+            let guard = live.register(identity.as_ref(), tls_stream.get_ref().1.server_name());
             let source = live.identity_source();
             let version = match tls_stream.get_ref().1.protocol_version() {
                 Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

@@ -534,6 +534,45 @@ impl Collector for TlsCollector {
                 }
             }
         }
+        let ocsp: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|(name, live)| (name, live.ocsp_status(at)))
+            .collect();
+        {
+            let mut family = encoder.encode_descriptor(
+                "tls_ocsp_stapled",
+                "1 while a configured OCSP response is stapled to handshakes (it checked out \
+                 and is not past its nextUpdate), else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, status) in &ocsp {
+                for s in status {
+                    let labels = [("listener", name.as_str()), ("subject", s.subject.as_str())];
+                    ConstGauge::new(i64::from(s.stapled)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tls_ocsp_next_update_seconds",
+                "Seconds until each stapled OCSP response's nextUpdate (negative once past: it \
+                 is then no longer stapled).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, status) in &ocsp {
+                for s in status {
+                    let (Some(next), Some(_)) = (s.next_update, s.status) else {
+                        continue;
+                    };
+                    let labels = [("listener", name.as_str()), ("subject", s.subject.as_str())];
+                    ConstGauge::new(next.saturating_sub(now))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut family = encoder.encode_descriptor(
             "tls_certificate_expiry_seconds",
             "Seconds until each certificate a listener serves or trusts for clients expires \

@@ -9,6 +9,10 @@
 //!   certificate away and closes the TLS clients that used it. Each connection registers
 //!   itself ([`LiveTls::register`]) so that a removal or a CRL that now revokes its certificate
 //!   can close it.
+//! - A listener serves one default certificate and up to [`MAX_SNI_SETS`] more ([`SniSet`]),
+//!   each chosen by the name the client asks for (SNI); each may staple an OCSP response read
+//!   from a file, checked first (a wrong or stale one is not stapled, and the certificate is
+//!   served all the same).
 //! - [`PeerIdentity`] is what a verified client certificate says (CN, SANs, DN, fingerprint).
 //! - [`HandshakeFailure`] names why a handshake failed, for one log line and a counter.
 //!
@@ -23,8 +27,10 @@ mod failure;
 mod identity;
 mod live;
 mod material;
+mod ocsp;
 mod pinned;
 mod revocation;
+mod sni;
 mod verifier;
 
 use std::path::PathBuf;
@@ -33,13 +39,17 @@ pub use anchor::ClientCa;
 pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
 pub use live::{
-    ClientCaUse, CloseCause, ConnectionGuard, CrlStatus, LiveTls, ReloadOutcome, TlsSnapshot,
+    ClientCaUse, CloseCause, ConnectionGuard, CrlStatus, LiveTls, OcspStatus, ReloadOutcome,
+    TlsSnapshot,
 };
 pub use material::{
-    CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, TlsError,
+    CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, ServedSni,
+    TlsError,
 };
+pub use ocsp::{OcspCertStatus, OcspRefusal};
 pub use pinned::pinned_client_config;
 pub use revocation::{noting_revocation, RevokedBy};
+pub use sni::normalize_name;
 pub use verifier::V1ClientCertificate;
 
 /// Whether clients must present a certificate.
@@ -94,6 +104,11 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// A file holding the key's passphrase (first line).
     pub key_passphrase_file: Option<PathBuf>,
+    /// An OCSP response for the certificate (DER or PEM), stapled when it checks out.
+    pub ocsp: Option<PathBuf>,
+    /// More certificates, each served to clients that ask for one of its names (SNI); the
+    /// certificate above is the default (no SNI, or a name no set has).
+    pub sni: Vec<SniSet>,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
     /// The CA bundle client certificates are verified against (uploads of a client CA
@@ -127,6 +142,8 @@ impl std::fmt::Debug for TlsSettings {
             .field("chain", &self.chain)
             .field("key", &self.key)
             .field("key_passphrase_file", &self.key_passphrase_file)
+            .field("ocsp", &self.ocsp)
+            .field("sni", &self.sni)
             .field("client_auth", &self.client_auth)
             .field("client_ca", &self.client_ca)
             .field("extra_client_ca", &self.extra_client_ca)
@@ -146,6 +163,8 @@ impl TlsSettings {
             chain: None,
             key: key.into(),
             key_passphrase_file: None,
+            ocsp: None,
+            sni: Vec::new(),
             client_auth: ClientAuth::None,
             client_ca: None,
             extra_client_ca: Vec::new(),
@@ -154,6 +173,43 @@ impl TlsSettings {
             identity: IdentitySource::Cn,
             accept_v1_client_certs: false,
             alpn: vec![b"mqtt".to_vec()],
+        }
+    }
+}
+
+/// The most SNI sets one listener may have (docs/LIMITS.md): each is linted and held in
+/// memory, and a listener needing more is better split.
+pub const MAX_SNI_SETS: usize = 64;
+
+/// One certificate set of a listener chosen by SNI: its files and the names it answers for.
+/// `Debug` shows paths only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniSet {
+    /// The certificate (the leaf, then maybe intermediates), PEM.
+    pub cert: PathBuf,
+    /// Intermediates sent after the leaf, PEM.
+    pub chain: Option<PathBuf>,
+    /// The private key.
+    pub key: PathBuf,
+    /// A file holding the key's passphrase (first line).
+    pub key_passphrase_file: Option<PathBuf>,
+    /// An OCSP response for the certificate, stapled when it checks out.
+    pub ocsp: Option<PathBuf>,
+    /// The names it answers for, lower case (`*.example.com` matches one label); empty: the
+    /// DNS names of its certificate.
+    pub names: Vec<String>,
+}
+
+impl SniSet {
+    /// A set with these files answering for the DNS names of its certificate.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            chain: None,
+            key: key.into(),
+            key_passphrase_file: None,
+            ocsp: None,
+            names: Vec::new(),
         }
     }
 }

@@ -10,13 +10,14 @@ use std::time::SystemTime;
 use moat_pki::lint::Finding;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use zeroize::Zeroizing;
 
 use crate::anchor::ClientCa;
 use crate::failure::FailureCounters;
 use crate::identity::PeerIdentity;
-use crate::material::{CertificateExpiry, Files, Material, Pem, Served, TlsError};
+use crate::material::{CertificateExpiry, Files, Material, MissingSet, Pem, Served, TlsError};
+use crate::ocsp::OcspCertStatus;
 use crate::{CrlStalePolicy, IdentitySource, TlsSettings};
 
 struct State {
@@ -32,6 +33,8 @@ struct Registered {
     serial: Option<(Vec<u8>, Vec<u8>)>,
     /// The fingerprint of the client CA its certificate chains to.
     ca: Option<String>,
+    /// The SNI set its handshake chose (index in the settings); `None`: the default.
+    set: Option<usize>,
     token: CancellationToken,
     /// Why `token` was cancelled ([`CloseCause`] as a number, set before the cancel; 0: the
     /// listener's certificate was removed).
@@ -58,7 +61,8 @@ pub struct ClientCaUse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseCause {
-    /// The listener's certificate was removed.
+    /// The listener's certificate (or the SNI set the connection's handshake chose) was
+    /// removed.
     CertificateRemoved = 0,
     /// A CRL now revokes the client's certificate.
     Revoked = 1,
@@ -92,6 +96,23 @@ pub struct CrlStatus {
     pub stale: bool,
 }
 
+/// One OCSP response of a listener and whether it is stapled now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspStatus {
+    /// The response file.
+    pub path: PathBuf,
+    /// The subject of the certificate it is for.
+    pub subject: String,
+    /// Which certificate: "default" or "SNI set N (names)".
+    pub set: String,
+    /// What it says (`None` when it was refused).
+    pub status: Option<OcspCertStatus>,
+    /// Its nextUpdate (Unix seconds), if it names one.
+    pub next_update: Option<i64>,
+    /// Whether handshakes get it now (checked and not past its nextUpdate).
+    pub stapled: bool,
+}
+
 /// What [`LiveTls::reload`] did.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -108,6 +129,10 @@ pub enum ReloadOutcome {
         revoked: usize,
         /// Connections closed because their client CA was removed.
         untrusted: usize,
+        /// The SNI sets whose files are gone (their names now get the default certificate).
+        sets_removed: Vec<String>,
+        /// Connections closed because the SNI set their handshake chose was removed.
+        closed: usize,
     },
     /// The certificate or key file is gone: TLS clients were closed, handshakes are refused.
     Removed {
@@ -129,6 +154,8 @@ pub struct LiveTls {
     next_id: AtomicU64,
     /// (CRL file, issuer) -> stale when last checked: a warning is logged on each change.
     crl_stale: Mutex<HashMap<(PathBuf, String), bool>>,
+    /// OCSP response file -> stapled when last checked: a warning is logged when one stops.
+    ocsp_stapled: Mutex<HashMap<PathBuf, bool>>,
     /// Handshake failures by reason.
     pub failures: FailureCounters,
 }
@@ -153,6 +180,7 @@ impl LiveTls {
             warn!(listener = name, "{w}");
         }
         info!(listener = name, certificate = %material.summary, "TLS material loaded");
+        log_ocsp(name, &material);
         Ok(Self::with(name, settings, Some(material)))
     }
 
@@ -178,6 +206,7 @@ impl LiveTls {
             files: Mutex::new(()),
             next_id: AtomicU64::new(1),
             crl_stale: Mutex::new(HashMap::new()),
+            ocsp_stapled: Mutex::new(HashMap::new()),
             failures: FailureCounters::default(),
         })
     }
@@ -223,7 +252,7 @@ impl LiveTls {
     pub fn reload(&self, now: SystemTime) -> ReloadOutcome {
         let settings = self.settings();
         let guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let read = Files::read(&settings);
+        let read = Files::read(&settings, MissingSet::Remove);
         drop(guard);
         let files = match read {
             Ok(f) => f,
@@ -370,17 +399,40 @@ impl LiveTls {
         let warnings = material.warnings.clone();
         let revoked_lists = Arc::clone(&material.revoked);
         let client_cas = Arc::clone(&material.client_cas);
-        {
+        log_ocsp(&self.name, &material);
+        let gone = {
             let mut state = self.write_state();
             if let Some(s) = settings {
                 state.settings = s;
             }
+            let gone = removed_sets(state.material.as_deref(), &material);
             state.acceptor = Some(TlsAcceptor::from(Arc::clone(&material.config)));
             state.material = Some(Arc::new(material));
+            gone
+        };
+        let registry = self.registry();
+        // The clients of an SNI set whose files are gone are disconnected; the others stay.
+        let mut closed = 0;
+        for (index, label) in &gone {
+            let mine: Vec<_> = registry
+                .values()
+                .filter(|r| r.set == Some(*index))
+                .collect();
+            warn!(
+                listener = %self.name,
+                set = %label,
+                clients = mine.len(),
+                "the certificate or key file of an SNI set is gone: its clients are \
+                 disconnected and its names get the default certificate until the files are back"
+            );
+            for reg in mine {
+                reg.token.cancel();
+                closed += 1;
+            }
         }
         // A CRL that now revokes a connected client's certificate disconnects it.
         let mut revoked = 0;
-        for reg in self.registry().values() {
+        for reg in registry.values() {
             let Some((serial, issuer)) = &reg.serial else {
                 continue;
             };
@@ -403,7 +455,7 @@ impl LiveTls {
         // that stopped verifying client certificates trusts no CA and closes no one).
         let mut untrusted = 0;
         if !client_cas.is_empty() {
-            for reg in self.registry().values() {
+            for reg in registry.values() {
                 let Some(ca) = &reg.ca else { continue };
                 if reg.token.is_cancelled() || client_cas.iter().any(|c| c.fingerprint == *ca) {
                     continue;
@@ -423,6 +475,8 @@ impl LiveTls {
             warnings,
             revoked,
             untrusted,
+            sets_removed: gone.into_iter().map(|(_, label)| label).collect(),
+            closed,
         }
     }
 
@@ -498,18 +552,31 @@ impl LiveTls {
         open
     }
 
-    /// Registers a connection that completed its handshake. The guard's token is cancelled when
-    /// the certificate is removed or a CRL revokes the peer's certificate; dropping the guard
-    /// unregisters.
-    pub fn register(self: &Arc<Self>, peer: Option<&PeerIdentity>) -> ConnectionGuard {
+    /// Registers a connection that completed its handshake, with the name it asked for
+    /// (`server_name()` of the accepted connection: it tells which SNI set served it). The
+    /// guard's token is cancelled when the certificate (or that SNI set) is removed or a CRL
+    /// revokes the peer's certificate; dropping the guard unregisters.
+    pub fn register(
+        self: &Arc<Self>,
+        peer: Option<&PeerIdentity>,
+        server_name: Option<&str>,
+    ) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let token = self.read_state().generation.child_token();
+        let (token, set) = {
+            let state = self.read_state();
+            let set = state
+                .material
+                .as_ref()
+                .and_then(|m| m.resolver.chosen(server_name));
+            (state.generation.child_token(), set)
+        };
         let cause = Arc::new(AtomicU8::new(CloseCause::CertificateRemoved as u8));
         self.registry().insert(
             id,
             Registered {
                 serial: peer.map(|p| (p.serial.clone(), p.issuer.clone())),
                 ca: peer.and_then(|p| p.ca_fingerprint.clone()),
+                set,
                 token: token.clone(),
                 cause: Arc::clone(&cause),
             },
@@ -584,6 +651,55 @@ impl LiveTls {
                     );
                 }
                 _ => {}
+            }
+        }
+        status
+    }
+
+    /// The listener's OCSP responses and whether each is stapled at `now`.
+    pub fn ocsp_status(&self, now: SystemTime) -> Vec<OcspStatus> {
+        let now = unix(now);
+        let state = self.read_state();
+        let Some(m) = state.material.as_ref() else {
+            return Vec::new();
+        };
+        m.ocsp
+            .iter()
+            .map(|o| {
+                let (status, next_update) = match &o.result {
+                    Ok((status, next)) => (Some(*status), *next),
+                    Err(_) => (None, None),
+                };
+                OcspStatus {
+                    path: o.path.clone(),
+                    subject: o.subject.clone(),
+                    set: o.set.clone(),
+                    status,
+                    next_update,
+                    stapled: status.is_some() && next_update.is_none_or(|n| n >= now),
+                }
+            })
+            .collect()
+    }
+
+    /// Checks the stapled OCSP responses' nextUpdate (on the reload timer: a response goes
+    /// stale while nothing changes; handshakes stop getting it at its nextUpdate) and logs a
+    /// warning when one stops being stapled. Returns the status now.
+    pub fn check_ocsp(&self, now: SystemTime) -> Vec<OcspStatus> {
+        let status = self.ocsp_status(now);
+        let mut seen = self.ocsp_stapled.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|p, _| status.iter().any(|s| s.path == *p));
+        for s in &status {
+            let before = seen.insert(s.path.clone(), s.stapled);
+            if before == Some(true) && !s.stapled {
+                warn!(
+                    listener = %self.name,
+                    ocsp = %s.path.display(),
+                    set = %s.set,
+                    subject = %s.subject,
+                    next_update = %s.next_update.map_or_else(|| "none".into(), moat_pki::inspect::rfc3339),
+                    "the stapled OCSP response is past its nextUpdate: it is no longer stapled;                      write a fresh response to the file"
+                );
             }
         }
         status
@@ -697,7 +813,55 @@ impl TlsSnapshot {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// Logs why each OCSP response of `material` that is configured is not stapled.
+fn log_ocsp(listener: &str, material: &Material) {
+    for o in &material.ocsp {
+        match &o.result {
+            Ok((status, next)) => info!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                status = status.label(),
+                next_update = %next.map_or_else(|| "none".into(), moat_pki::inspect::rfc3339),
+                "OCSP response stapled"
+            ),
+            Err(why) if why.is_severe() => error!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                subject = %o.subject,
+                "OCSP response not stapled: {why}"
+            ),
+            Err(why) => warn!(
+                listener,
+                ocsp = %o.path.display(),
+                set = %o.set,
+                subject = %o.subject,
+                "OCSP response not stapled (the certificate is served without it): {why}"
+            ),
+        }
+    }
+}
+
+/// The SNI sets `old` served that `new` does not (their files are gone): index and label.
+fn removed_sets(old: Option<&Material>, new: &Material) -> Vec<(usize, String)> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    old.served
+        .sni
+        .iter()
+        .filter(|o| !new.served.sni.iter().any(|n| n.index == o.index))
+        .map(|o| {
+            (
+                o.index,
+                format!("SNI set {} ({})", o.index, o.names.join(", ")),
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

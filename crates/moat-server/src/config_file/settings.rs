@@ -10,11 +10,11 @@ use std::time::Duration;
 use moat_auth::Proof;
 use moat_core::{CertExpiryAction, ClientIdSource};
 use moat_store::Durability;
-use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, TlsSettings};
+use moat_tls::{ClientAuth, CrlStalePolicy, IdentitySource, SniSet, TlsSettings};
 
 use super::{
-    AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, Paths, StoreFile,
-    TlsAlarmsFile, TlsFile,
+    AdminFile, AuthFile, ConfigError, ConfigFile, LimitsFile, ListenerFile, Paths, SniFile,
+    StoreFile, TlsAlarmsFile, TlsFile,
 };
 use crate::{AuthConfig, ListenerConfig, ListenerKind, ServerConfig, StoreConfig, TlsAlarmsConfig};
 
@@ -190,6 +190,19 @@ impl Settings {
                         .into(),
                     ),
                     accept_v1_client_certs: Some(t.accept_v1_client_certs),
+                    ocsp: t.ocsp.as_ref().map(base),
+                    sni: t
+                        .sni
+                        .iter()
+                        .map(|set| SniFile {
+                            cert: Some(base(&set.cert)),
+                            chain: set.chain.as_ref().map(base),
+                            key: Some(base(&set.key)),
+                            key_passphrase_file: set.key_passphrase_file.as_ref().map(base),
+                            ocsp: set.ocsp.as_ref().map(base),
+                            names: set.names.clone(),
+                        })
+                        .collect(),
                 }),
             })
             .collect();
@@ -581,6 +594,8 @@ impl TlsFile {
             other => return Err(not_one_of(format!("{key}.identity"), other, IDENTITIES)),
         };
         s.accept_v1_client_certs = self.accept_v1_client_certs.unwrap_or(false);
+        s.ocsp = self.ocsp.as_ref().map(path);
+        s.sni = validate_sni(&self.sni, key, base)?;
         Ok(s)
     }
 }
@@ -644,6 +659,71 @@ impl TlsAlarmsFile {
         }
         Ok(c)
     }
+}
+
+/// The SNI sets of one listener: each with a certificate and a key, at most
+/// [`moat_tls::MAX_SNI_SETS`], and no name in two sets.
+fn validate_sni(sets: &[SniFile], key: &str, base: &Path) -> Result<Vec<SniSet>, ConfigError> {
+    if sets.len() > moat_tls::MAX_SNI_SETS {
+        return Err(ConfigError::invalid(
+            format!("{key}.sni"),
+            format!(
+                "{} certificate sets is more than {}, the most one listener may have; split \
+                 them over several listeners",
+                sets.len(),
+                moat_tls::MAX_SNI_SETS
+            ),
+        ));
+    }
+    let path = |p: &PathBuf| resolve(base, p);
+    // name -> the set that has it, to name both when a second one does.
+    let mut owners: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(sets.len());
+    for (i, set) in sets.iter().enumerate() {
+        let at = |k: &str| format!("{key}.sni[{i}].{k}");
+        let (Some(cert), Some(k)) = (&set.cert, &set.key) else {
+            let missing = if set.cert.is_none() { "cert" } else { "key" };
+            return Err(ConfigError::invalid(
+                at(missing),
+                "missing; each SNI set needs its certificate and key, e.g. \
+                 { cert = \"pki/b.pem\", key = \"pki/b.key\", names = [\"b.example\"] }",
+            ));
+        };
+        let mut names = Vec::with_capacity(set.names.len());
+        for name in &set.names {
+            let Some(n) = moat_tls::normalize_name(name) else {
+                return Err(ConfigError::invalid(
+                    at("names"),
+                    format!(
+                        "{name:?} is not a DNS name a client can ask for; write e.g. \
+                         \"b.example.com\" or \"*.example.com\" (a wildcard is a whole first \
+                         label)"
+                    ),
+                ));
+            };
+            if let Some(first) = owners.insert(n.clone(), i) {
+                if first != i {
+                    return Err(ConfigError::invalid(
+                        at("names"),
+                        format!(
+                            "{name:?} is also a name of {key}.sni[{first}]; give each name to \
+                             one set"
+                        ),
+                    ));
+                }
+            }
+            names.push(n);
+        }
+        out.push(SniSet {
+            cert: path(cert),
+            chain: set.chain.as_ref().map(path),
+            key: path(k),
+            key_passphrase_file: set.key_passphrase_file.as_ref().map(path),
+            ocsp: set.ocsp.as_ref().map(path),
+            names,
+        });
+    }
+    Ok(out)
 }
 
 /// A limit's value, refusing 0 (no limit is ever "unlimited").
@@ -822,7 +902,7 @@ allow_anonymous = false
 auth = "both"
 client_id = "certificate"
 on_client_cert_expiry = "warn"
-tls = { cert = "pki/server.pem", chain = "pki/chain.pem", key = "pki/server.key", key_passphrase_file = "/run/secrets/pass", client_auth = "required", client_ca = "../shared/ca.pem", crl = ["pki/a.crl", "/etc/crl/b.crl"], identity = "san", accept_v1_client_certs = true }
+tls = { cert = "pki/server.pem", chain = "pki/chain.pem", key = "pki/server.key", key_passphrase_file = "/run/secrets/pass", client_auth = "required", client_ca = "../shared/ca.pem", crl = ["pki/a.crl", "/etc/crl/b.crl"], identity = "san", accept_v1_client_certs = true, ocsp = "pki/server.ocsp", sni = [{ cert = "pki/b.pem", chain = "pki/b-chain.pem", key = "pki/b.key", key_passphrase_file = "/run/secrets/b", ocsp = "/var/ocsp/b.der", names = ["b.example", "*.b.example"] }, { cert = "pki/c.pem", key = "pki/c.key" }] }
 
 [[listeners]]
 kind = "wss"
@@ -1057,6 +1137,98 @@ check_interval_secs = 5
             e.contains("listeners[0].on_client_cert_expiry") && e.contains("\"warn\""),
             "{e}"
         );
+    }
+
+    const SNI_TABLES: &str = r#"
+[[listeners]]
+name = "secure"
+kind = "tls"
+
+[listeners.tls]
+cert = "pki/a.pem"
+key = "pki/a.key"
+ocsp = "pki/a.ocsp"
+
+[[listeners.tls.sni]]
+cert = "pki/b.pem"
+key = "pki/b.key"
+names = ["B.Example.", "*.b.example"]
+
+[[listeners.tls.sni]]
+cert = "/etc/c.pem"
+key = "/etc/c.key"
+ocsp = "c.der"
+"#;
+
+    #[test]
+    fn sni_sets_and_ocsp_parse_in_both_forms() {
+        let s = ConfigFile::from_str(SNI_TABLES)
+            .unwrap()
+            .validate_in(Path::new("/etc/moat"))
+            .unwrap();
+        let tls = s.server.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ocsp.as_deref(), Some(Path::new("/etc/moat/pki/a.ocsp")));
+        assert_eq!(tls.sni.len(), 2);
+        assert_eq!(tls.sni[0].cert, Path::new("/etc/moat/pki/b.pem"));
+        // Names are kept the way they are compared.
+        assert_eq!(tls.sni[0].names, ["b.example", "*.b.example"]);
+        assert!(tls.sni[1].names.is_empty());
+        assert_eq!(
+            tls.sni[1].ocsp.as_deref(),
+            Some(Path::new("/etc/moat/c.der"))
+        );
+        // The inline form means the same.
+        let inline = "[[listeners]]\nname = \"secure\"\nkind = \"tls\"\n\
+                      tls = { cert = \"pki/a.pem\", key = \"pki/a.key\", ocsp = \"pki/a.ocsp\", \
+                      sni = [{ cert = \"pki/b.pem\", key = \"pki/b.key\", names = [\"b.example\", \"*.b.example\"] }, \
+                      { cert = \"/etc/c.pem\", key = \"/etc/c.key\", ocsp = \"c.der\" }] }\n";
+        let t = ConfigFile::from_str(inline)
+            .unwrap()
+            .validate_in(Path::new("/etc/moat"))
+            .unwrap();
+        assert_eq!(t.server.listeners[0].tls.as_ref(), Some(tls));
+        // Debug shows paths, never more.
+        assert!(format!("{tls:?}").contains("b.pem"));
+    }
+
+    #[test]
+    fn sni_errors_name_the_key_and_the_fix() {
+        let listener = |sets: &str| {
+            format!(
+                "[[listeners]]\nkind = \"tls\"\ntls = {{ cert = \"a.pem\", key = \"a.key\", \
+                 sni = [{sets}] }}\n"
+            )
+        };
+        let e = err(&listener(
+            "{ cert = \"b.pem\", key = \"b.key\", names = [\"x.example\"] }, \
+             { cert = \"c.pem\", key = \"c.key\", names = [\"X.example\"] }",
+        ));
+        assert!(
+            e.contains("listeners[0].tls.sni[1].names")
+                && e.contains("listeners[0].tls.sni[0]")
+                && e.contains("\"X.example\""),
+            "{e}"
+        );
+        let e = err(&listener(
+            "{ cert = \"b.pem\", key = \"b.key\", name = \"b\" }",
+        ));
+        assert!(e.contains("name"), "{e}");
+        let e = err(&listener("{ cert = \"b.pem\" }"));
+        assert!(e.contains("listeners[0].tls.sni[0].key"), "{e}");
+        let e = err(&listener(
+            "{ cert = \"b.pem\", key = \"b.key\", names = [\"a.*.example\"] }",
+        ));
+        assert!(e.contains("sni[0].names") && e.contains("wildcard"), "{e}");
+        let many = vec!["{ cert = \"b.pem\", key = \"b.key\" }"; moat_tls::MAX_SNI_SETS + 1];
+        let e = err(&listener(&many.join(", ")));
+        assert!(
+            e.contains("listeners[0].tls.sni") && e.contains("64"),
+            "{e}"
+        );
+        let e = err(
+            "[[listeners]]\nkind = \"tls\"\ntls = { cert = \"a\", key = \"k\", oscp = \"r\" }\n",
+        );
+        assert!(e.contains("oscp"), "{e}");
     }
 
     #[test]
