@@ -287,7 +287,10 @@ impl JetStreamSink {
 
     fn headers(&self, r: &Record) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("{}:{}", self.rule, r.key).as_str());
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}", self.rule, r.key).as_str(),
+        );
         h.insert("Moat-Topic", header_value(&r.topic).as_str());
         h.insert("Moat-Client-Id", header_value(&r.client_id).as_str());
         if let Some(u) = &r.username {

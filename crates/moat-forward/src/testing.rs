@@ -365,8 +365,14 @@ impl NatsServer {
         else {
             return false;
         };
-        let js = async_nats::jetstream::new(client);
-        js.query_account().await.is_ok()
+        // A raw account-info request: JetStream answers once it is up (the typed
+        // query_account does not parse nats-server 2.9's answer).
+        match client.request("$JS.API.INFO", bytes::Bytes::new()).await {
+            Ok(reply) => {
+                !reply.payload.is_empty() && !reply.payload.windows(7).any(|w| w == b"\"error\"")
+            }
+            Err(_) => false,
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.

@@ -7,6 +7,15 @@ use moat_forward::testing::{PgServer, PG_PASSWORD};
 use moat_forward::{Record, Sink, SinkError};
 use serde_json::{json, Value};
 
+/// payload, payload_json, temp, site, first
+type Readings = (
+    Vec<u8>,
+    Option<Value>,
+    Option<Value>,
+    Option<Value>,
+    Option<Value>,
+);
+
 struct Setup {
     pg: PgServer,
     _dir: tempfile::TempDir,
@@ -126,13 +135,7 @@ async fn jsonb_payload_and_extracted_columns() {
         )
         .await
         .expect("select");
-    let got: Vec<(
-        Vec<u8>,
-        Option<Value>,
-        Option<Value>,
-        Option<Value>,
-        Option<Value>,
-    )> = rows
+    let got: Vec<Readings> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
