@@ -130,16 +130,31 @@ pub struct PgServer {
     port: u16,
     run_as: Option<(u32, u32)>,
     postgres: PathBuf,
+    /// `-c name=value` settings given to every start.
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
 impl PgServer {
+    /// Like [`PgServer::start`], with TLS on (`ssl = on`) serving this certificate chain and
+    /// key (PEM); clients may still connect without TLS.
+    ///
+    /// # Errors
+    /// As [`PgServer::start`].
+    pub async fn start_with_tls(cert_pem: &str, key_pem: &str) -> io::Result<Self> {
+        Self::start_inner(Some((cert_pem, key_pem))).await
+    }
+
     /// Runs `initdb` into a new temporary directory and starts the server.
     ///
     /// # Errors
     /// When the binaries are missing, `initdb` fails or the server does not accept connections
     /// within a minute (the error quotes its log).
     pub async fn start() -> io::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    async fn start_inner(tls: Option<(&str, &str)>) -> io::Result<Self> {
         let dirs = ["/usr/lib/postgresql/*/bin"];
         let initdb = find_binary("initdb", &dirs)?;
         let postgres = find_binary("postgres", &dirs)?;
@@ -169,11 +184,31 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"));
+            fs::write(&cert_path, cert)?;
+            fs::write(&key_path, key)?;
+            // PostgreSQL refuses a key others can read.
+            fs::set_permissions(
+                &key_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            if let Some((uid, gid)) = run_as {
+                chown_tree(&cert_path, uid, gid)?;
+                chown_tree(&key_path, uid, gid)?;
+            }
+            settings.push("ssl=on".to_owned());
+            settings.push(format!("ssl_cert_file={}", cert_path.display()));
+            settings.push(format!("ssl_key_file={}", key_path.display()));
+        }
         let mut server = Self {
             dir,
             port: free_port()?,
             run_as,
             postgres,
+            settings,
             child: None,
         };
         server.spawn_and_wait().await?;
@@ -190,6 +225,7 @@ impl PgServer {
                 .arg("-k")
                 .arg(self.dir.path().join("sock"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(
