@@ -258,7 +258,8 @@ impl JetStreamSink {
         let s = js.get_or_create_stream(config).await.map_err(|e| {
             use async_nats::jetstream::context::CreateStreamErrorKind as K;
             match e.kind() {
-                K::TimedOut => self.unavailable(e),
+                // No answer, or JetStream not (yet) up after a restart: try again soon.
+                K::TimedOut | K::JetStreamUnavailable => self.unavailable(e),
                 _ => self.rejected(
                     format!("cannot get or create stream {}: {e}", self.stream),
                     Some(Box::new(e)),

@@ -333,6 +333,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
     binary: PathBuf,
+    /// Whether clients must use TLS.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -342,12 +344,30 @@ impl NatsServer {
     /// # Errors
     /// When the binary is missing or the server does not answer within a minute.
     pub async fn start() -> io::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`NatsServer::start`], requiring TLS from clients with this certificate chain and
+    /// key (PEM).
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_with_tls(cert_pem: &str, key_pem: &str) -> io::Result<Self> {
+        Self::start_inner(Some((cert_pem, key_pem))).await
+    }
+
+    async fn start_inner(tls: Option<(&str, &str)>) -> io::Result<Self> {
         let binary = find_binary("nats-server", &["/usr/sbin", "/usr/local/sbin"])?;
         let dir = tempfile::Builder::new().prefix("moat-nats-").tempdir()?;
+        if let Some((cert, key)) = tls {
+            fs::write(dir.path().join("server.crt"), cert)?;
+            fs::write(dir.path().join("server.key"), key)?;
+        }
         let mut server = Self {
             dir,
             port: free_port()?,
             binary,
+            tls: tls.is_some(),
             child: None,
         };
         server.spawn_and_wait().await?;
@@ -356,10 +376,18 @@ impl NatsServer {
 
     async fn spawn_and_wait(&mut self) -> io::Result<()> {
         let log = self.dir.path().join("nats.log");
-        let mut child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
-            .arg(self.dir.path().join("js"))
+            .arg(self.dir.path().join("js"));
+        if self.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(self.dir.path().join("server.crt"))
+                .arg("--tlskey")
+                .arg(self.dir.path().join("server.key"));
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -394,6 +422,11 @@ impl NatsServer {
     }
 
     async fn jetstream_ready(&self) -> bool {
+        if self.tls {
+            // A plain client cannot ask; the server logs this once JetStream is up.
+            let log = fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+            return log.contains("Server is ready");
+        }
         let Ok(client) = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .connect(self.url().as_str())

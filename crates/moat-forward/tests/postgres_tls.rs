@@ -2,23 +2,8 @@
 
 mod common;
 
-use common::{record, rules};
+use common::{pki, record, rules};
 use moat_forward::testing::{PgServer, PG_PASSWORD};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-
-/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM: (ca, cert, key).
-fn pki() -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("server params");
-    let key = KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
 
 fn config(url: &str, ca_file: &str) -> String {
     format!(
