@@ -233,10 +233,16 @@ impl JetStreamSink {
                 .require_tls(true)
                 .tls_client_config(rustls::ClientConfig::clone(tls));
         }
-        let client = opts
-            .connect(c.url.as_str())
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let client = opts.connect(c.url.as_str()).await.map_err(|e| {
+            use async_nats::ConnectErrorKind as K;
+            match e.kind() {
+                K::Authentication | K::AuthorizationViolation => self.rejected(
+                    format!("{e}; fix: check the sink's credentials_file"),
+                    Some(Box::new(e)),
+                ),
+                _ => self.unavailable(e),
+            }
+        })?;
         let mut js = jetstream::new(client);
         js.set_timeout(c.write_timeout);
         tracing::info!(sink = %self.describe(), "connected");

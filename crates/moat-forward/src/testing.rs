@@ -335,6 +335,8 @@ pub struct NatsServer {
     binary: PathBuf,
     /// Whether clients must use TLS.
     tls: bool,
+    /// `--user`, `--pass` when clients must authenticate.
+    auth: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -344,7 +346,7 @@ impl NatsServer {
     /// # Errors
     /// When the binary is missing or the server does not answer within a minute.
     pub async fn start() -> io::Result<Self> {
-        Self::start_inner(None).await
+        Self::start_inner(None, None).await
     }
 
     /// Like [`NatsServer::start`], requiring TLS from clients with this certificate chain and
@@ -353,10 +355,21 @@ impl NatsServer {
     /// # Errors
     /// As [`NatsServer::start`].
     pub async fn start_with_tls(cert_pem: &str, key_pem: &str) -> io::Result<Self> {
-        Self::start_inner(Some((cert_pem, key_pem))).await
+        Self::start_inner(Some((cert_pem, key_pem)), None).await
     }
 
-    async fn start_inner(tls: Option<(&str, &str)>) -> io::Result<Self> {
+    /// Like [`NatsServer::start`], requiring this user name and password from clients.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_with_user(user: &str, password: &str) -> io::Result<Self> {
+        Self::start_inner(None, Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    async fn start_inner(
+        tls: Option<(&str, &str)>,
+        auth: Option<(String, String)>,
+    ) -> io::Result<Self> {
         let binary = find_binary("nats-server", &["/usr/sbin", "/usr/local/sbin"])?;
         let dir = tempfile::Builder::new().prefix("moat-nats-").tempdir()?;
         if let Some((cert, key)) = tls {
@@ -368,6 +381,7 @@ impl NatsServer {
             port: free_port()?,
             binary,
             tls: tls.is_some(),
+            auth,
             child: None,
         };
         server.spawn_and_wait().await?;
@@ -386,6 +400,9 @@ impl NatsServer {
                 .arg(self.dir.path().join("server.crt"))
                 .arg("--tlskey")
                 .arg(self.dir.path().join("server.key"));
+        }
+        if let Some((user, pass)) = &self.auth {
+            cmd.args(["--user", user, "--pass", pass]);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -422,7 +439,7 @@ impl NatsServer {
     }
 
     async fn jetstream_ready(&self) -> bool {
-        if self.tls {
+        if self.tls || self.auth.is_some() {
             // A plain client cannot ask; the server logs this once JetStream is up.
             let log = fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
             return log.contains("Server is ready");

@@ -185,3 +185,63 @@ async fn an_unreachable_server_at_start_is_only_unavailable() {
         .expect_err("nothing listens on port 1");
     assert!(e.is_unavailable(), "{e:?}");
 }
+
+#[tokio::test]
+async fn credentials_file_user_and_password() {
+    let nats = NatsServer::start_with_user("moat", "nats-secret")
+        .await
+        .expect("nats-server with a user");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "user = \"moat\"\npassword = \"nats-secret\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "user = \"moat\"\npassword = \"wrong\"\n",
+    )
+    .expect("write");
+    let config = |file: &str| {
+        format!(
+            r#"
+            [[forward.sinks]]
+            name = "queue"
+            kind = "jetstream"
+            url = "{}"
+            credentials_file = "{file}"
+            connect_timeout = "3s"
+            write_timeout = "5s"
+
+            [[forward.rules]]
+            name = "auth"
+            filters = ["devices/+"]
+            sink = "queue"
+            stream = "AUTH"
+            "#,
+            nats.url()
+        )
+    };
+    let good = &rules(&config("good.toml"), dir.path())[0];
+    assert!(!format!("{good:?}").contains("nats-secret"));
+    let mut sink = good.open();
+    sink.write(&[record(1, "devices/a", b"1", false)])
+        .await
+        .expect("authenticated write");
+    let mut refused = rules(&config("bad.toml"), dir.path())[0].open();
+    let e = refused
+        .write(&[record(2, "devices/a", b"2", false)])
+        .await
+        .expect_err("wrong password");
+    assert!(!e.is_unavailable(), "a refused login is Rejected: {e:?}");
+    assert!(
+        common::chain(&e).contains("credentials_file"),
+        "{}",
+        common::chain(&e)
+    );
+    assert!(
+        !common::chain(&e).contains("wrong"),
+        "{}",
+        common::chain(&e)
+    );
+}

@@ -264,3 +264,32 @@ async fn large_batches_split_below_the_parameter_limit() {
     sink.write(&batch[..10]).await.expect("write again");
     assert_eq!(s.count("big").await, 6000);
 }
+
+#[tokio::test]
+async fn a_wrong_password_is_rejected_without_showing_it() {
+    let s = setup().await;
+    std::fs::write(s._dir.path().join("wrong.pass"), "not-the-password\n").expect("write");
+    let text = format!(
+        r#"
+        [[forward.sinks]]
+        name = "db"
+        kind = "postgres"
+        url = "{}"
+        password_file = "wrong.pass"
+
+        [[forward.rules]]
+        name = "denied"
+        filters = ["devices/+"]
+        sink = "db"
+        "#,
+        s.pg.url()
+    );
+    let mut sink = rules(&text, s._dir.path())[0].open();
+    let e = sink
+        .write(&[record(1, "devices/a", b"", false)])
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(e, SinkError::Rejected { .. }), "{e:?}");
+    assert!(chain(&e).contains("28P01"), "{}", chain(&e));
+    assert!(!chain(&e).contains("not-the-password"), "{}", chain(&e));
+}
