@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -318,7 +319,18 @@ impl PostgresSink {
             client
                 .batch_execute(&self.table.create_sql())
                 .await
-                .map_err(|e| self.classify(e, &format!("creating table {table}")))?;
+                .map_err(|e| {
+                    // Another rule's sink created it at the same moment (duplicate type or
+                    // table): the next write finds it and checks it.
+                    let raced = e.code().is_some_and(|c| {
+                        *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE
+                    });
+                    if raced {
+                        self.unavailable(e)
+                    } else {
+                        self.classify(e, &format!("creating table {table}"))
+                    }
+                })?;
             tracing::info!(sink = %self.describe(), %table, "created table");
             return Ok(());
         }

@@ -293,3 +293,19 @@ async fn a_wrong_password_is_rejected_without_showing_it() {
     assert!(chain(&e).contains("28P01"), "{}", chain(&e));
     assert!(!chain(&e).contains("not-the-password"), "{}", chain(&e));
 }
+
+#[tokio::test]
+async fn two_rules_creating_one_table_at_once_both_deliver() {
+    let s = setup().await;
+    let mut a = s.sink("name = \"a\"\ntable = \"shared\"");
+    let mut b = s.sink("name = \"b\"\ntable = \"shared\"");
+    let (ba, bb) = (
+        [record(1, "devices/a", b"", false)],
+        [record(2, "devices/b", b"", false)],
+    );
+    tokio::join!(
+        write_until_ok(a.as_mut(), &ba),
+        write_until_ok(b.as_mut(), &bb)
+    );
+    assert_eq!(s.count("shared").await, 2);
+}
