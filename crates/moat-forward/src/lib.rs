@@ -1,170 +1,109 @@
-//! Interface stub: replaced by the real crate (records, sinks, configuration).
+//! Forwarding of accepted MQTT messages to PostgreSQL and NATS JetStream, at least once.
+//!
+//! The broker spools each accepted message as an encoded [`Record`] before it acknowledges it,
+//! and a forwarder task per rule hands batches of records, in order, to that rule's [`Sink`].
+//! A batch leaves the spool only when [`Sink::write`] returns `Ok`, which a sink returns only
+//! once the backend has durably accepted every record of it. Both sinks are idempotent by
+//! [`Record::key`], so a batch written again after a crash or a lost reply adds nothing.
+//!
+//! This crate holds the record and its spool encoding ([`record`]), the sink trait and its
+//! error, the two sinks ([`postgres`], [`jetstream`]) and the `[forward]` configuration
+//! ([`config`]). It does not spool, match topic filters, retry or back off: the broker does.
+//! With the `testing` feature, [`testing`] starts private PostgreSQL and nats-server instances.
+//!
+//! The table schema, the headers and the subject mapping are described in the crate's
+//! README.md and in the docs of [`postgres`] and [`jetstream`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod config;
+pub mod jetstream;
+pub mod postgres;
+pub mod record;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tls;
+
+use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 
-/// One accepted message to deliver.
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
-pub struct Record {
-    /// Unique message key.
-    pub key: u64,
-    /// Topic.
-    pub topic: String,
-    /// Payload.
-    pub payload: bytes::Bytes,
-    /// QoS.
-    pub qos: u8,
-    /// Retain flag.
-    pub retain: bool,
-    /// Publisher.
-    pub client_id: String,
-    /// Its user name.
-    pub username: Option<String>,
-    /// Its certificate identity.
-    pub cert_identity: Option<String>,
-    /// Unix ms.
-    pub received_at_ms: u64,
-    /// MQTT 5 content type.
-    pub content_type: Option<String>,
-    /// MQTT 5 user properties.
-    pub user_properties: Vec<(String, String)>,
-}
+pub use crate::config::{ForwardConfigError, ForwardFile, RuleSpec, Target};
+pub use crate::record::{DecodeError, Record};
 
-/// Undecodable bytes.
-#[derive(Debug, thiserror::Error)]
-#[error("bad record")]
-pub struct DecodeError;
+/// A boxed error from a backend client library.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(b);
-}
+/// A backend that receives batches of records.
+pub trait Sink: Send + 'static {
+    /// What it writes to, for logs: never a password.
+    fn describe(&self) -> String;
 
-fn put_opt(out: &mut Vec<u8>, s: Option<&String>) {
-    match s {
-        Some(s) => {
-            out.push(1);
-            put(out, s.as_bytes());
-        }
-        None => out.push(0),
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError);
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().map_err(|_| DecodeError)?,
-        ))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let n = u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| DecodeError)?);
-        self.take(usize::try_from(n).map_err(|_| DecodeError)?)
-    }
-    fn string(&mut self) -> Result<String, DecodeError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError)
-    }
-    fn opt(&mut self) -> Result<Option<String>, DecodeError> {
-        match self.u8()? {
-            0 => Ok(None),
-            _ => self.string().map(Some),
-        }
-    }
-}
-
-impl Record {
-    /// Encodes for the spool.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(0);
-        out.extend_from_slice(&self.key.to_be_bytes());
-        put(out, self.topic.as_bytes());
-        put(out, &self.payload);
-        out.push(self.qos);
-        out.push(u8::from(self.retain));
-        put(out, self.client_id.as_bytes());
-        put_opt(out, self.username.as_ref());
-        put_opt(out, self.cert_identity.as_ref());
-        out.extend_from_slice(&self.received_at_ms.to_be_bytes());
-        put_opt(out, self.content_type.as_ref());
-        out.extend_from_slice(
-            &u32::try_from(self.user_properties.len())
-                .unwrap_or(0)
-                .to_be_bytes(),
-        );
-        for (k, v) in &self.user_properties {
-            put(out, k.as_bytes());
-            put(out, v.as_bytes());
-        }
-    }
-
-    /// Decodes.
+    /// Delivers a batch (1..=N records, in order). `Ok` only when the backend has durably
+    /// accepted every record (PostgreSQL: committed; JetStream: every publish acknowledged by
+    /// the stream). Idempotent by [`Record::key`]: the same record delivered again creates no
+    /// second row and no second stream message.
+    ///
+    /// The first call connects; after a failure the next call connects again.
     ///
     /// # Errors
-    /// [`DecodeError`].
-    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader(b);
-        if r.u8()? != 0 {
-            return Err(DecodeError);
-        }
-        let key = r.u64()?;
-        let topic = r.string()?;
-        let payload = bytes::Bytes::copy_from_slice(r.bytes()?);
-        let qos = r.u8()?;
-        let retain = r.u8()? != 0;
-        let client_id = r.string()?;
-        let username = r.opt()?;
-        let cert_identity = r.opt()?;
-        let received_at_ms = r.u64()?;
-        let content_type = r.opt()?;
-        let n = u32::from_be_bytes(r.take(4)?.try_into().map_err(|_| DecodeError)?);
-        let mut user_properties = Vec::new();
-        for _ in 0..n.min(65_535) {
-            user_properties.push((r.string()?, r.string()?));
-        }
-        Ok(Self {
-            key,
-            topic,
-            payload,
-            qos,
-            retain,
-            client_id,
-            username,
-            cert_identity,
-            received_at_ms,
-            content_type,
-            user_properties,
-        })
-    }
-}
-
-/// A sink's failure.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Retry later.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// A backend.
-pub trait Sink: Send + 'static {
-    /// For logs.
-    fn describe(&self) -> String;
-    /// Delivers a batch.
+    /// [`SinkError::Unavailable`] when the backend cannot be reached or did not answer in
+    /// time; [`SinkError::Rejected`] when it answered but refused (a table that does not fit,
+    /// a permission, a message too large). Neither drops anything: the caller retries.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the batch written, partly written or not written; writing it
+    /// again is safe, since writes are idempotent.
     fn write<'a>(
         &'a mut self,
         batch: &'a [Record],
     ) -> Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+}
+
+/// Why a batch was not delivered. Either way nothing is lost: the caller keeps the batch and
+/// retries it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The backend could not be reached, the connection broke, or it did not answer in time.
+    /// Retry with backoff; the sink reconnects on its next write.
+    #[error("{target} is unavailable")]
+    Unavailable {
+        /// [`Sink::describe`] of the sink.
+        target: String,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend answered and refused, and will likely refuse again until someone changes
+    /// something (the table, a permission, the stream, a size limit). Log it loudly and retry
+    /// slowly; never drop the batch.
+    #[error("{target} refused the batch: {problem}")]
+    Rejected {
+        /// [`Sink::describe`] of the sink.
+        target: String,
+        /// What is wrong and, where known, how to fix it.
+        problem: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl SinkError {
+    /// Whether this is [`SinkError::Unavailable`] (retry soon) rather than
+    /// [`SinkError::Rejected`] (log loudly, retry slowly).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// Makes a string storable as PostgreSQL `text` and as a NATS header value: U+0000 (which MQTT
+/// forbids but a client may still send) becomes U+FFFD.
+pub(crate) fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
 }

@@ -67,7 +67,10 @@ impl Sink for TestSink {
         Box::pin(async move {
             if *self.0.down.lock().unwrap() {
                 self.0.changed.notify_waiters();
-                return Err(SinkError::Unavailable("the test says so".into()));
+                return Err(SinkError::Unavailable {
+                    target: "test sink".into(),
+                    source: "the test says so".into(),
+                });
             }
             // Idempotent by key, as the real sinks are.
             let mut records = self.0.records.lock().unwrap();
