@@ -105,7 +105,15 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 settings: settings.clone(),
             },
         };
-        let server = Server::bind(settings.server).await?;
+        // The sinks are opened (not connected: an unreachable backend is retried while the
+        // spool keeps the messages) before anything listens.
+        let sinks = settings.forward_rules()?;
+        let mut server = Server::bind(settings.server).await?;
+        for rule in sinks {
+            let sink = rule.open();
+            println!("moat: forwarding rule {} to {}", rule.name, sink.describe());
+            server.attach_sink(&rule.name, sink)?;
+        }
         let admin = if admin_config.settings.enabled {
             Some(moat_admin::Admin::bind(admin_config, server.handle()).await?)
         } else {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::jetstream::{JetStreamSink, SubjectTemplate};
@@ -24,7 +24,7 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SUBJECT: &str = "moat.{topic}";
 
 /// `[forward]` as written in moat.toml.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardFile {
     /// `[[forward.sinks]]`: connections to backends.
@@ -36,7 +36,7 @@ pub struct ForwardFile {
 }
 
 /// The kind of backend a sink connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     /// PostgreSQL, through tokio-postgres.
@@ -47,7 +47,7 @@ pub enum SinkKind {
 
 /// One `[[forward.sinks]]` entry: a connection. Keys that belong to one kind only are refused on
 /// the other by [`ForwardFile::validate`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkFile {
     /// The name rules refer to.
@@ -70,7 +70,7 @@ pub struct SinkFile {
 }
 
 /// `tls = { ca = "...", cert = "...", key = "..." }`: paths relative to the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     /// PEM file with the CA certificate(s) the backend's certificate must chain to.
@@ -82,7 +82,7 @@ pub struct TlsFile {
 }
 
 /// How a PostgreSQL rule stores the payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadMode {
     /// Only the raw bytes, in `payload bytea`.
@@ -94,7 +94,7 @@ pub enum PayloadMode {
 }
 
 /// One `[[forward.rules]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     /// Unique; letters, digits, `_` and `-`. The default table name.

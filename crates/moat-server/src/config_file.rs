@@ -39,6 +39,9 @@ pub struct ConfigFile {
     pub admin: Option<AdminFile>,
     /// `[tls_alarms]`: warnings before certificates and CRLs expire.
     pub tls_alarms: Option<TlsAlarmsFile>,
+    /// `[forward]`: rules that forward accepted messages to PostgreSQL or NATS JetStream
+    /// (docs/FORWARDING.md). Its paths are relative to the file's folder.
+    pub forward: Option<moat_forward::ForwardFile>,
 }
 
 /// `[tls_alarms]`: when the broker warns (log, `$SYS/broker/tls/expiry/warning`, metrics)

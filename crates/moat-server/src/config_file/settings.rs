@@ -32,6 +32,46 @@ pub struct Settings {
     pub base_dir: PathBuf,
     /// `[admin]`, resolved.
     pub admin: AdminSettings,
+    /// `[forward]` as written (its secrets are read when the sinks are opened:
+    /// [`Settings::forward_rules`]).
+    pub forward: Option<moat_forward::ForwardFile>,
+}
+
+impl Settings {
+    /// The forwarding rules, checked, each ready to open its sink (the password and
+    /// credentials files are read now).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the `forward.` key, the problem and the fix.
+    pub fn forward_rules(&self) -> Result<Vec<moat_forward::RuleSpec>, ConfigError> {
+        let Some(f) = &self.forward else {
+            return Ok(Vec::new());
+        };
+        let specs = f
+            .validate(&self.base_dir)
+            .map_err(|e| ConfigError::invalid(e.key, format!("{}; {}", e.problem, e.fix)))?;
+        for (i, spec) in specs.iter().enumerate() {
+            for (j, filter) in spec.filters.iter().enumerate() {
+                let key = || format!("forward.rules[{i}].filters[{j}]");
+                if filter.starts_with("$share/") {
+                    return Err(ConfigError::invalid(
+                        key(),
+                        format!(
+                            "{filter:?} is a shared subscription; a rule sees every accepted \
+                             message: give the plain filter"
+                        ),
+                    ));
+                }
+                if let Err(e) = moat_core::topic::validate_filter(filter) {
+                    return Err(ConfigError::invalid(
+                        key(),
+                        format!("{filter:?} is not an MQTT topic filter: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(specs)
+    }
 }
 
 /// The admin API's settings (`[admin]`), every path resolved.
@@ -275,6 +315,7 @@ impl Settings {
                 ),
                 check_interval_secs: Some(s.tls_alarms.check_interval.as_secs()),
             }),
+            forward: self.forward.clone(),
         }
     }
 }
@@ -393,12 +434,29 @@ impl ConfigFile {
         if let Some(alarms) = &self.tls_alarms {
             server.tls_alarms = alarms.validate()?;
         }
-        Ok(Settings {
+        let mut settings = Settings {
             server,
             data_dir,
             base_dir: base.to_owned(),
             admin,
-        })
+            forward: self.forward.clone(),
+        };
+        settings.server.forward.rules = settings
+            .forward_rules()?
+            .into_iter()
+            .map(|r| crate::ForwardRule {
+                name: r.name,
+                filters: r.filters,
+            })
+            .collect();
+        if !settings.server.forward.rules.is_empty() && settings.server.store.is_none() {
+            return Err(ConfigError::invalid(
+                "forward.rules",
+                "forwarding needs the durable store (its spool keeps every message until the \
+                 sink confirms it): set [store] enabled = true or remove the rules",
+            ));
+        }
+        Ok(settings)
     }
 }
 
