@@ -706,12 +706,13 @@ pub(crate) async fn run_rule(
                 r = tokio::time::timeout(config.write_timeout, sink.write(&records)) => r,
                 () = stop.cancelled() => return,
             };
+            // (what happened, whether the backend refused rather than could not be reached)
             let failure = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(crate::Chain(&e).to_string()),
-                Err(_) => Some(format!(
-                    "no answer within {} s",
-                    config.write_timeout.as_secs()
+                Ok(Err(e)) => Some((crate::Chain(&e).to_string(), !e.is_unavailable())),
+                Err(_) => Some((
+                    format!("no answer within {} s", config.write_timeout.as_secs()),
+                    false,
                 )),
             };
             match failure {
@@ -725,9 +726,19 @@ pub(crate) async fn run_rule(
                     }
                     break;
                 }
-                Some(why) => {
+                Some((why, refused)) => {
                     m.retries.inc();
-                    if up != Some(false) {
+                    if refused && up != Some(false) {
+                        error!(
+                            rule = %name,
+                            sink = %target,
+                            error = %why,
+                            "sink refuses the records: they stay spooled and are retried; fix \
+                             what the error names"
+                        );
+                        m.set_state(SinkState::Down);
+                        up = Some(false);
+                    } else if up != Some(false) {
                         warn!(
                             rule = %name,
                             sink = %target,
