@@ -1,8 +1,8 @@
 //! Forwarding end to end: `moat serve` with rules into a real PostgreSQL and a real
 //! nats-server (private instances on loopback ports of their own). Rows and stream messages
-//! match what was published; PostgreSQL killed during load and the broker killed with SIGKILL
-//! during that outage: after both restart, every acknowledged message is in the table exactly
-//! once.
+//! match what was published; PostgreSQL and nats-server killed during load and the broker
+//! killed with SIGKILL during that outage: after all three restart, every acknowledged message
+//! is in the table and in the stream exactly once.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -117,9 +117,9 @@ fn telemetry(range: std::ops::Range<u32>) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_reach_postgres_and_jetstream_across_an_outage_and_a_kill_9() {
+async fn acknowledged_messages_reach_postgres_and_jetstream_once_across_an_outage_and_a_kill_9() {
     let mut pg = PgServer::start().await.expect("postgres");
-    let nats = NatsServer::start().await.expect("nats-server");
+    let mut nats = NatsServer::start().await.expect("nats-server");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pg.pass"), PG_PASSWORD).unwrap();
     let config = format!(
@@ -200,10 +200,16 @@ stream = "MOAT_EVENTS"
     // The database goes down; the broker still acknowledges (the spool takes them), then is
     // killed with SIGKILL before the database is back.
     pg.kill();
+    nats.kill();
     publish_all(moat.addr, "dev-1", &telemetry(30..70)).await;
+    let more: Vec<(String, String)> = (10..30)
+        .map(|i| (format!("devices/d1/events/door/{i}"), format!("open {i}")))
+        .collect();
+    publish_all(moat.addr, "dev-1", &more).await;
     moat.kill9();
     let moat = Moat::start(dir.path());
     pg.restart().await.expect("postgres restart");
+    nats.restart().await.expect("nats-server restart");
     until("70 rows", || async { rows(&pg).await.filter(|n| *n >= 70) }).await;
     let client = pg.client().await.unwrap();
     let row = client
@@ -221,5 +227,18 @@ stream = "MOAT_EVENTS"
         (70, 70, 70, 0, 69),
         "every acknowledged message, once"
     );
+    // The stream has every event once (a redelivery is dropped by its Nats-Msg-Id).
+    let js = nats.jetstream().await.unwrap();
+    until("30 stream messages", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("MOAT_EVENTS").await.ok()?;
+            let n = stream.info().await.ok()?.state.messages;
+            (n >= 30).then_some(n)
+        }
+    })
+    .await;
+    let mut stream = js.get_stream("MOAT_EVENTS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 30);
     drop(moat);
 }
