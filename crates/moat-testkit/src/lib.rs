@@ -242,6 +242,33 @@ impl RawClient {
         matches!(self.try_recv(wait).await, Some(None))
     }
 
+    /// Asserts the client is still served: a PINGREQ gets its PINGRESP.
+    ///
+    /// # Panics
+    /// If anything else comes back.
+    pub async fn assert_alive(&mut self) {
+        self.send(&Packet::PingReq).await;
+        match self.recv().await {
+            Some(Packet::PingResp) => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
+        }
+    }
+
+    /// Asserts the broker sends DISCONNECT with `code` and then closes the connection.
+    ///
+    /// # Panics
+    /// If anything else comes back, or the connection stays open.
+    pub async fn assert_disconnected_with(&mut self, code: moat_codec::ReasonCode) {
+        match self.recv().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
+            other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
+        }
+        assert!(
+            self.closed_within(TIMEOUT).await,
+            "still open after DISCONNECT"
+        );
+    }
+
     /// Drops the TCP connection without DISCONNECT.
     pub fn abort(self) {
         drop(self);

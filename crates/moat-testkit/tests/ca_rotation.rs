@@ -8,15 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moat_codec::{Packet, ProtocolVersion, ReasonCode};
+use moat_codec::{ProtocolVersion, ReasonCode};
 use moat_server::{
     BrokerHandle, ClientAuth, ListenerConfig, ListenerKind, Proof, Server, ServerConfig,
     TlsSettings,
 };
 use moat_testkit::pki::{client_config, tls_connect, TestPki};
-use moat_testkit::{connect_packet, RawClient, TIMEOUT};
+use moat_testkit::{connect_packet, RawClient, TestBroker};
 use moat_tls::LiveTls;
-use tokio::sync::oneshot;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -62,7 +61,8 @@ struct Broker {
     addr: SocketAddr,
     tls: Arc<LiveTls>,
     handle: BrokerHandle,
-    _stop: oneshot::Sender<()>,
+    /// Runs the server (stops it when dropped).
+    _running: TestBroker,
 }
 
 async fn start(tls: TlsSettings) -> Broker {
@@ -82,17 +82,14 @@ async fn start(tls: TlsSettings) -> Broker {
         on_client_cert_expiry: Default::default(),
     }];
     let server = Server::bind(config).await.expect("bind");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let b = Broker {
-        addr: server.local_addrs()[0].1,
-        tls: server.tls("mqtts").expect("tls state"),
-        handle: server.handle(),
-        _stop: stop,
-    };
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    b
+    let tls = server.tls("mqtts").expect("tls state");
+    let running = TestBroker::start_server(server);
+    Broker {
+        addr: running.addr(),
+        tls,
+        handle: running.handle().clone(),
+        _running: running,
+    }
 }
 
 /// A v5 client with a certificate of `ca`; `None` when the TLS layer refused it.
@@ -104,22 +101,6 @@ async fn connect(fleet: &Fleet, addr: SocketAddr, ca: &TestPki, id: &str) -> Opt
     let ack = c.handshake(connect_packet(id, V5, true)).await?;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{id}");
     Some(c)
-}
-
-async fn alive(c: &mut RawClient) {
-    c.send(&Packet::PingReq).await;
-    match c.recv().await {
-        Some(Packet::PingResp) => {}
-        other => panic!("expected PINGRESP, got {other:?}"),
-    }
-}
-
-async fn disconnected_with(c: &mut RawClient, code: ReasonCode) {
-    match c.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
-        other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
-    }
-    assert!(c.closed_within(TIMEOUT).await);
 }
 
 /// The CA certificate's SHA-256 fingerprint, as the broker writes it.
@@ -189,7 +170,7 @@ async fn a_bundle_rotates_a_client_ca_while_clients_stay_connected() {
     let mut n = connect(&fleet, b.addr, &fleet.new, "dev-new")
         .await
         .unwrap();
-    alive(&mut a).await;
+    a.assert_alive().await;
     assert_eq!(
         uses(&b.handle),
         [(old_fp.clone(), 1), (new_fp.clone(), 1)],
@@ -208,8 +189,8 @@ async fn a_bundle_rotates_a_client_ca_while_clients_stay_connected() {
     // Removing the old CA disconnects its client (0x87) and keeps the other.
     fleet.file("clients-ca.pem", &[&fleet.new]);
     assert_eq!(reload(&b.tls), (0, 1));
-    disconnected_with(&mut a, ReasonCode::NOT_AUTHORIZED).await;
-    alive(&mut n).await;
+    a.assert_disconnected_with(ReasonCode::NOT_AUTHORIZED).await;
+    n.assert_alive().await;
     assert_eq!(uses(&b.handle), [(new_fp.clone(), 1)]);
     assert!(
         connect(&fleet, b.addr, &fleet.old, "dev-old-again")
@@ -236,16 +217,19 @@ async fn a_client_ca_file_of_the_list_removed_drops_its_clients_and_an_operator_
     // An operator sends one CA's clients away (0x98); the CA stays trusted.
     let lower = old_fp.replace(':', "").to_ascii_lowercase();
     assert_eq!(b.handle.disconnect_client_ca(&lower), 2);
-    disconnected_with(&mut old1, ReasonCode::ADMINISTRATIVE_ACTION).await;
-    disconnected_with(&mut old2, ReasonCode::ADMINISTRATIVE_ACTION).await;
-    alive(&mut new1).await;
+    old1.assert_disconnected_with(ReasonCode::ADMINISTRATIVE_ACTION)
+        .await;
+    old2.assert_disconnected_with(ReasonCode::ADMINISTRATIVE_ACTION)
+        .await;
+    new1.assert_alive().await;
     let mut old3 = connect(&fleet, b.addr, &fleet.old, "old-3").await.unwrap();
 
     // Its file gone from the list: no longer trusted, its client dropped with 0x87.
     std::fs::remove_file(&old_file).unwrap();
     assert_eq!(reload(&b.tls), (0, 1));
-    disconnected_with(&mut old3, ReasonCode::NOT_AUTHORIZED).await;
-    alive(&mut new1).await;
+    old3.assert_disconnected_with(ReasonCode::NOT_AUTHORIZED)
+        .await;
+    new1.assert_alive().await;
     assert_eq!(uses(&b.handle), [(new_fp.clone(), 1)]);
     assert!(connect(&fleet, b.addr, &fleet.old, "old-4").await.is_none());
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use moat_codec::{Packet, ProtocolVersion, ReasonCode};
+use moat_codec::{ProtocolVersion, ReasonCode};
 use moat_pki::crl::{self, RevocationReason, RevokedEntry};
 use moat_server::{
     BrokerHandle, ClientAuth, ListenerConfig, ListenerKind, Proof, Server, ServerConfig,
@@ -110,23 +110,6 @@ async fn connect(
     Some(c)
 }
 
-/// The client is still served: a PINGREQ gets its PINGRESP.
-async fn alive(c: &mut RawClient) {
-    c.send(&Packet::PingReq).await;
-    match c.recv().await {
-        Some(Packet::PingResp) => {}
-        other => panic!("expected PINGRESP, got {other:?}"),
-    }
-}
-
-async fn disconnected_with(c: &mut RawClient, code: ReasonCode) {
-    match c.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
-        other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
-    }
-    assert!(c.closed_within(TIMEOUT).await);
-}
-
 /// Waits (bounded) until `live` has counted a failure for `reason`; returns the last record's
 /// detail for it.
 async fn failure_detail(live: &LiveTls, reason: HandshakeFailure) -> String {
@@ -203,10 +186,14 @@ async fn revoke_disconnects_exactly_the_revoked_clients_on_tls_and_wss() {
     broker.handle.reload_tls("mqtts").await.unwrap();
     broker.handle.reload_tls("wss").await.unwrap();
 
-    disconnected_with(&mut tls_bad, ReasonCode::NOT_AUTHORIZED).await;
-    disconnected_with(&mut wss_bad, ReasonCode::NOT_AUTHORIZED).await;
-    alive(&mut tls_good).await;
-    alive(&mut wss_good).await;
+    tls_bad
+        .assert_disconnected_with(ReasonCode::NOT_AUTHORIZED)
+        .await;
+    wss_bad
+        .assert_disconnected_with(ReasonCode::NOT_AUTHORIZED)
+        .await;
+    tls_good.assert_alive().await;
+    wss_good.assert_alive().await;
 
     // Coming back fails, and the failure names the serial and the CRL.
     assert!(connect(&pki, broker.mqtts, false, pair(0), "tls-bad")

@@ -120,15 +120,6 @@ async fn mqtt(pki: &TestPki, addr: SocketAddr, name: &str, id: &str) -> RawClien
     c
 }
 
-/// The client is still served: a PINGREQ gets its PINGRESP.
-async fn alive(c: &mut RawClient) {
-    c.send(&Packet::PingReq).await;
-    match c.recv().await {
-        Some(Packet::PingResp) => {}
-        other => panic!("expected PINGRESP, got {other:?}"),
-    }
-}
-
 /// A default certificate for localhost and two SNI sets, `a.example` (its SAN, no `names`)
 /// and `b.example` (configured `names`, its certificate also names it).
 fn sni_settings(pki: &TestPki) -> TlsSettings {
@@ -167,7 +158,7 @@ async fn each_name_gets_its_certificate_and_no_sni_the_default() {
 
     // A real MQTT client asking for b.example verifies b's certificate and is served.
     let mut c = mqtt(&pki, broker.addr, "b.example", "b-client").await;
-    alive(&mut c).await;
+    c.assert_alive().await;
 
     // Every SNI certificate is in the expiry metric's list.
     let subjects: Vec<String> = broker
@@ -211,8 +202,8 @@ async fn removing_one_sets_files_closes_its_clients_only() {
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
     assert!(b.closed_within(TIMEOUT).await);
-    alive(&mut a).await;
-    alive(&mut d).await;
+    a.assert_alive().await;
+    d.assert_alive().await;
 
     // b.example now gets the default certificate.
     let out = s_client(pki.path(), broker.addr, Some("b.example"), &[]).await;
