@@ -1222,10 +1222,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn server_receive_maximum_limits_requests_in_flight() {
         let limited = ConnAck {
-            properties: Properties {
+            properties: Properties::from(moat_codec::PropertySet {
                 receive_maximum: Some(2),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
             ..connack()
         };
         let (client, mut server) = pair(v5(), limited).await;

@@ -225,11 +225,11 @@ mod tests {
 
     #[test]
     fn dedicated_fields_override_properties() {
-        let props = Properties {
+        let props = Properties::from(moat_codec::PropertySet {
             session_expiry_interval: Some(5),
             receive_maximum: Some(7),
-            ..Properties::default()
-        };
+            ..Default::default()
+        });
         let connect = ConnectOptions::new("c")
             .protocol(ProtocolVersion::V5)
             .properties(props.clone())

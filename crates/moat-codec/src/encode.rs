@@ -876,10 +876,10 @@ mod tests {
         let ack = PubAck {
             packet_id: pid(1),
             reason_code: ReasonCode::NOT_AUTHORIZED,
-            properties: Properties {
+            properties: Properties::from(crate::PropertySet {
                 reason_string: Some("no".into()),
                 ..Default::default()
-            },
+            }),
         };
         assert_eq!(
             encoded(&Packet::PubRec(ack), V3_1_1).unwrap(),
@@ -973,7 +973,7 @@ mod tests {
 
     #[test]
     fn every_property_is_written_once_in_identifier_order() {
-        let props = Properties {
+        let props = Properties::from(crate::PropertySet {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(2),
             content_type: Some("c".into()),
@@ -1001,7 +1001,7 @@ mod tests {
             wildcard_subscription_available: Some(1),
             subscription_identifier_available: Some(0),
             shared_subscription_available: Some(1),
-        };
+        });
         let len = properties_len(&props).unwrap();
         let mut buf = BytesMut::new();
         put_properties(&mut buf, &props, len);

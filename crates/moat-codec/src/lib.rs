@@ -41,7 +41,7 @@ pub use packet::{
     PubAck, Publish, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
-pub use properties::{Properties, PropertyContext, PropertyId};
+pub use properties::{Properties, PropertyContext, PropertyId, PropertySet};
 pub use reason::ReasonCode;
 
 /// The default maximum packet size a [`Codec`] accepts: 1 MiB (remaining length plus header).

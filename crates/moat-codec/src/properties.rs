@@ -49,9 +49,10 @@ pub enum PropertyContext {
 }
 
 /// Every MQTT 5.0 property. Absent properties are `None` (or empty); `Default` is "none at all".
+/// Packets hold it as [`Properties`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[allow(missing_docs)]
-pub struct Properties {
+pub struct PropertySet {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -83,10 +84,100 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// No property at all: what an absent [`Properties`] reads as.
+static EMPTY: PropertySet = PropertySet {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl PropertySet {
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        *self == EMPTY
+    }
+}
+
+/// A packet's properties. Most packets carry none (every MQTT 3.1.1 packet, most 5.0 PUBLISH
+/// and acknowledgements), so none costs one pointer and no allocation, and a packet stays small
+/// to move through the broker's queues; a set is boxed. Fields read and write through
+/// [`Deref`](std::ops::Deref) and [`DerefMut`](std::ops::DerefMut) (the first write makes the
+/// box).
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertySet>>);
+
 impl Properties {
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.0.as_ref().is_none_or(|p| p.is_empty())
+    }
+
+    /// The set, if there is one to change: unlike writing through `DerefMut`, it never makes a
+    /// box for an absent set (clearing what is not there costs nothing).
+    pub fn existing_mut(&mut self) -> Option<&mut PropertySet> {
+        self.0.as_deref_mut()
+    }
+}
+
+impl From<PropertySet> for Properties {
+    fn from(set: PropertySet) -> Self {
+        if set.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(set)))
+        }
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertySet;
+
+    fn deref(&self) -> &PropertySet {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertySet {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 

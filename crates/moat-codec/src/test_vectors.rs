@@ -174,7 +174,7 @@ pub(crate) fn vectors() -> Vec<Vector> {
         v("v5 connect", V5,
             b"\x10\x16\x00\x04MQTT\x05\x02\x00\x3c\x05\x11\x00\x00\x00\x78\x00\x04cli1",
             Packet::Connect(Box::new(Connect {
-                properties: Properties { session_expiry_interval: Some(120), ..Default::default() },
+                properties: Properties::from(crate::PropertySet { session_expiry_interval: Some(120), ..Default::default() }),
                 ..connect(V5, "cli1")
             }))),
         // Will with properties (content type "t", will delay 5), and a password without a
@@ -189,11 +189,11 @@ pub(crate) fn vectors() -> Vec<Vector> {
                     payload: Bytes::new(),
                     qos: QoS::AtLeastOnce,
                     retain: false,
-                    properties: Properties {
+                    properties: Properties::from(crate::PropertySet {
                         will_delay_interval: Some(5),
                         content_type: Some("t".into()),
                         ..Default::default()
-                    },
+                    }),
                 }),
                 password: Some(Bytes::from_static(b"pw")),
                 ..connect(V5, "c")
@@ -207,10 +207,10 @@ pub(crate) fn vectors() -> Vec<Vector> {
             b"\x20\x09\x01\x00\x06\x21\x00\x14\x22\x00\x0a",
             Packet::ConnAck(ConnAck {
                 session_present: true, reason_code: ReasonCode::SUCCESS,
-                properties: Properties {
+                properties: Properties::from(crate::PropertySet {
                     receive_maximum: Some(20), topic_alias_maximum: Some(10),
                     ..Default::default()
-                },
+                }),
             })),
         v("v5 connack bad credentials", V5, b"\x20\x03\x00\x86\x00",
             Packet::ConnAck(ConnAck {
@@ -219,23 +219,23 @@ pub(crate) fn vectors() -> Vec<Vector> {
             })),
         v("v5 publish qos 1", V5, b"\x32\x0c\x00\x03a/b\x00\x01\x02\x01\x01hi",
             Packet::Publish(Publish {
-                properties: Properties { payload_format_indicator: Some(1), ..Default::default() },
+                properties: Properties::from(crate::PropertySet { payload_format_indicator: Some(1), ..Default::default() }),
                 ..publish("a/b", QoS::AtLeastOnce, Some(1), b"hi")
             })),
         v("v5 publish with topic alias only", V5, b"\x30\x06\x00\x00\x03\x23\x00\x05",
             Packet::Publish(Publish {
-                properties: Properties { topic_alias: Some(5), ..Default::default() },
+                properties: Properties::from(crate::PropertySet { topic_alias: Some(5), ..Default::default() }),
                 ..publish("", QoS::AtMostOnce, None, b"")
             })),
         // Two subscription identifiers and two user properties with the same name.
         v("v5 publish with repeated properties", V5,
             b"\x30\x18\x00\x01t\x13\x0b\x01\x0b\x80\x01\x26\x00\x01k\x00\x01a\x26\x00\x01k\x00\x01bp",
             Packet::Publish(Publish {
-                properties: Properties {
+                properties: Properties::from(crate::PropertySet {
                     subscription_identifiers: vec![1, 128],
                     user_properties: vec![("k".into(), "a".into()), ("k".into(), "b".into())],
                     ..Default::default()
-                },
+                }),
                 ..publish("t", QoS::AtMostOnce, None, b"p")
             })),
         v("v5 puback success", V5, b"\x40\x02\x00\x01",
@@ -253,9 +253,9 @@ pub(crate) fn vectors() -> Vec<Vector> {
                 Packet::PubAck(PubAck::new(pid(1))))
         },
         v("v5 pubrec with reason string", V5, b"\x50\x0a\x00\x01\x80\x06\x1f\x00\x03bad",
-            Packet::PubRec(ack(1, 0x80, Properties {
+            Packet::PubRec(ack(1, 0x80, Properties::from(crate::PropertySet {
                 reason_string: Some("bad".into()), ..Default::default()
-            }))),
+            })))),
         v("v5 pubrel not found", V5, b"\x62\x03\x00\x07\x92",
             Packet::PubRel(ack(7, 0x92, Properties::default()))),
         v("v5 pubcomp", V5, b"\x70\x02\x00\x07", Packet::PubComp(PubAck::new(pid(7)))),
@@ -264,7 +264,7 @@ pub(crate) fn vectors() -> Vec<Vector> {
         v("v5 subscribe", V5, b"\x82\x0b\x00\x0a\x02\x0b\x07\x00\x03a/b\x2d",
             Packet::Subscribe(Subscribe {
                 packet_id: pid(10),
-                properties: Properties { subscription_identifiers: vec![7], ..Default::default() },
+                properties: Properties::from(crate::PropertySet { subscription_identifiers: vec![7], ..Default::default() }),
                 filters: vec![("a/b".into(), SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     no_local: true,
@@ -298,18 +298,18 @@ pub(crate) fn vectors() -> Vec<Vector> {
         v("v5 disconnect shutting down", V5, b"\xe0\x07\x8b\x05\x11\x00\x00\x00\x00",
             Packet::Disconnect(Disconnect {
                 reason_code: ReasonCode::SERVER_SHUTTING_DOWN,
-                properties: Properties { session_expiry_interval: Some(0), ..Default::default() },
+                properties: Properties::from(crate::PropertySet { session_expiry_interval: Some(0), ..Default::default() }),
             })),
         v("v5 auth success", V5, b"\xf0\x00", Packet::Auth(Auth::default())),
         v("v5 auth continue", V5,
             b"\xf0\x0f\x18\x0d\x15\x00\x05SCRAM\x16\x00\x02\x01\x02",
             Packet::Auth(Auth {
                 reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
-                properties: Properties {
+                properties: Properties::from(crate::PropertySet {
                     authentication_method: Some("SCRAM".into()),
                     authentication_data: Some(Bytes::from_static(&[1, 2])),
                     ..Default::default()
-                },
+                }),
             })),
         Vector {
             canonical: false,

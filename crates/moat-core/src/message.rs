@@ -34,12 +34,13 @@ impl Message {
     /// A message from a client's PUBLISH (topic already resolved from any alias).
     pub fn from_publish(p: Publish, origin: Option<SessionId>, now: Instant) -> Self {
         let mut properties = p.properties;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|s| now + Duration::from_secs(u64::from(s)));
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+        let expires_at = properties.existing_mut().and_then(|set| {
+            set.topic_alias = None;
+            set.subscription_identifiers.clear();
+            set.message_expiry_interval
+                .take()
+                .map(|s| now + Duration::from_secs(u64::from(s)))
+        });
         Self {
             topic: p.topic,
             payload: p.payload,

@@ -418,10 +418,10 @@ fn will_delay_and_cancel_on_reconnect() {
         payload: Bytes::from_static(b"late"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             will_delay_interval: Some(10),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     });
     let (w, _, _) = h.connect_with(c.clone());
     h.broker.handle(Input::Lost { conn: w }, h.now);
@@ -460,10 +460,10 @@ fn session_expiry_v5() {
         conn,
         Packet::Disconnect(Disconnect {
             reason_code: ReasonCode::SUCCESS,
-            properties: Properties {
+            properties: Properties::from(moat_codec::PropertySet {
                 session_expiry_interval: Some(0),
                 ..Default::default()
-            },
+            }),
         }),
     );
     let (conn, ack, _) = h.connect_with(c.clone());
@@ -476,10 +476,10 @@ fn session_expiry_v5() {
         conn,
         Packet::Disconnect(Disconnect {
             reason_code: ReasonCode::SUCCESS,
-            properties: Properties {
+            properties: Properties::from(moat_codec::PropertySet {
                 session_expiry_interval: Some(10),
                 ..Default::default()
-            },
+            }),
         }),
     );
     let out = h.all_for(conn);
@@ -523,18 +523,18 @@ fn overlapping_subscriptions_deliver_once_with_max_qos_and_all_ids() {
     h.subscribe_props(
         a,
         vec![sub("TopicA/#", QoS::ExactlyOnce)],
-        Properties {
+        Properties::from(moat_codec::PropertySet {
             subscription_identifiers: vec![1],
             ..Default::default()
-        },
+        }),
     );
     h.subscribe_props(
         a,
         vec![sub("TopicA/+", QoS::AtLeastOnce)],
-        Properties {
+        Properties::from(moat_codec::PropertySet {
             subscription_identifiers: vec![2],
             ..Default::default()
-        },
+        }),
     );
     h.send(
         a,
@@ -1313,7 +1313,7 @@ fn the_same_seed_gives_the_same_assigned_client_ids() {
         (0..3)
             .map(|_| {
                 let (_, ack, _) = h.connect_with(connect_packet("", V5, true));
-                ack.properties.assigned_client_identifier.unwrap()
+                ack.properties.assigned_client_identifier.clone().unwrap()
             })
             .collect::<Vec<_>>()
     };

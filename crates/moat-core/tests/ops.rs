@@ -672,10 +672,10 @@ impl World {
             payload: payload(Some(id)),
             qos: w.qos,
             retain: w.retain,
-            properties: Properties {
+            properties: Properties::from(moat_codec::PropertySet {
                 will_delay_interval: (w.delay > 0).then_some(w.delay),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         });
         let connect = Connect {
             protocol: if v5 {

@@ -21,10 +21,10 @@ fn connect(max_packet_size: u32) -> Connect {
         will: None,
         username: None,
         password: None,
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             maximum_packet_size: Some(max_packet_size),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     }
 }
 

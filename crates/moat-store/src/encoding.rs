@@ -263,7 +263,7 @@ fn options_from_byte(b: u8) -> Result<SubscriptionOptions> {
 /// the subscription identifiers and the user properties. The destructuring has no `..`, so
 /// a property added to the codec breaks the build here instead of being dropped silently.
 fn put_properties(w: &mut Writer, p: &Properties) {
-    let Properties {
+    let moat_codec::PropertySet {
         payload_format_indicator,
         message_expiry_interval,
         content_type,
@@ -291,7 +291,7 @@ fn put_properties(w: &mut Writer, p: &Properties) {
         wildcard_subscription_available,
         subscription_identifier_available,
         shared_subscription_available,
-    } = p;
+    } = &**p;
     if p.is_empty() {
         // The common case: one byte.
         w.u8(0);
@@ -609,7 +609,7 @@ mod tests {
     use super::*;
 
     fn full_properties() -> Properties {
-        Properties {
+        Properties::from(moat_codec::PropertySet {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(60),
             content_type: Some("text/plain".into()),
@@ -637,7 +637,7 @@ mod tests {
             wildcard_subscription_available: Some(0),
             subscription_identifier_available: Some(1),
             shared_subscription_available: Some(0),
-        }
+        })
     }
 
     fn message(properties: Properties) -> StoredMessage {

@@ -60,10 +60,10 @@ async fn next_publish(c: &mut RawClient) -> Publish {
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: pid(1),
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             subscription_identifiers: vec![9],
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         filters: vec![(
             filter.into(),
             SubscriptionOptions {
@@ -216,10 +216,10 @@ async fn delayed_will_survives_a_restart() {
         payload: Bytes::from_static(b"late"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             will_delay_interval: Some(2),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     });
     assert!(c.handshake(connect).await.is_some());
     // DISCONNECT 0x04 keeps the will; the broker closing the connection shows it processed it.

@@ -170,10 +170,17 @@ impl Broker {
             payload: m.payload.clone(),
         };
         if v5 {
-            p.properties.message_expiry_interval = m.remaining_expiry(now);
-            p.properties
-                .subscription_identifiers
-                .clone_from(&d.subscription_ids);
+            // Only written when there is something to say: a write makes the box that a
+            // message without properties does not need.
+            let expiry = m.remaining_expiry(now);
+            if expiry.is_some() || p.properties.message_expiry_interval.is_some() {
+                p.properties.message_expiry_interval = expiry;
+            }
+            if !d.subscription_ids.is_empty() || !p.properties.subscription_identifiers.is_empty() {
+                p.properties
+                    .subscription_identifiers
+                    .clone_from(&d.subscription_ids);
+            }
             if conn.alias_max_out > 0 {
                 let out = &mut conn.aliases.get_or_insert_with(Box::default).outbound;
                 if let Some(&alias) = out.get(&m.topic) {
@@ -187,7 +194,14 @@ impl Broker {
             }
         }
         if conn.max_packet_size < u32::MAX {
-            let len = moat_codec::encoded_len(&Packet::Publish(p.clone()), conn.protocol);
+            // Measured in place: the packet is moved in and back out (a clone would copy the
+            // topic for every delivery).
+            let packet = Packet::Publish(p);
+            let len = moat_codec::encoded_len(&packet, conn.protocol);
+            let Packet::Publish(publish) = packet else {
+                return None;
+            };
+            p = publish;
             if len > conn.max_packet_size as usize {
                 // An alias set by this packet would never reach the client.
                 if !p.topic.is_empty() {

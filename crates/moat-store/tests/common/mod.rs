@@ -23,15 +23,15 @@ pub fn rich_msg(topic: &str) -> StoredMessage {
         payload: Bytes::from_static(b"\x00\xffpayload"),
         qos: QoS::ExactlyOnce,
         retain: true,
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(120),
             content_type: Some("application/json".into()),
             response_topic: Some("reply/to/me".into()),
             correlation_data: Some(Bytes::from_static(b"corr")),
             user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         expires_at_ms: Some(1_800_000_000_000),
         subscription_ids: vec![7, 268_435_455],
     }
@@ -43,11 +43,11 @@ pub fn will(topic: &str) -> LastWill {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: Properties {
+        properties: Properties::from(moat_codec::PropertySet {
             will_delay_interval: Some(30),
             content_type: Some("text/plain".into()),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     }
 }
 
