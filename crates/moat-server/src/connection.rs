@@ -525,6 +525,30 @@ impl Connection {
         self.wbuf.clear();
     }
 
+    /// Writes what the transport takes from `wbuf` now, without waiting: usually all of it (a
+    /// socket with room), and then there is no write future to make. Returns whether `wbuf` is
+    /// written and flushed; otherwise what is left of it is for [`Connection::write_wbuf`].
+    fn write_at_once(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
+        use bytes::Buf;
+        let mut io = std::pin::Pin::new(&mut self.io);
+        while !self.wbuf.is_empty() {
+            match io.as_mut().poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.slot.listener.sent(n);
+                    self.wbuf.advance(n);
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        match io.poll_flush(cx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
     /// Writes everything in `wbuf` and flushes (TLS and WebSocket streams buffer) within the
     /// write timeout.
     async fn write_wbuf(&mut self) -> Result<(), End> {
@@ -599,10 +623,17 @@ impl Connection {
                         }
                     }
                     if !self.wbuf.is_empty() {
-                        // Boxed: a write in progress (with its timeout) is the largest state of
-                        // this loop, and an idle connection should not pay for it.
-                        if let Err(end) = Box::pin(self.write_wbuf()).await {
-                            return end;
+                        let at_once = std::future::poll_fn(|cx| Poll::Ready(self.write_at_once(cx)));
+                        match at_once.await {
+                            Ok(true) => {}
+                            // Boxed: a write in progress (with its timeout) is the largest state
+                            // of this loop, and an idle connection should not pay for it.
+                            Ok(false) => {
+                                if let Err(end) = Box::pin(self.write_wbuf()).await {
+                                    return end;
+                                }
+                            }
+                            Err(e) => return End::Io(e),
                         }
                         self.wbuf.clear();
                         // Small bursts (a quiet client) or a huge one: let the buffer go.

@@ -24,6 +24,8 @@
 //!    counted.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -378,7 +380,7 @@ pub(crate) struct Forwarding {
     max_messages: u64,
     max_bytes: u64,
     /// Connections whose acknowledgements are held, with the held packets in order.
-    held: HashMap<ConnId, VecDeque<Packet>>,
+    held: FxHashMap<ConnId, VecDeque<Packet>>,
     metrics: Arc<ForwardMetrics>,
     record: Vec<u8>,
 }
@@ -461,7 +463,7 @@ impl Forwarding {
             next_key: reader.next_key()?,
             max_messages: config.spool_max_messages.max(1),
             max_bytes: config.spool_max_bytes.max(1),
-            held: HashMap::new(),
+            held: FxHashMap::default(),
             metrics,
             record: Vec::new(),
         };
@@ -553,7 +555,7 @@ impl Forwarding {
         keys: Vec<u64>,
         bytes: u64,
         ops: &mut Vec<StoreOp>,
-        outboxes: &HashMap<ConnId, Arc<Outbox>>,
+        outboxes: &FxHashMap<ConnId, Arc<Outbox>>,
     ) {
         let Some(r) = self.rules.get_mut(rule) else {
             return;

@@ -1,6 +1,11 @@
 //! The broker state machine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+// Sessions and connections are keyed by ids the broker counts out itself (no client chooses
+// them), so the fast multiplicative hash is safe here; keys that come from the network (topic
+// levels, client ids) keep the standard, seeded SipHash.
+use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -240,10 +245,10 @@ pub struct Broker {
     /// The engine's `$SYS` values, if it has any.
     sys_source: Option<Box<dyn SysSource>>,
     /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
-    sessions: HashMap<SessionId, Box<Session>>,
+    sessions: FxHashMap<SessionId, Box<Session>>,
     /// Ordered: the admin API lists clients by id, a page at a time.
     by_client_id: BTreeMap<String, SessionId>,
-    conns: HashMap<ConnId, Box<Conn>>,
+    conns: FxHashMap<ConnId, Box<Conn>>,
     subs: SubscriptionTree<SessionId, SubData>,
     retained: RetainedTree<Arc<Message>>,
     /// Topic and payload bytes of the retained messages.
@@ -318,10 +323,10 @@ fn short(topic: &str) -> String {
 }
 
 fn props_with_reason(reason: &str) -> Properties {
-    Properties {
+    Properties::from(moat_codec::PropertySet {
         reason_string: Some(reason.to_owned()),
-        ..Properties::default()
-    }
+        ..Default::default()
+    })
 }
 
 impl Broker {
@@ -333,9 +338,9 @@ impl Broker {
             config,
             authorizer: Box::new(AllowAll),
             sys_source: None,
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             by_client_id: BTreeMap::new(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             retained_bytes: 0,

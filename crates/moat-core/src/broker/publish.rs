@@ -53,10 +53,9 @@ impl Broker {
             );
         }
         let sid = conn.session;
-        let Some(session) = self.sessions.get_mut(&sid) else {
+        let Some(session) = self.sessions.get(&sid) else {
             return;
         };
-        let client_id = session.client_id.clone();
 
         // QoS 2 duplicate: acknowledge again, deliver once.
         if let (QoS::ExactlyOnce, Some(pid)) = (p.qos, p.packet_id) {
@@ -77,15 +76,15 @@ impl Broker {
         let mut reason = ReasonCode::SUCCESS;
         if let Err(e) = self.config.topic_limits().check(&p.topic) {
             // Valid MQTT, but beyond this broker's limits: refused, the connection stays.
-            tracing::debug!(%client_id, error = %e, "PUBLISH refused");
+            tracing::debug!(client_id = %session.client_id, error = %e, "PUBLISH refused");
             self.stats.publishes_refused_topic += 1;
             reason = ReasonCode::TOPIC_NAME_INVALID;
         }
         let authorized = !p.topic.starts_with("$SYS")
-            && self
-                .conns
-                .get(&conn_id)
-                .is_some_and(|c| self.authorizer.can_publish(&client_id, &c.info, &p.topic));
+            && self.conns.get(&conn_id).is_some_and(|c| {
+                self.authorizer
+                    .can_publish(&session.client_id, &c.info, &p.topic)
+            });
         if reason.is_error() {
             // Refused for its topic above.
         } else if !authorized {
@@ -102,6 +101,7 @@ impl Broker {
             let retain = p.retain;
             let message = Arc::new(Message::from_publish(p, Some(sid), now));
             if self.report_accepted {
+                let client_id = session.client_id.clone();
                 self.report_accepted_message(conn_id, &client_id, &message);
             }
             if retain && !self.store_retained(&message) && v5 {
