@@ -65,12 +65,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Four free ports, held open together so that they differ.
-read -r TCP_PORT MQTTS_PORT WSS_PORT ADMIN_PORT < <(node -e '
+# Five free ports, held open together so that they differ. NATS_PORT stays closed: the
+# forwarding rule's JetStream sink points at it, so the sink is down and the spool grows
+# (no NATS server or PostgreSQL is needed).
+read -r TCP_PORT MQTTS_PORT WSS_PORT ADMIN_PORT NATS_PORT < <(node -e '
   const net = require("net");
   (async () => {
     const s = [];
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 5; i++) {
       const v = net.createServer();
       await new Promise((r) => v.listen(0, "127.0.0.1", r));
       s.push(v);
@@ -119,6 +121,18 @@ tls = { cert = "pki/server.pem", key = "pki/server.key", client_auth = "optional
 
 [admin]
 bind = "127.0.0.1:$ADMIN_PORT"
+
+# A sink nobody listens on: down from the first write, which is not fatal.
+[[forward.sinks]]
+name = "queue"
+kind = "jetstream"
+url = "nats://127.0.0.1:$NATS_PORT"
+
+[[forward.rules]]
+name = "browser-events"
+filters = ["fwd/#"]
+sink = "queue"
+stream = "MOAT_BROWSER"
 EOF
 
 (cd "$WORK" && exec "$MOAT_BIN" serve --config moat.toml) >"$WORK/serve.log" 2>&1 &
@@ -147,6 +161,6 @@ TOKEN="$(head -n 1 "$WORK/data/admin.token")" \
 VIEWER_TOKEN="$(head -n 1 "$WORK/data/viewer.token" 2>/dev/null || true)" \
 MOAT_BIN="$MOAT_BIN" \
 WORK_DIR="$WORK" PKI_DIR="$PKI" \
-TCP_PORT="$TCP_PORT" MQTTS_PORT="$MQTTS_PORT" WSS_PORT="$WSS_PORT" ADMIN_PORT="$ADMIN_PORT" \
+TCP_PORT="$TCP_PORT" MQTTS_PORT="$MQTTS_PORT" WSS_PORT="$WSS_PORT" ADMIN_PORT="$ADMIN_PORT" NATS_PORT="$NATS_PORT" \
 SCREENSHOTS="${SCREENSHOTS:-}" SCREENSHOT_DIR="$ROOT/docs/console" CONSOLE_DIR="${CONSOLE_DIR:-}" \
   node tests/browser/console.test.mjs

@@ -29,9 +29,21 @@ const cert = (subject, fp, days, extra = {}) => ({
   fingerprint_sha256: fp, is_ca: false, ...extra,
 });
 
+// Forwarding rules in each state the console shows: up, down, down with a full spool.
+const forwardRules = () => [
+  { rule: 'telemetry', filters: ['devices/+/telemetry'], sink: 'db (postgres 127.0.0.1:5432/iot) table telemetry', state: 'up',
+    spooled: 0, spooled_bytes: 0, oldest_age_seconds: 0, forwarded: 123456, retries: 0, dropped_qos0: 0, full: false },
+  { rule: 'events', filters: ['devices/+/events/#', 'alarms/<b>bold</b>'], sink: 'queue (jetstream nats://127.0.0.1:4222) stream MOAT_EVENTS', state: 'down',
+    spooled: 1520, spooled_bytes: 3250000, oldest_age_seconds: 185, forwarded: 9000, retries: 7, dropped_qos0: 0, full: false },
+  { rule: 'archive', filters: ['#'], sink: 'db (postgres 127.0.0.1:5432/iot) table archive', state: 'down',
+    spooled: 1000000, spooled_bytes: 1073741824, oldest_age_seconds: 7400, forwarded: 5, retries: 311, dropped_qos0: 42, full: true },
+];
+
 // A stateful fake of the API: enough to walk every page.
 function makeState() {
   return {
+    forward: forwardRules(),
+    forwardError: false,
     role: 'admin',
     loggedIn: false,
     requests: [],
@@ -163,6 +175,10 @@ async function handle(route, s) {
   }
   if (p === 'retained' && method === 'GET') return json(200, { items: [{ topic: 'a/b', qos: 1, size: 5, payload: 'hello', payload_base64: 'aGVsbG8=' }, { topic: 'a/bin', qos: 0, size: 3, payload: null, payload_base64: 'AAEC' }], more: false });
   if (p === 'retained' && method === 'DELETE') return json(200, { deleted: true });
+  if (p === 'forward') {
+    if (s.forwardError) return err(503, 'stopped', 'The broker is shutting down.');
+    return json(200, s.forward);
+  }
   if (p === 'audit') return json(200, [{ at: iso(0), who: 'admin', address: '127.0.0.1', action: 'POST /api/v1/login', result: 'ok' }]);
   return err(404, 'not_found', `no mock for ${method} ${path}`);
 }
@@ -191,7 +207,7 @@ async function login(page) {
   await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor();
 }
 
-const ROUTES = ['overview', 'certificates', 'expiry', 'clients', 'users', 'acl', 'retained', 'audit'];
+const ROUTES = ['overview', 'certificates', 'expiry', 'clients', 'forwarding', 'users', 'acl', 'retained', 'audit'];
 
 for (const [label, viewport] of [['desktop', { width: 1280, height: 800 }], ['phone', { width: 375, height: 812 }]]) {
   test(`every page renders without errors (${label})`, async () => {
@@ -372,6 +388,87 @@ test('clients: paging, debounced filter, detail, disconnect; users; ACL errors; 
     await page.goto(`${ORIGIN}/#/expiry`);
     await page.getByLabel('Access token').waitFor();
     assert.deepEqual(problems.filter((p) => !/status of (401|409|422)/.test(p)), []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('forwarding: up, down and full rules, the overview tile, auto-refresh, errors, the empty state', async () => {
+  const s = makeState();
+  const { context, page, problems } = await open({ width: 375, height: 812 }, s);
+  try {
+    await login(page);
+    // The overview sums it up and links to the page.
+    const ovTile = page.getByTestId('overview-forwarding');
+    await ovTile.waitFor();
+    assert.match(await ovTile.textContent(), /3 rules/);
+    assert.match(await ovTile.textContent(), /2 sinks down, 1 spool full/);
+    await ovTile.getByRole('link').click();
+    await page.getByRole('heading', { level: 1, name: 'Forwarding' }).waitFor();
+    assert.equal(await page.locator('#nav a[aria-current="page"]').textContent(), 'Forwarding');
+
+    const rule = (name) => page.locator(`[data-testid="forward-rule"][data-rule="${name}"]`);
+    await rule('archive').waitFor();
+    assert.deepEqual(await page.getByTestId('forward-rule').evaluateAll((els) => els.map((e) => e.dataset.rule)),
+      ['telemetry', 'events', 'archive'], 'configuration order');
+    assert.equal(await page.getByTestId('forward-summary').textContent(), '3 rules, 2 sinks down, 1 spool full');
+
+    // Up: the state in words, no warning.
+    const up = rule('telemetry');
+    assert.equal(await up.getByTestId('forward-state').getAttribute('data-state'), 'up');
+    assert.match(await up.getByTestId('forward-state').textContent(), /Sink up/);
+    assert.equal(await up.getByTestId('forward-down').count(), 0);
+    assert.equal(await up.getByTestId('forward-full').count(), 0);
+    assert.match(await up.getByTestId('forward-forwarded').textContent(), /123,456/);
+    assert.match(await up.getByTestId('forward-oldest').textContent(), /nothing waits/);
+    assert.match(await up.getByTestId('forward-sink').textContent(), /postgres 127\.0\.0\.1:5432\/iot/);
+
+    // Down: the warning, the spool in messages and bytes, its age, the retries.
+    const down = rule('events');
+    assert.match(await down.getByTestId('forward-state').textContent(), /Sink down/);
+    assert.match(await down.getByTestId('forward-down').textContent(), /The sink is down/);
+    assert.equal(await down.getByTestId('forward-full').count(), 0);
+    assert.match(await down.getByTestId('forward-spooled').textContent(), /^Spooled1,520 messages, 3\.1 MiB$/);
+    assert.match(await down.getByTestId('forward-oldest').textContent(), /3 min 5 s/);
+    assert.match(await down.getByTestId('forward-retries').textContent(), /7/);
+    // API strings are text, never markup.
+    assert.match(await down.getByTestId('forward-filters').textContent(), /alarms\/<b>bold<\/b>/);
+    assert.equal(await down.locator('b').count(), 0);
+
+    // Full: publishers are slowed, QoS 0 dropped counted.
+    const full = rule('archive');
+    assert.match(await full.getByTestId('forward-full').textContent(), /publishers are being slowed: acknowledgements held/);
+    assert.match(await full.getByTestId('forward-full-badge').textContent(), /Spool full/);
+    assert.match(await full.getByTestId('forward-spooled').textContent(), /1,000,000 messages, 1\.0 GiB/);
+    assert.match(await full.getByTestId('forward-oldest').textContent(), /2 h 3 min/);
+    assert.match(await full.getByTestId('forward-dropped').textContent(), /42/);
+
+    // The page refreshes by itself: the sinks come back.
+    s.forward = forwardRules().map((r) => ({ ...r, state: 'up', full: false, spooled: 0, spooled_bytes: 0, oldest_age_seconds: 0 }));
+    await page.locator('[data-testid="forward-rule"][data-rule="archive"][data-state="up"]').waitFor();
+    await page.getByTestId('forward-summary').getByText('3 rules, all sinks up').waitFor();
+    assert.equal(await page.getByTestId('forward-full').count(), 0);
+    assert.equal(await page.getByTestId('forward-down').count(), 0);
+
+    // An error is shown with its code; the last rules stay on the page.
+    s.forwardError = true;
+    await page.getByTestId('error-code').getByText('stopped').waitFor();
+    assert.equal(await page.getByTestId('forward-rule').count(), 3);
+    s.forwardError = false;
+    await page.getByTestId('error').waitFor({ state: 'detached' });
+
+    // No rule: how to configure forwarding, and no tile on the overview.
+    s.forward = [];
+    const empty = page.getByTestId('forward-empty');
+    await empty.waitFor();
+    assert.match(await empty.textContent(), /\[\[forward\.rules\]\]/);
+    assert.match(await empty.textContent(), /moat\.toml/);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `the empty state scrolls sideways by ${overflow}px`);
+    await page.goto(`${ORIGIN}/#/overview`);
+    await page.getByTestId('overview-connections').waitFor();
+    assert.equal(await page.getByTestId('overview-forwarding').count(), 0);
+    assert.deepEqual(problems.filter((p) => !/status of (401|503)/.test(p)), []);
   } finally {
     await context.close();
   }

@@ -1,11 +1,12 @@
 // The web console in headless Chromium against a real `moat serve` (started by
 // scripts/browser-tests.sh, which sets the environment below). The tests run in file order and
-// build on each other: log in, certificates (stage by files, activate, bundle note, refused
+// build on each other: log in, forwarding (a rule whose sink is down), certificates (stage by files, activate, bundle note, refused
 // uploads, delete with live TLS clients, restore), users and ACL checked with mosquitto_pub,
 // disconnect from the Clients page, a viewer's read-only view, and screenshots (SCREENSHOTS=1).
 //
 // Environment: ADMIN_URL, TOKEN, VIEWER_TOKEN (optional), MOAT_BIN, PKI_DIR, WORK_DIR,
-// TCP_PORT, MQTTS_PORT, WSS_PORT, CHROMIUM, SCREENSHOTS, SCREENSHOT_DIR.
+// TCP_PORT, MQTTS_PORT, WSS_PORT, NATS_PORT (closed: the forwarding sink), CHROMIUM, SCREENSHOTS,
+// SCREENSHOT_DIR.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -27,6 +28,7 @@ const WORK = env('WORK_DIR');
 const TCP_PORT = env('TCP_PORT');
 const MQTTS_PORT = env('MQTTS_PORT');
 const WSS_PORT = env('WSS_PORT');
+const NATS_PORT = env('NATS_PORT');
 const SET = 'mqtts'; // the certificate set: named after its first listener
 const T = 30_000; // every wait is bounded; the machine is slow
 
@@ -190,6 +192,34 @@ test('log in with the admin token; the overview shows the broker', async () => {
   await page.getByTestId('overview-connections').waitFor();
   await page.getByTestId('overview-failures').waitFor();
   await page.getByTestId('overview-expiry').waitFor();
+});
+
+// Before the ACL test (which denies anonymous publishes): the rule forwards fwd/# to a
+// JetStream sink on a port nobody listens on.
+test('forwarding: the rule is shown with its sink down and the published messages spooled', async () => {
+  const N = 3;
+  for (let i = 0; i < N; i++) {
+    runOk('mosquitto_pub', ['-h', '127.0.0.1', '-p', TCP_PORT, '-V', 'mqttv5', '-q', '1', '-t', `fwd/dev-${i}`, '-m', `reading ${i}`]);
+  }
+  await gotoPage('forwarding');
+  const sel = '[data-testid="forward-rule"][data-rule="browser-events"]';
+  const rule = page.locator(sel);
+  await rule.waitFor();
+  assert.match(await rule.getByTestId('forward-filters').textContent(), /fwd\/#/);
+  assert.match(await rule.getByTestId('forward-sink').textContent(), new RegExp(`queue \\(jetstream nats://127\\.0\\.0\\.1:${NATS_PORT}\\) stream MOAT_BROWSER`));
+  // The page refreshes by itself until the failed write shows and every message is counted.
+  await page.locator(`${sel}[data-state="down"]`).waitFor({ timeout: 2 * T });
+  await page.waitForFunction((n) => Number(document.querySelector('[data-rule="browser-events"] [data-spooled]')?.dataset.spooled) >= n,
+    N, { timeout: 2 * T });
+  assert.match(await rule.getByTestId('forward-state').textContent(), /Sink down/);
+  assert.match(await rule.getByTestId('forward-down').textContent(), /The sink is down/);
+  assert.match(await rule.getByTestId('forward-forwarded').textContent(), /Forwarded0$/);
+  assert.doesNotMatch(await rule.getByTestId('forward-oldest').textContent(), /nothing waits/);
+  // The overview sums it up.
+  await gotoPage('overview');
+  const ovTile = page.getByTestId('overview-forwarding');
+  await ovTile.getByText('1 sink down').waitFor();
+  assert.match(await ovTile.textContent(), /1 rule/);
 });
 
 test('certificates: a good set uploaded as files is staged, activated and listed', async () => {
@@ -391,6 +421,10 @@ test('a viewer sees everything and can change nothing', async () => {
     await p.goto(`${ADMIN_URL}/#/certificates`);
     await p.getByTestId(`certset-${SET}`).waitFor();
     assert.equal(await p.getByRole('button', { name: /Delete|Activate|Check and stage|Restore/ }).count(), 0);
+    await p.goto(`${ADMIN_URL}/#/forwarding`);
+    await p.locator('[data-testid="forward-rule"][data-rule="browser-events"][data-state="down"]').waitFor();
+    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `forwarding at 375 px scrolls sideways by ${overflow}px`);
   } finally {
     await ctx.close();
   }
@@ -411,7 +445,7 @@ if (process.env.SCREENSHOTS) test('screenshots of every page at 1280x800 and 375
       await p.getByLabel('Access token').fill(TOKEN);
       await p.getByRole('button', { name: 'Log in' }).click();
       await p.getByRole('heading', { level: 1, name: 'Overview' }).waitFor();
-      for (const route of ['overview', 'certificates', 'expiry', 'clients', 'users', 'acl', 'retained', 'audit']) {
+      for (const route of ['overview', 'certificates', 'expiry', 'clients', 'forwarding', 'users', 'acl', 'retained', 'audit']) {
         await p.goto(`${ADMIN_URL}/#/${route}`);
         await p.locator('main h1').waitFor();
         await p.waitForLoadState('networkidle');

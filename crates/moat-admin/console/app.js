@@ -206,7 +206,8 @@
     if (typeof n !== 'number') return '—';
     if (n < 1024) return `${n} B`;
     if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-    return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+    if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+    return `${(n / 1024 / 1024 / 1024).toFixed(1)} GiB`;
   };
   // A fingerprint as AA:BB:..., whatever separators the server used.
   const fmtFingerprint = (hex) => {
@@ -354,7 +355,7 @@
   }
   const titles = {
     login: 'Log in', overview: 'Overview', certificates: 'Certificates', expiry: 'Expiry',
-    clients: 'Clients', users: 'Users', acl: 'ACL', retained: 'Retained messages', audit: 'Audit log',
+    clients: 'Clients', forwarding: 'Forwarding', users: 'Users', acl: 'ACL', retained: 'Retained messages', audit: 'Audit log',
     notfound: 'Not found',
   };
 
@@ -445,10 +446,11 @@
     ctx.onCleanup(() => { stopped = true; clearTimeout(timer); });
     async function tick() {
       try {
-        const o = await api('GET', url('overview'));
+        // Forwarding is a tile when rules exist; its failure never hides the overview.
+        const [o, fw] = await Promise.all([api('GET', url('overview')), api('GET', url('forward')).catch(() => null)]);
         if (stopped) return;
         clear(errArea);
-        renderOverview(body, o);
+        renderOverview(body, o, Array.isArray(fw) ? fw : []);
         updated.textContent = `Updated ${fmtTime(new Date().toISOString())}; refreshes every 5 seconds.`;
       } catch (err) {
         if (stopped) return;
@@ -459,7 +461,7 @@
     await tick();
   };
 
-  function renderOverview(body, o) {
+  function renderOverview(body, o, forward) {
     const c = o.connections || {};
     const m = o.messages || {};
     const byListener = Object.entries(c.by_listener || {});
@@ -475,7 +477,8 @@
         tile('Sessions', fmtNum(o.sessions), 'overview-sessions'),
         tile('Subscriptions', fmtNum(o.subscriptions), 'overview-subscriptions'),
         tile('Retained messages', fmtNum(o.retained), 'overview-retained'),
-        tile('Handshake failures', fmtNum(reasons.reduce((s, [, n]) => s + (Number(n) || 0), 0)), 'overview-failures-total')),
+        tile('Handshake failures', fmtNum(reasons.reduce((s, [, n]) => s + (Number(n) || 0), 0)), 'overview-failures-total'),
+        forward.length ? forwardTile(forward) : null),
       h('p', { class: 'muted' }, `Moat ${o.version || ''}, up ${fmtDuration(o.uptime_secs)}.`),
       h('section', { class: 'card', 'aria-labelledby': 'ov-conn' },
         h('h2', { id: 'ov-conn' }, 'Connections by listener'),
@@ -502,11 +505,18 @@
         expiryTable(expiry),
         h('p', null, h('a', { href: '#/expiry' }, 'All expiry dates'))));
   }
-  function tile(label, value, testid, sub) {
-    return h('div', { class: 'tile', 'data-testid': testid },
+  function tile(label, value, testid, sub, cls) {
+    return h('div', { class: `tile${cls ? ` ${cls}` : ''}`, 'data-testid': testid },
       h('div', { class: 'tile-label' }, label),
       h('div', { class: 'tile-value' }, value),
       sub ? h('div', { class: 'tile-sub' }, sub) : null);
+  }
+  // "Forwarding: 2 rules" and, under it, what is wrong ("1 sink down") or "all sinks up".
+  function forwardTile(rules) {
+    const s = forwardSummary(rules);
+    const rest = s.text.split(', ').slice(1).join(', ');
+    return tile('Forwarding', plural(rules.length, 'rule'), 'overview-forwarding',
+      h('a', { href: '#/forwarding' }, rest || 'details'), s.bad ? 'tile-bad' : null);
   }
 
   // ---------------------------------------------------------------- expiry
@@ -1006,6 +1016,121 @@
     }
     await load(null, 1);
   };
+
+  // ---------------------------------------------------------------- forwarding
+
+  // A rule's sink state: words and a colour (the words carry the meaning, the colour helps).
+  const sinkStates = {
+    up: { text: 'Sink up', cls: 'lvl-ok', icon: '✓' },
+    down: { text: 'Sink down', cls: 'lvl-1d', icon: '✕' },
+    starting: { text: 'Starting', cls: 'state-starting', icon: '…' },
+  };
+  function sinkBadge(state) {
+    const s = sinkStates[state] || { text: String(state || 'unknown'), cls: '', icon: '' };
+    return h('span', { class: `badge ${s.cls}`, 'data-testid': 'forward-state', 'data-state': state || '' },
+      s.icon ? h('span', { 'aria-hidden': 'true' }, `${s.icon} `) : null, s.text);
+  }
+  // "2 rules, 1 sink down, 1 spool full" (or "all sinks up"), for the page and the overview.
+  function forwardSummary(rules) {
+    const down = rules.filter((r) => r.state === 'down').length;
+    const full = rules.filter((r) => r.full).length;
+    const starting = rules.filter((r) => r.state === 'starting').length;
+    const parts = [plural(rules.length, 'rule')];
+    if (down) parts.push(`${plural(down, 'sink')} down`);
+    if (full) parts.push(`${plural(full, 'spool')} full`);
+    if (!down && !full) parts.push(starting === rules.length ? 'nothing written yet' : (starting ? `${starting} starting, the others up` : 'all sinks up'));
+    return { text: parts.join(', '), bad: down + full };
+  }
+
+  pages.forwarding = async (main, ctx) => {
+    heading(main, 'Forwarding',
+      'Rules deliver accepted messages to PostgreSQL or NATS JetStream through an on-disk spool. Counters count since the broker started.');
+    const updated = h('p', { class: 'updated', 'data-testid': 'forward-updated', 'aria-live': 'off' }, 'Loading…');
+    const summary = h('p', { class: 'summary', 'data-testid': 'forward-summary' });
+    const errArea = h('div', { 'aria-live': 'polite' });
+    const body = h('div', { 'data-testid': 'forward-rules' });
+    append(main, [updated, summary, errArea, body]);
+    let timer = null;
+    let stopped = false;
+    let said = null;
+    ctx.onCleanup(() => { stopped = true; clearTimeout(timer); });
+    async function tick() {
+      try {
+        const rules = await api('GET', url('forward'));
+        if (stopped) return;
+        clear(errArea);
+        renderForwarding(body, summary, Array.isArray(rules) ? rules : []);
+        // Tell screen reader users when the health changes, not at every refresh.
+        if (said !== null && said !== summary.textContent) announce(`Forwarding: ${summary.textContent}`);
+        said = summary.textContent;
+        updated.textContent = `Updated ${fmtTime(new Date().toISOString())}; refreshes every 5 seconds.`;
+      } catch (err) {
+        if (stopped) return;
+        replace(errArea, errorBox(err));
+      }
+      if (!stopped) timer = setTimeout(tick, REFRESH_MS);
+    }
+    await tick();
+  };
+
+  function renderForwarding(body, summary, rules) {
+    if (!rules.length) {
+      summary.textContent = '';
+      replace(body, h('section', { class: 'card', 'data-testid': 'forward-empty', 'aria-labelledby': 'fw-none' },
+        h('h2', { id: 'fw-none' }, 'No forwarding rule is configured'),
+        h('p', null, 'To deliver messages to PostgreSQL or NATS JetStream, add a ',
+          h('code', null, '[[forward.sinks]]'), ' (the connection) and one or more ',
+          h('code', null, '[[forward.rules]]'), ' (which topic filters go to which sink) to ',
+          h('code', null, 'moat.toml'), ', then restart ', h('code', null, 'moat serve'), '. For example:'),
+        h('pre', { class: 'code' }, [
+          '[[forward.sinks]]', 'name = "queue"', 'kind = "jetstream"          # or "postgres"', 'url = "nats://127.0.0.1:4222"', '',
+          '[[forward.rules]]', 'name = "events"', 'filters = ["devices/+/events/#"]', 'sink = "queue"', 'stream = "MOAT_EVENTS"',
+        ].join('\n')),
+        h('p', { class: 'muted' }, 'docs/FORWARDING.md has the guarantees and limits; README.md a PostgreSQL example.')));
+      return;
+    }
+    const s = forwardSummary(rules);
+    summary.textContent = s.text;
+    summary.className = `summary ${s.bad ? 'summary-bad' : ''}`;
+    replace(body, h('div', { class: 'rules' }, rules.map(ruleCard)));
+  }
+
+  function ruleCard(r) {
+    const headingId = uid('rule');
+    const filters = Array.isArray(r.filters) ? r.filters : [];
+    const bad = r.state === 'down' || r.full;
+    const warnings = [];
+    if (r.full) {
+      warnings.push(h('div', { class: 'warn', 'data-testid': 'forward-full' },
+        h('p', null, h('strong', null, 'Spool full: publishers are being slowed: acknowledgements held. ')),
+        h('p', null, 'Publishers of matching QoS 1/2 messages wait for their acknowledgements until the spool is below nine tenths of its bound; matching QoS 0 messages are dropped. Nobody is disconnected. Bring the sink back, or raise [limits] forward_spool_messages / forward_spool_bytes.')));
+    }
+    if (r.state === 'down') {
+      warnings.push(h('div', { class: 'warn', 'data-testid': 'forward-down' },
+        h('p', null, h('strong', null, 'The sink is down: '), 'the last write failed; messages wait in the spool and the write is retried until it succeeds.'),
+        h('p', null, 'Check that the sink is running and reachable at its address; the broker\'s log names the error.')));
+    }
+    const spooled = `${fmtNum(r.spooled ?? 0)} ${r.spooled === 1 ? 'message' : 'messages'}, ${fmtBytes(r.spooled_bytes)}`;
+    return h('section', {
+      class: `card rule${bad ? ' rule-bad' : ''}`, 'aria-labelledby': headingId,
+      'data-testid': 'forward-rule', 'data-rule': r.rule, 'data-state': r.state, 'data-full': r.full ? 'true' : 'false',
+    },
+    h('div', { class: 'card-head' },
+      h('h2', { id: headingId }, h('span', { class: 'visually-hidden' }, 'Rule '), r.rule),
+      h('span', { class: 'badges' },
+        sinkBadge(r.state),
+        r.full ? h('span', { class: 'badge lvl-7d', 'data-testid': 'forward-full-badge' }, h('span', { 'aria-hidden': 'true' }, '! '), 'Spool full') : null)),
+    warnings,
+    dl([
+      ['Filters', filters.length ? h('ul', { class: 'inline-list' }, filters.map((f) => h('li', null, h('code', null, f)))) : '—', 'forward-filters'],
+      ['Sink', r.sink || '—', 'forward-sink'],
+      ['Spooled', h('span', { 'data-spooled': String(r.spooled ?? 0) }, spooled), 'forward-spooled'],
+      ['Oldest waiting', r.spooled ? fmtDuration(r.oldest_age_seconds) : 'nothing waits', 'forward-oldest'],
+      ['Forwarded', fmtNum(r.forwarded), 'forward-forwarded'],
+      ['Retries', fmtNum(r.retries), 'forward-retries'],
+      ['QoS 0 dropped', fmtNum(r.dropped_qos0), 'forward-dropped'],
+    ]));
+  }
 
   // ---------------------------------------------------------------- users
 
