@@ -696,13 +696,12 @@ pub(crate) async fn run_rule(
                 }
             }
         }
-        if let Some(first) = records.first() {
+        let mut backoff = Duration::from_millis(100);
+        while let Some(first) = records.first() {
+            // At every attempt: while the sink stays down the oldest record keeps ageing.
             let age = unix_ms().saturating_sub(first.received_at_ms) / 1000;
             m.oldest_age_seconds
                 .set(i64::try_from(age).unwrap_or(i64::MAX));
-        }
-        let mut backoff = Duration::from_millis(100);
-        while !records.is_empty() {
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = tokio::time::timeout(config.write_timeout, sink.write(&records)) => r,

@@ -234,6 +234,22 @@ async fn a_sink_that_is_down_gets_everything_when_it_is_back_and_a_full_spool_ho
         "{m}"
     );
 
+    // While the sink stays down the oldest spooled message keeps ageing (the retries say so,
+    // not only the read that took the batch).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = broker.handle().forwarding();
+        if status[0].oldest_age_seconds >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the oldest age stays at {} s while the sink is down",
+            status[0].oldest_age_seconds
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The sink is back: everything arrives in order, the held PUBACK is released.
     backend.set_down(false);
     match c.recv().await {
