@@ -20,6 +20,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 OUT=${OUT:-docs/BENCHMARKS.md}
 IDLE_N=10000       # idle connections per memory measurement (the fd hard limit caps it)
+FLEET_N=${FLEET_N:-10000} # devices of the fleet scenario, 1 msg/s each
 STORM_N=2000       # connections per handshake storm
 started=$(date +%s)
 
@@ -210,7 +211,9 @@ run_one() { # broker listener args outfile
     run_no=$((run_no + 1))
     a+=(--duration "$DURATION" --drain 3 -t "b$run_no/%i"); limit=$((DURATION + 120))
   fi
-  if [[ $args == *--idle* ]]; then a+=(--broker-pid "$pid"); fi
+  # --idle: memory per connection; publish/subscribe: the broker's CPU per message while
+  # publishing (connecting not counted), read by the load generator from /proc.
+  if [[ $args != *--storm* ]]; then a+=(--broker-pid "$pid"); fi
   local before after json
   before=$(cpu_ticks "$pid")
   json=$(timeout -k 5 "$limit" "${pin_load[@]}" "$MOAT" bench -L "$url" "${extra[@]}" "${a[@]}" \
@@ -248,6 +251,10 @@ scenarios=(
   "fanin1|TCP|--pub 100 --sub 1 -q 1"
   "fanout0|TCP|--pub 1 --sub 100 -q 0 --rate 2500"
   "fanout0max|TCP|--pub 1 --sub 100 -q 0"
+  "fleet0|TCP|--pub 1000 --sub 1 -q 0 --rate 10000"
+  "fleet1|TCP|--pub 1000 --sub 1 -q 1 --rate 10000"
+  "fleet10k|TCP|--pub $FLEET_N --sub 100 --share workers -q 1 --rate $FLEET_N"
+  "q1rate|TCP|--pub 1 --sub 1 -q 1 --rate 10000"
   "storm|TLS|--storm --connections $STORM_N --concurrency 16"
   "storm_rsa|RSA|--storm --connections $STORM_N --concurrency 16"
   "storm_mtls|MTLS|--storm --connections $STORM_N --concurrency 16"
@@ -271,6 +278,20 @@ rows=(
   "QoS 0, fan-out 1 -> 100, 2,500 msg/s in: p99 latency (us), same run|fanout0|latency_us.p99|<= 10 ms (10000 us)"
   "QoS 0, fan-out 1 -> 100, 2,500 msg/s in: losses, same run|fanout0|losses|0"
   "QoS 0, fan-out 1 -> 100, as fast as possible (deliveries/s)|fanout0max|received_per_sec|—"
+  "fleet: 1,000 publishers x 10 msg/s -> 1, QoS 0: broker CPU per message (us)|fleet0|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 0: p50 latency (us), same run|fleet0|latency_us.p50|—"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 0: p99 latency (us), same run|fleet0|latency_us.p99|<= mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 0: losses, same run|fleet0|losses|0"
+  "fleet: 1,000 publishers x 10 msg/s -> 1, QoS 1: broker CPU per message (us)|fleet1|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 1: p50 latency (us), same run|fleet1|latency_us.p50|—"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 1: p99 latency (us), same run|fleet1|latency_us.p99|<= mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 1: losses, same run|fleet1|losses|0"
+  "fleet: $FLEET_N devices x 1 msg/s -> 100 sharing (\$share), QoS 1: broker CPU per message (us)|fleet10k|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: p50 latency (us), same run|fleet10k|latency_us.p50|—"
+  "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: p99 latency (us), same run|fleet10k|latency_us.p99|<= mosquitto"
+  "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: losses, same run|fleet10k|losses|0"
+  "QoS 1, 1 -> 1 at 10k msg/s: broker CPU per message (us)|q1rate|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "QoS 1, 1 -> 1 at 10k msg/s: p99 latency (us), same run|q1rate|latency_us.p99|<= mosquitto"
   "TLS 1.3 full handshakes/s (P-256, 16 at a time)|storm|connections_per_sec|—"
   "broker CPU per full handshake, P-256 (us)|storm|cpu_per_conn_us|<= 250 us"
   "TLS 1.3 full handshakes/s (RSA-2048, 16 at a time)|storm_rsa|connections_per_sec|—"
@@ -391,6 +412,11 @@ idle. The fan-out target rows come from one run (the publisher offers 2,500 msg/
 deliveries/s to 100 subscribers: a sustained rate, where losses and p99 mean something); the
 "as fast as possible" fan-out row is the saturation throughput (QoS 0 beyond it is dropped for
 slow subscribers by design). The two QoS 1 fan-in rows come from one run.
+Fleet rows (many devices at modest rates, where nothing batches per connection): paced
+publishers, each spread evenly over its period; the broker's CPU per message is read by the
+load generator from \`/proc\` between the first publish and the last delivery (connecting is not
+counted). In the $FLEET_N-device row, 100 subscribers share one subscription
+(\`\$share/workers/...\`): each message goes to one of them, as to a pool of backend workers.
 Handshake storms: $STORM_N connect / CONNACK / disconnect cycles; broker CPU (user + system, from
 \`/proc\`) divided by the connections made. mTLS: the listener requires a client certificate
 (P-256, same CA). Resumed: TLS 1.3 session tickets, every connection after the first resumes.

@@ -74,6 +74,10 @@ pub(crate) struct BenchArgs {
     /// Topic; %i is the publisher's index (subscribers use + there).
     #[arg(short = 't', long, default_value = "bench/%i")]
     topic: String,
+    /// Subscribers share one subscription (`$share/GROUP/filter`): each message goes to one of
+    /// them, as to a pool of workers, instead of to every subscriber.
+    #[arg(long, value_name = "GROUP")]
+    share: Option<String>,
     /// Target rate in messages per second over all publishers; 0: as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -95,7 +99,9 @@ pub(crate) struct BenchArgs {
     /// Seconds to hold the idle connections before measuring and closing them.
     #[arg(long, default_value_t = 2)]
     hold: u64,
-    /// The broker's process id (Linux): --idle reports its memory per idle connection.
+    /// The broker's process id (Linux): --idle reports its memory per idle connection, a
+    /// publish/subscribe run the broker's CPU per message while publishing (from /proc, from
+    /// the first publish until the last delivery: connecting is not counted).
     #[arg(long, value_name = "PID")]
     broker_pid: Option<u32>,
     /// TLS session resumption: connections after the first resume a session (TLS 1.3 tickets)
@@ -344,6 +350,18 @@ impl Sequence {
     }
 }
 
+/// A process's CPU time (user + system) in seconds, from `/proc/PID/stat` (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // In USER_HZ ticks: 100 per second on Linux whatever the kernel's own tick rate.
+    Some((utime + stime) as f64 / 100.0)
+}
+
 fn new_histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to 1 hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -353,7 +371,10 @@ fn new_histogram() -> Histogram<u64> {
 async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let live = Arc::new(Live::default());
-    let filter = args.topic.replace("%i", "+");
+    let filter = match &args.share {
+        Some(group) => format!("$share/{group}/{}", args.topic.replace("%i", "+")),
+        None => args.topic.replace("%i", "+"),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Subscribers first, subscribed before anything is published.
@@ -388,6 +409,7 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         (None, None) => Some(Instant::now() + Duration::from_secs(10)),
     };
     let publishers = u64::from(args.publishers);
+    let cpu_start = args.broker_pid.and_then(cpu_seconds);
     let pub_start = Instant::now();
     let mut pubs = Vec::new();
     for (i, conn) in conns.into_iter().enumerate() {
@@ -396,6 +418,10 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .count
             .map(|c| c / publishers + u64::from(index < c % publishers));
         let rate = (args.rate > 0).then(|| args.rate as f64 / publishers as f64);
+        // Spread evenly over one period: publisher i of N starts i/N of a period late.
+        let phase = rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(index as f64 / publishers as f64 / r)
+        });
         pubs.push(tokio::spawn(wire::publisher(
             conn,
             PublisherJob {
@@ -405,6 +431,7 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 size: args.size,
                 count,
                 rate,
+                phase,
                 deadline,
                 start,
                 drain: Duration::from_secs(args.drain),
@@ -440,7 +467,13 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let pub_elapsed = pub_start.elapsed();
     // Drain: wait for the expected deliveries, or for the flow to stop.
-    let expected = sent * u64::from(args.subscribers);
+    // A shared subscription delivers each message once, to one of the subscribers.
+    let copies = if args.share.is_some() {
+        u64::from(args.subscribers.min(1))
+    } else {
+        u64::from(args.subscribers)
+    };
+    let expected = sent * copies;
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain);
     let mut last = live.received.load(Ordering::Relaxed);
     let mut still = Instant::now();
@@ -458,6 +491,7 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recv_elapsed = pub_start.elapsed();
+    let broker_cpu = cpu_start.zip(args.broker_pid.and_then(cpu_seconds)).map(|(a, b)| b - a);
     let _ = stop_tx.send(true);
     if let Some(p) = progress {
         p.abort();
@@ -487,6 +521,9 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "size": args.size,
         "topic": args.topic,
         "target_rate": args.rate,
+        "share": args.share,
+        "broker_cpu_secs": broker_cpu,
+        "broker_cpu_us_per_message": broker_cpu.map(|c| c * 1e6 / received.max(1) as f64),
         "sent": sent,
         "publish_errors": errors,
         "expected": expected,

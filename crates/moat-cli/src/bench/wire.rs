@@ -44,6 +44,9 @@ pub(super) struct PublisherJob {
     pub(super) size: usize,
     pub(super) count: Option<u64>,
     pub(super) rate: Option<f64>,
+    /// With a rate: how far into its first period this publisher starts, so that many paced
+    /// publishers spread their messages over the period instead of sending together.
+    pub(super) phase: Duration,
     pub(super) deadline: Option<Instant>,
     pub(super) start: Instant,
     /// How long to wait for the last acknowledgements.
@@ -74,7 +77,7 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
         Arc::clone(&live),
     ));
     let padding = vec![0u8; job.size - HEADER];
-    let began = Instant::now();
+    let began = Instant::now() + job.phase;
     let mut n: u64 = 0;
     let mut next_id = PacketId::MIN;
     let mut rel_open = true;
@@ -87,6 +90,7 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
         }
         // How many messages are due now.
         let due = match job.rate {
+            Some(_) if Instant::now() < began => 0,
             Some(rate) => ((began.elapsed().as_secs_f64() * rate) as u64 + 1).saturating_sub(n),
             None => u64::MAX,
         };
@@ -96,11 +100,18 @@ pub(super) async fn publisher(conn: Connected, job: PublisherJob, live: Arc<Live
         };
         let mut batch = 0u64;
         if due == 0 {
-            // Ahead of the rate: PUBRELs still go out while waiting.
+            // Ahead of the rate: sleep until the next message is due (a paced publisher wakes
+            // once per message, so thousands of them stay cheap for the load generator);
+            // PUBRELs still go out while waiting.
+            let next = began + Duration::from_secs_f64(n as f64 / job.rate.unwrap_or(1.0));
+            let next = match job.deadline {
+                Some(d) => next.min(d),
+                None => next,
+            };
             tokio::select! {
                 biased;
                 Some(id) = rel_rx.recv(), if rel_open => pubrel(&mut writer, id),
-                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                () = tokio::time::sleep_until(next.into()) => {}
             }
         } else if reliable {
             // Wait for a window credit (or a PUBREL to send).
