@@ -20,6 +20,7 @@
 #   scripts/bench-forward.sh                      # COUNT=50000 PUBS=10 by default
 #   COUNT=20000 PUBS=4 scripts/bench-forward.sh
 #   scripts/bench-forward.sh latency              # RATE=5000 SECS=20 CONNS=10 DRAIN=20
+#   CASES="jetstream:500" scripts/bench-forward.sh latency   # sink:forward_batch, one or more
 #   scripts/bench-forward.sh outage               # RATE=5000 OUT_SECS=120 WARM=15 OUTAGE=60
 #   scripts/bench-forward.sh all
 set -euo pipefail
@@ -204,42 +205,59 @@ throughput() {
 }
 
 # latency_run SINK BATCH: prints one result line.
+# Each run its own table or stream: a new broker's keys start again at 0, so rows of an
+# earlier run under the same name would be taken for this run's (and its own rows dropped as
+# duplicates of them).
+lat_runs=0
 latency_run() {
   local sink=$1 batch=$2
-  local dir=$work/lat-$sink-$batch name reader
+  lat_runs=$((lat_runs + 1))
+  local dir=$work/lat-$lat_runs-$sink-$batch name reader
   if [ "$sink" = postgres ]; then
-    name=lat_b$batch
+    name=lat_${lat_runs}_b$batch
     reader=(--pg-url "$pg_url" --pg-password "$pg_password" --table "$name")
   else
-    name=LAT_B$batch
-    reader=(--nats-url "$nats_url" --stream "$name" --subjects "lat_b$batch.>")
+    name=LAT_${lat_runs}_B$batch
+    reader=(--nats-url "$nats_url" --stream "$name" --subjects "lat_${lat_runs}_b$batch.>")
   fi
   write_config "$dir" "$batch" 127.0.0.1:0 127.0.0.1:0 "$(rule lat 'lat/#' "$sink" "$name")"
   start_broker "$dir"
   "$bin/examples/forward_probe" latency --mqtt "$addr" --topic lat --rate "$RATE" \
     --secs "$SECS" --conns "$CONNS" --drain "$DRAIN" "${reader[@]}" >"$dir/probe.json"
   "$bin/moat" forward status --admin "$admin" --token-file "$token" --json >"$dir/status.json" || true
+  # The broker's own view: moat_forward_sink_write_seconds (one sample per batch written).
+  curl -sf -H "Authorization: Bearer $(cat "$token")" "$admin/metrics" >"$dir/metrics.txt" || true
   stop_broker
-  python3 - "$sink" "$batch" "$dir/probe.json" "$dir/status.json" <<'PY'
-import json, sys
-sink, batch, probe, status = sys.argv[1:]
+  python3 - "$sink" "$batch" "$dir/probe.json" "$dir/status.json" "$dir/metrics.txt" <<'PY'
+import json, re, sys
+sink, batch, probe, status, metrics = sys.argv[1:]
 p = json.load(open(probe))
 r = json.load(open(status))[0]
 ms = lambda v: f"{v:,.1f}" if isinstance(v, (int, float)) else str(v)
+h = {}
+for line in open(metrics):
+    m = re.match(r'moat_forward_sink_write_seconds_(count|sum|bucket)\{(.*)\} (\S+)', line)
+    if m:
+        le = re.search(r'(?<![a-z_])le="([^"]+)"', m.group(2))
+        key = (round(float(le.group(1)), 6) if le.group(1) != "+Inf" else None) if le else None
+        h[(m.group(1), key)] = float(m.group(3))
+writes = h.get(("count", None), 0)
+mean = h.get(("sum", None), 0) / writes * 1e3 if writes else 0
+slow = writes - h.get(("bucket", "0.128"), writes)
 print(f"| {sink} | {batch} | {p['target_rate']:,.0f} | {p['publish_rate']:,.0f} | "
       f"{p['sink_rate']:,.0f} | {ms(p['p50_ms'])} | {ms(p['p90_ms'])} | {ms(p['p99_ms'])} | "
       f"{ms(p['p999_ms'])} | {ms(p['max_ms'])} | {p['acked']:,} | {p['not_seen']:,} | "
-      f"{r['retries']} |")
+      f"{r['retries']} | {writes:,.0f} | {mean:.1f} | {slow:,.0f} |")
 PY
 }
 
 latency() {
-  echo "| sink | forward_batch | target msg/s | PUBACKed msg/s | visible in the sink msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | acknowledged | not visible after ${DRAIN} s | retries |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  latency_run postgres 500
-  latency_run postgres 1
-  latency_run jetstream 500
-  latency_run jetstream 1
+  echo "| sink | forward_batch | target msg/s | PUBACKed msg/s | visible in the sink msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | acknowledged | not visible after ${DRAIN} s | retries | sink writes | mean write ms | writes > 128 ms |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  local c
+  for c in ${CASES:-postgres:500 postgres:1 jetstream:500 jetstream:1}; do
+    latency_run "${c%:*}" "${c#*:}"
+  done
 }
 
 # at T: sleeps until T seconds after the outage run's start (t0).
