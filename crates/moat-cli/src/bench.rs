@@ -491,7 +491,9 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recv_elapsed = pub_start.elapsed();
-    let broker_cpu = cpu_start.zip(args.broker_pid.and_then(cpu_seconds)).map(|(a, b)| b - a);
+    let broker_cpu = cpu_start
+        .zip(args.broker_pid.and_then(cpu_seconds))
+        .map(|(a, b)| b - a);
     let _ = stop_tx.send(true);
     if let Some(p) = progress {
         p.abort();
