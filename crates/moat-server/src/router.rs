@@ -118,6 +118,10 @@ pub(crate) struct Router {
     /// Forwarding rules: accepted messages they match are spooled before their
     /// acknowledgement.
     forward: Option<Forwarding>,
+    /// Wake-ups to route without gathering first ([`Router::gather`]), and how many the last
+    /// fruitless gather set.
+    gather_skip: u32,
+    gather_backoff: u32,
 }
 
 impl Router {
@@ -143,6 +147,8 @@ impl Router {
             fatal: CancellationToken::new(),
             failure: None,
             forward: None,
+            gather_skip: 0,
+            gather_backoff: 0,
         }
     }
 
@@ -294,13 +300,28 @@ impl Router {
     /// event woke all hand over their packets first and the router routes them as one batch:
     /// a subscriber then gets one write for the batch instead of one per message, and a
     /// quiet router costs one more task poll per wake-up.
+    ///
+    /// The yield costs a poll of the I/O driver when nothing else is ready (one client alone
+    /// sending now and then): a gather that brings nothing makes the router skip the next
+    /// ones, twice as many each time (at most 7), and one that brings something resets that.
     async fn gather(&mut self, batch: &mut Vec<ToRouter>) {
+        if self.gather_skip > 0 {
+            self.gather_skip -= 1;
+            return;
+        }
+        let before = batch.len();
         tokio::task::yield_now().await;
         while batch.len() < self.batch_limit {
             match self.rx.try_recv() {
                 Ok(msg) => batch.push(msg),
                 Err(_) => break,
             }
+        }
+        if batch.len() > before {
+            self.gather_backoff = 0;
+        } else {
+            self.gather_backoff = (self.gather_backoff * 2 + 1).min(7);
+            self.gather_skip = self.gather_backoff;
         }
     }
 
