@@ -159,6 +159,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 struct Plan {
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Counts the full TLS handshakes (each verifies a server certificate; a resumed one
+    /// does not).
+    observer: transport::Observer,
     opts: ConnectOptions,
     run_id: String,
     progress: bool,
@@ -199,8 +202,9 @@ impl Plan {
                 bail!("too many publishers");
             }
         }
+        let observer = transport::Observer::new();
         let tls = if target.scheme.is_tls() {
-            Some(transport::client_config(&tls_opts, None)?)
+            Some(transport::client_config(&tls_opts, Some(&observer))?)
         } else {
             None
         };
@@ -219,6 +223,7 @@ impl Plan {
         Ok(Self {
             target,
             tls,
+            observer,
             opts,
             run_id: common::random_suffix(),
             progress: !args.json && !args.quiet && std::io::stderr().is_terminal(),
@@ -637,6 +642,14 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let succeeded = latency.len();
     let rate = succeeded as f64 / elapsed.as_secs_f64().max(1e-9);
     let q = |p: f64| latency.value_at_quantile(p);
+    // Handshakes that verified a server certificate were full ones; with --resume every other
+    // one resumed a session (what the broker accepted, not only what was offered).
+    let full = plan.observer.snapshot().server_certs_verified;
+    let tls_resumed = plan
+        .target
+        .scheme
+        .is_tls()
+        .then(|| succeeded.saturating_sub(full));
     let report = json!({
         "mode": "storm",
         "url": plan.target.to_string(),
@@ -647,6 +660,8 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "failed": failed,
         "elapsed_secs": elapsed.as_secs_f64(),
         "connections_per_sec": rate,
+        "tls_full_handshakes": plan.target.scheme.is_tls().then_some(full),
+        "tls_resumed": tls_resumed,
         "connect_latency_us": {
             "p50": q(0.50),
             "p90": q(0.90),
@@ -673,6 +688,9 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "connected {succeeded} ({failed} failed) in {:.2} s: {rate:.0} connections/s",
             elapsed.as_secs_f64()
         );
+        if let Some(resumed) = tls_resumed {
+            println!("TLS: {full} full handshakes, {resumed} resumed");
+        }
         if succeeded > 0 {
             println!(
                 "connect + CONNACK latency  p50 {}  p90 {}  p99 {}  max {}",
