@@ -155,6 +155,87 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// A client session store for `--resume`: the TLS 1.3 tickets of one server, up to `max` (the
+/// oldest go first), and what rustls' in-memory cache keeps besides (key exchange hints, TLS 1.2
+/// sessions).
+#[derive(Debug)]
+struct BenchSessions {
+    max: usize,
+    tickets: std::sync::Mutex<std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>>,
+    rest: rustls::client::ClientSessionMemoryCache,
+}
+
+impl BenchSessions {
+    fn with_tickets(max: usize) -> Self {
+        Self {
+            max,
+            tickets: std::sync::Mutex::default(),
+            rest: rustls::client::ClientSessionMemoryCache::new(16),
+        }
+    }
+
+    fn tickets(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+    > {
+        self.tickets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+// One bench run talks to one server: the tickets are not keyed by name.
+impl rustls::client::ClientSessionStore for BenchSessions {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.rest.set_kx_hint(name, group);
+    }
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.rest.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.rest.set_tls12_session(name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.rest.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.rest.remove_tls12_session(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        _name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut t = self.tickets();
+        if t.len() >= self.max {
+            t.pop_front();
+        }
+        t.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        // The newest first, as rustls' cache does.
+        self.tickets().pop_back()
+    }
+}
+
 /// What every connection shares.
 struct Plan {
     target: Target,
@@ -204,7 +285,19 @@ impl Plan {
         }
         let observer = transport::Observer::new();
         let tls = if target.scheme.is_tls() {
-            Some(transport::client_config(&tls_opts, Some(&observer))?)
+            let config = transport::client_config(&tls_opts, Some(&observer))?;
+            Some(if args.resume {
+                // rustls' own cache keeps at most 8 TLS 1.3 tickets per server: fewer than
+                // `--concurrency` connections may be starting at once, and the ones without a
+                // ticket would make full handshakes in a "resumed" storm.
+                let mut c = (*config).clone();
+                c.resumption = rustls::client::Resumption::store(Arc::new(
+                    BenchSessions::with_tickets(2 * args.concurrency as usize + 16),
+                ));
+                Arc::new(c)
+            } else {
+                config
+            })
         } else {
             None
         };
