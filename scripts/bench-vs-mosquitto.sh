@@ -405,7 +405,8 @@ deliveries/s to 100 subscribers: a sustained rate, where losses and p99 mean som
 slow subscribers by design). The two QoS 1 fan-in rows come from one run.
 Handshake storms: $STORM_N connect / CONNACK / disconnect cycles; broker CPU (user + system, from
 \`/proc\`) divided by the connections made. mTLS: the listener requires a client certificate
-(P-256, same CA). Resumed: TLS 1.3 session tickets, every connection after the first resumes.
+(P-256, same CA). Resumed: TLS 1.3 session tickets; every connection after the first 16 (one per
+concurrent slot) resumes, and a row counts the handshakes that did (for both brokers).
 Memory per idle connection: a freshly started broker, \`moat bench --idle\` opens $IDLE_N
 connections (CONNECT / CONNACK, then nothing) and reports the broker's RSS growth / $IDLE_N.
 100,000 idle TLS connections cannot be opened on this machine: the file-descriptor hard limit
