@@ -161,10 +161,94 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// A client session store for `--resume`: the TLS 1.3 tickets of one server, up to `max` (the
+/// oldest go first), and what rustls' in-memory cache keeps besides (key exchange hints, TLS 1.2
+/// sessions).
+#[derive(Debug)]
+struct BenchSessions {
+    max: usize,
+    tickets: std::sync::Mutex<std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>>,
+    rest: rustls::client::ClientSessionMemoryCache,
+}
+
+impl BenchSessions {
+    fn with_tickets(max: usize) -> Self {
+        Self {
+            max,
+            tickets: std::sync::Mutex::default(),
+            rest: rustls::client::ClientSessionMemoryCache::new(16),
+        }
+    }
+
+    fn tickets(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+    > {
+        self.tickets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+// One bench run talks to one server: the tickets are not keyed by name.
+impl rustls::client::ClientSessionStore for BenchSessions {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.rest.set_kx_hint(name, group);
+    }
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.rest.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.rest.set_tls12_session(name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.rest.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.rest.remove_tls12_session(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        _name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut t = self.tickets();
+        if t.len() >= self.max {
+            t.pop_front();
+        }
+        t.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        // The newest first, as rustls' cache does.
+        self.tickets().pop_back()
+    }
+}
+
 /// What every connection shares.
 struct Plan {
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Counts the full TLS handshakes (each verifies a server certificate; a resumed one
+    /// does not).
+    observer: transport::Observer,
     opts: ConnectOptions,
     run_id: String,
     progress: bool,
@@ -205,8 +289,21 @@ impl Plan {
                 bail!("too many publishers");
             }
         }
+        let observer = transport::Observer::new();
         let tls = if target.scheme.is_tls() {
-            Some(transport::client_config(&tls_opts, None)?)
+            let config = transport::client_config(&tls_opts, Some(&observer))?;
+            Some(if args.resume {
+                // rustls' own cache keeps at most 8 TLS 1.3 tickets per server: fewer than
+                // `--concurrency` connections may be starting at once, and the ones without a
+                // ticket would make full handshakes in a "resumed" storm.
+                let mut c = (*config).clone();
+                c.resumption = rustls::client::Resumption::store(Arc::new(
+                    BenchSessions::with_tickets(2 * args.concurrency as usize + 16),
+                ));
+                Arc::new(c)
+            } else {
+                config
+            })
         } else {
             None
         };
@@ -225,6 +322,7 @@ impl Plan {
         Ok(Self {
             target,
             tls,
+            observer,
             opts,
             run_id: common::random_suffix(),
             progress: !args.json && !args.quiet && std::io::stderr().is_terminal(),
@@ -676,6 +774,14 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let succeeded = latency.len();
     let rate = succeeded as f64 / elapsed.as_secs_f64().max(1e-9);
     let q = |p: f64| latency.value_at_quantile(p);
+    // Handshakes that verified a server certificate were full ones; with --resume every other
+    // one resumed a session (what the broker accepted, not only what was offered).
+    let full = plan.observer.snapshot().server_certs_verified;
+    let tls_resumed = plan
+        .target
+        .scheme
+        .is_tls()
+        .then(|| succeeded.saturating_sub(full));
     let report = json!({
         "mode": "storm",
         "url": plan.target.to_string(),
@@ -686,6 +792,8 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "failed": failed,
         "elapsed_secs": elapsed.as_secs_f64(),
         "connections_per_sec": rate,
+        "tls_full_handshakes": plan.target.scheme.is_tls().then_some(full),
+        "tls_resumed": tls_resumed,
         "connect_latency_us": {
             "p50": q(0.50),
             "p90": q(0.90),
@@ -712,6 +820,9 @@ async fn storm(plan: Arc<Plan>, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "connected {succeeded} ({failed} failed) in {:.2} s: {rate:.0} connections/s",
             elapsed.as_secs_f64()
         );
+        if let Some(resumed) = tls_resumed {
+            println!("TLS: {full} full handshakes, {resumed} resumed");
+        }
         if succeeded > 0 {
             println!(
                 "connect + CONNACK latency  p50 {}  p90 {}  p99 {}  max {}",

@@ -152,6 +152,29 @@ fn connection_storm_over_tcp_and_tls() {
     assert_eq!(r["tls"], true);
     assert_eq!(u(&r, "succeeded"), 50, "{r}");
     assert!(u(&r["connect_latency_us"], "p99") > 0, "{r}");
+    assert_eq!(u(&r, "tls_full_handshakes"), 50, "{r}");
+    assert_eq!(u(&r, "tls_resumed"), 0, "{r}");
+    // With --resume, only the connections that started before any ticket came back (at most
+    // one per concurrent slot) make full handshakes.
+    let r = bench_json(&[
+        "-L",
+        &broker.url("tls"),
+        "--cafile",
+        ca,
+        "--storm",
+        "--resume",
+        "--connections",
+        "50",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(u(&r, "succeeded"), 50, "{r}");
+    assert!(u(&r, "tls_full_handshakes") <= 4, "{r}");
+    assert_eq!(
+        u(&r, "tls_resumed") + u(&r, "tls_full_handshakes"),
+        50,
+        "{r}"
+    );
 }
 
 #[test]

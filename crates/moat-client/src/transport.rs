@@ -370,6 +370,9 @@ pub struct TlsObservations {
     pub acceptable_issuers: Vec<Vec<u8>>,
     /// A client certificate was sent.
     pub client_cert_sent: bool,
+    /// Server certificates verified: one per full handshake (a resumed TLS handshake presents
+    /// none), so that a caller can tell how many of its handshakes resumed.
+    pub server_certs_verified: u64,
 }
 
 /// Records what TLS handshakes made with a configuration from [`client_config`] showed.
@@ -579,6 +582,7 @@ impl ServerCertVerifier for Verifier {
                     .chain(intermediates)
                     .map(|c| c.as_ref().to_vec())
                     .collect();
+                o.server_certs_verified += 1;
             });
         }
         let Some(webpki) = &self.webpki else {
