@@ -43,6 +43,14 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     measure(packet, version).map_or(0, |lengths| lengths.total())
 }
 
+/// [`encoded_len`] of `Packet::Publish(p)`, for a PUBLISH not (yet) in a [`Packet`].
+pub fn publish_len(p: &Publish, version: ProtocolVersion) -> usize {
+    let mut l = Lengths::default();
+    publish_remaining(p, version.is_v5(), &mut l)
+        .and_then(|remaining| within_limit(Lengths { remaining, ..l }))
+        .map_or(0, |lengths| lengths.total())
+}
+
 /// The lengths that the fixed header and the property length fields announce.
 #[derive(Debug, Clone, Copy, Default)]
 struct Lengths {
@@ -97,14 +105,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<Lengths, EncodeE
             n
         }
         Packet::ConnAck(ack) => 2 + optional_properties(v5, &ack.properties, &mut l)?,
-        Packet::Publish(p) => {
-            check_publish(p, v5)?;
-            let mut n = string_len(&p.topic, "topic name")?;
-            if p.packet_id.is_some() {
-                n += 2;
-            }
-            n + optional_properties(v5, &p.properties, &mut l)? + p.payload.len()
-        }
+        Packet::Publish(p) => publish_remaining(p, v5, &mut l)?,
         Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
             if v5 {
                 l.properties = properties_len(&ack.properties)?;
@@ -169,6 +170,20 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<Lengths, EncodeE
             }
         }
     };
+    within_limit(l)
+}
+
+/// The Remaining Length of a PUBLISH (its property length goes to `l`).
+fn publish_remaining(p: &Publish, v5: bool, l: &mut Lengths) -> Result<usize, EncodeError> {
+    check_publish(p, v5)?;
+    let mut n = string_len(&p.topic, "topic name")?;
+    if p.packet_id.is_some() {
+        n += 2;
+    }
+    Ok(n + optional_properties(v5, &p.properties, l)? + p.payload.len())
+}
+
+fn within_limit(l: Lengths) -> Result<Lengths, EncodeError> {
     if l.remaining > MAX_REMAINING_LENGTH {
         return Err(EncodeError::PacketTooLarge(l.remaining));
     }

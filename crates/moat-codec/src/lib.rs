@@ -34,7 +34,7 @@ mod reason;
 mod test_vectors;
 
 pub use decode::{connect_version, Codec};
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encoded_len, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, PacketType, ProtocolVersion,

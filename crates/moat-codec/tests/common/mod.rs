@@ -2,7 +2,7 @@
 #![allow(dead_code)] // Each test crate uses a different subset.
 
 use bytes::BytesMut;
-use moat_codec::{encode, encoded_len, Codec, DecodeError, Packet, ProtocolVersion};
+use moat_codec::{encode, encoded_len, publish_len, Codec, DecodeError, Packet, ProtocolVersion};
 
 pub(crate) const VERSIONS: [ProtocolVersion; 3] = [
     ProtocolVersion::V3_1,
@@ -73,6 +73,9 @@ pub(crate) fn assert_roundtrip(packet: &Packet, version: ProtocolVersion) {
         encoded_len(packet, version),
         "encoded_len of {packet:?}"
     );
+    if let Packet::Publish(p) = packet {
+        assert_eq!(buf.len(), publish_len(p, version), "publish_len of {p:?}");
+    }
     let bytes = buf.clone();
     let mut codec = Codec::new(u32::MAX);
     codec.set_version(version);

@@ -194,14 +194,7 @@ impl Broker {
             }
         }
         if conn.max_packet_size < u32::MAX {
-            // Measured in place: the packet is moved in and back out (a clone would copy the
-            // topic for every delivery).
-            let packet = Packet::Publish(p);
-            let len = moat_codec::encoded_len(&packet, conn.protocol);
-            let Packet::Publish(publish) = packet else {
-                return None;
-            };
-            p = publish;
+            let len = moat_codec::publish_len(&p, conn.protocol);
             if len > conn.max_packet_size as usize {
                 // An alias set by this packet would never reach the client.
                 if !p.topic.is_empty() {
