@@ -469,9 +469,10 @@ fn new_histogram() -> Histogram<u64> {
 async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let live = Arc::new(Live::default());
+    let filter = args.topic.replace("%i", "+");
     let filter = match &args.share {
-        Some(group) => format!("$share/{group}/{}", args.topic.replace("%i", "+")),
-        None => args.topic.replace("%i", "+"),
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 

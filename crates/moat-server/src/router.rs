@@ -12,8 +12,6 @@
 //! before what it acknowledges is kept (all ops of a batch share one fsync: group commit).
 
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +22,7 @@ use moat_core::{
     Message, Output, RequestId,
 };
 use moat_store::{DiskStore, Durability};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

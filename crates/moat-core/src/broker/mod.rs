@@ -1,11 +1,6 @@
 //! The broker state machine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-
-// Sessions and connections are keyed by ids the broker counts out itself (no client chooses
-// them), so the fast multiplicative hash is safe here; keys that come from the network (topic
-// levels, client ids) keep the standard, seeded SipHash.
-use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -16,6 +11,7 @@ use moat_codec::{
     ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, PubAck,
     Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use rustc_hash::FxHashMap;
 
 use crate::config::BrokerConfig;
 use crate::message::{Delivery, Message, SessionId};
@@ -244,7 +240,9 @@ pub struct Broker {
     authorizer: Box<dyn Authorizer>,
     /// The engine's `$SYS` values, if it has any.
     sys_source: Option<Box<dyn SysSource>>,
-    /// Boxed values: the tables stay small (and grow cheaply) with many idle clients.
+    /// Boxed values: the tables stay small (and grow cheaply) with many idle clients. Keyed by
+    /// ids the broker counts out itself (no client chooses them), so the fast Fx hash is safe
+    /// for this and `conns`; keys from the network (topic levels, client ids) keep SipHash.
     sessions: FxHashMap<SessionId, Box<Session>>,
     /// Ordered: the admin API lists clients by id, a page at a time.
     by_client_id: BTreeMap<String, SessionId>,
