@@ -176,6 +176,7 @@ stop() { # pid: SIGTERM, at most 10 s, then SIGKILL
 }
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo nan; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo nan; }
 # Waits (at most 120 s) until the broker is idle: at most 2 ticks of CPU in half a second. A
 # broker may still be working through what a run's clients left in its socket buffers; the next
 # run must not pay for it.
@@ -219,18 +220,19 @@ run_one() { # broker listener args outfile
   # publishing (connecting not counted), read by the load generator from /proc.
   if [[ $args != *--storm* ]]; then a+=(--broker-pid "$pid"); fi
   local before after json
-  before=$(cpu_ticks "$pid")
+  before=$(cpu_ticks "$pid"); sys_before=$(sys_ticks "$pid")
   json=$(timeout -k 5 "$limit" "${pin_load[@]}" "$MOAT" bench -L "$url" "${extra[@]}" "${a[@]}" \
     --json --quiet 2>"$work/bench.err" || true)
-  after=$(cpu_ticks "$pid")
+  after=$(cpu_ticks "$pid"); sys_after=$(sys_ticks "$pid")
   if ! kill -0 "$pid" 2>/dev/null; then
     echo "  the broker ($([ "$b" = M ] && echo moat || echo mosquitto), pid $pid) is gone; its log ends:" >&2
     tail -n 5 "$work/$([ "$b" = M ] && echo moat || echo mosquitto).log" | sed 's/^/    /' >&2
   fi
   settle "$pid"
-  python3 - "$before" "$after" "$(getconf CLK_TCK)" "$json" "$work/bench.err" >"$out" <<'PY'
+  python3 - "$before" "$after" "$(getconf CLK_TCK)" "$json" "$work/bench.err" \
+    "$sys_before" "$sys_after" >"$out" <<'PY'
 import json, sys
-before, after, hz, text, err = sys.argv[1:6]
+before, after, hz, text, err, sys_before, sys_after = sys.argv[1:8]
 try:
     bench = json.loads(text)
 except ValueError:
@@ -239,9 +241,13 @@ try:
     cpu = (float(after) - float(before)) / int(hz)
 except ValueError:
     cpu = None
+try:
+    sys_cpu = (float(sys_after) - float(sys_before)) / int(hz)
+except ValueError:
+    sys_cpu = None
 error = open(err).read().strip().splitlines()
 error = error[0] if error else (bench or {}).get("first_error")
-print(json.dumps({"bench": bench, "cpu_secs": cpu, "error": error}))
+print(json.dumps({"bench": bench, "cpu_secs": cpu, "sys_secs": sys_cpu, "error": error}))
 PY
 }
 
@@ -283,14 +289,17 @@ rows=(
   "QoS 0, fan-out 1 -> 100, 2,500 msg/s in: losses, same run|fanout0|losses|0"
   "QoS 0, fan-out 1 -> 100, as fast as possible (deliveries/s)|fanout0max|received_per_sec|—"
   "fleet: 1,000 publishers x 10 msg/s -> 1, QoS 0: broker CPU per message (us)|fleet0|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 0: of which system CPU (us), same run|fleet0|broker_sys_us_per_message|—"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 0: p50 latency (us), same run|fleet0|latency_us.p50|—"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 0: p99 latency (us), same run|fleet0|latency_us.p99|<= mosquitto"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 0: losses, same run|fleet0|losses|0"
   "fleet: 1,000 publishers x 10 msg/s -> 1, QoS 1: broker CPU per message (us)|fleet1|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: 1,000 x 10 msg/s -> 1, QoS 1: of which system CPU (us), same run|fleet1|broker_sys_us_per_message|—"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 1: p50 latency (us), same run|fleet1|latency_us.p50|—"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 1: p99 latency (us), same run|fleet1|latency_us.p99|<= mosquitto"
   "fleet: 1,000 x 10 msg/s -> 1, QoS 1: losses, same run|fleet1|losses|0"
   "fleet: $FLEET_N devices x 1 msg/s -> 100 sharing (\$share), QoS 1: broker CPU per message (us)|fleet10k|broker_cpu_us_per_message|<= 1/2 of mosquitto"
+  "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: of which system CPU (us), same run|fleet10k|broker_sys_us_per_message|—"
   "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: p50 latency (us), same run|fleet10k|latency_us.p50|—"
   "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: p99 latency (us), same run|fleet10k|latency_us.p99|<= mosquitto"
   "fleet: $FLEET_N x 1 msg/s -> 100 sharing, QoS 1: losses, same run|fleet10k|losses|0"
@@ -298,12 +307,16 @@ rows=(
   "QoS 1, 1 -> 1 at 10k msg/s: p99 latency (us), same run|q1rate|latency_us.p99|<= mosquitto"
   "TLS 1.3 full handshakes/s (P-256, 16 at a time)|storm|connections_per_sec|—"
   "broker CPU per full handshake, P-256 (us)|storm|cpu_per_conn_us|<= 1/3 of mosquitto"
+  "  of which system CPU, full handshake, P-256 (us)|storm|sys_per_conn_us|—"
   "TLS 1.3 full handshakes/s (RSA-2048, 16 at a time)|storm_rsa|connections_per_sec|—"
   "broker CPU per full handshake, RSA-2048 (us)|storm_rsa|cpu_per_conn_us|<= 1/3 of mosquitto"
+  "  of which system CPU, full handshake, RSA-2048 (us)|storm_rsa|sys_per_conn_us|—"
   "mTLS full handshakes/s (P-256 both sides, 16 at a time)|storm_mtls|connections_per_sec|—"
   "broker CPU per mTLS handshake, P-256 (us)|storm_mtls|cpu_per_conn_us|<= 1/3 of mosquitto"
+  "  of which system CPU, mTLS handshake, P-256 (us)|storm_mtls|sys_per_conn_us|—"
   "TLS 1.3 resumed handshakes/s (P-256, tickets, 16 at a time)|storm_resume|connections_per_sec|—"
   "broker CPU per resumed handshake, P-256 (us)|storm_resume|cpu_per_conn_us|<= 1/3 of mosquitto"
+  "  of which system CPU, resumed handshake, P-256 (us)|storm_resume|sys_per_conn_us|—"
   "handshakes that resumed a session in the resumed storm (of $STORM_N)|storm_resume|tls_resumed|all but the first"
   "memory per idle connection, TCP (bytes, $IDLE_N connections)|idle_tcp|broker_bytes_per_connection|<= 2 KiB (2048 B)"
   "memory per idle connection, TLS (bytes, $IDLE_N connections)|idle_tls|broker_bytes_per_connection|<= 16 KiB (16384 B)"
@@ -377,6 +390,10 @@ def figure(r, name):
         if r.get("cpu_secs") is None or not bench.get("succeeded"):
             return math.nan
         return r["cpu_secs"] * 1e6 / bench["succeeded"]
+    if name == "sys_per_conn_us":
+        if r.get("sys_secs") is None or not bench.get("succeeded"):
+            return math.nan
+        return r["sys_secs"] * 1e6 / bench["succeeded"]
     v = bench
     for part in name.split("."):
         v = v.get(part) if isinstance(v, dict) else None

@@ -448,8 +448,8 @@ impl Sequence {
     }
 }
 
-/// A process's CPU time (user + system) in seconds, from `/proc/PID/stat` (Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// A process's CPU time (user, system) in seconds, from `/proc/PID/stat` (Linux).
+fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -457,7 +457,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     // In USER_HZ ticks: 100 per second on Linux whatever the kernel's own tick rate.
-    Some((utime + stime) as f64 / 100.0)
+    Some((utime as f64 / 100.0, stime as f64 / 100.0))
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -590,9 +590,10 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recv_elapsed = pub_start.elapsed();
-    let broker_cpu = cpu_start
+    let broker_split = cpu_start
         .zip(args.broker_pid.and_then(cpu_seconds))
-        .map(|(a, b)| b - a);
+        .map(|(a, b)| (b.0 - a.0, b.1 - a.1));
+    let broker_cpu = broker_split.map(|(u, s)| u + s);
     let _ = stop_tx.send(true);
     if let Some(p) = progress {
         p.abort();
@@ -625,6 +626,8 @@ async fn pubsub(plan: &Plan, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "share": args.share,
         "broker_cpu_secs": broker_cpu,
         "broker_cpu_us_per_message": broker_cpu.map(|c| c * 1e6 / received.max(1) as f64),
+        // The kernel's share (system calls, and on loopback the peer's TCP receive run inline).
+        "broker_sys_us_per_message": broker_split.map(|(_, s)| s * 1e6 / received.max(1) as f64),
         "sent": sent,
         "publish_errors": errors,
         "expected": expected,
