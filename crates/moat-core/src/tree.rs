@@ -27,6 +27,8 @@ pub struct SharedGroup<K, V> {
     pub members: Vec<(K, V)>,
     /// Round-robin cursor: the index to try first next time.
     pub next: usize,
+    /// The routing batch of the last pick and how many picks in a row went to that member.
+    pub run: (u64, u32),
 }
 
 /// One match of a topic against the subscription tree.
@@ -169,6 +171,7 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
                             name: group.as_str().into(),
                             members: Vec::new(),
                             next: 0,
+                            run: (0, 0),
                         });
                         node.shared.len() - 1
                     }

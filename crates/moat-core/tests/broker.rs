@@ -615,6 +615,46 @@ fn no_local_retain_as_published_and_retain_handling() {
     assert_eq!(publishes(&out).len(), 0);
 }
 
+/// Within one routing batch a member takes up to 8 messages in a row (one write for them);
+/// the next batch starts with the next member, and a disconnected member is passed over.
+#[test]
+fn shared_subscriptions_take_runs_within_a_batch() {
+    let mut h = Harness::new();
+    let a = h.connect("a", V5, true);
+    let b = h.connect("b", V5, true);
+    h.subscribe(a, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
+    h.subscribe(b, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
+    let p = h.connect("p", V5, true);
+    let mut batch = |h: &mut Harness, n: usize| {
+        h.broker.begin_batch();
+        for i in 0..n {
+            let m = publish("s/x", &i.to_string(), QoS::AtMostOnce, 0);
+            h.send(p, Packet::Publish(m));
+        }
+        h.broker.end_batch();
+        (
+            publishes(&h.all_for(a)).len(),
+            publishes(&h.all_for(b)).len(),
+        )
+    };
+    assert_eq!(batch(&mut h, 10), (8, 2));
+    // The next batch starts a new run with the next member.
+    assert_eq!(batch(&mut h, 3), (3, 0));
+    assert_eq!(batch(&mut h, 3), (0, 3));
+    // Outside a batch: one message each in turn.
+    for i in 0..4 {
+        let m = publish("s/x", &i.to_string(), QoS::AtMostOnce, 0);
+        h.send(p, Packet::Publish(m));
+    }
+    assert_eq!(
+        (
+            publishes(&h.all_for(a)).len(),
+            publishes(&h.all_for(b)).len()
+        ),
+        (2, 2)
+    );
+}
+
 #[test]
 fn shared_subscriptions_round_robin() {
     let mut h = Harness::new();

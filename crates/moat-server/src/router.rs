@@ -249,9 +249,11 @@ impl Router {
                     if n < self.batch_limit {
                         self.gather(&mut batch).await;
                     }
+                    self.broker.begin_batch();
                     for msg in batch.drain(..) {
                         self.handle(msg);
                     }
+                    self.broker.end_batch();
                 }
                 () = async {
                     match deadline {

@@ -270,6 +270,9 @@ pub struct Broker {
     interest: HashMap<String, usize>,
     /// Reused while routing: (session, qos, retain, subscription id).
     scratch: Vec<(SessionId, QoS, bool, Option<u32>)>,
+    /// The routing batch in progress (see [`Broker::begin_batch`]); 0: none.
+    batch: u64,
+    batches: u64,
     /// Set while routing: a connected session the message was queued for whose queue is at
     /// `flow_control_queued` (the publisher's acknowledgement then waits for it).
     congested: Option<SessionId>,
@@ -353,6 +356,8 @@ impl Broker {
             report_accepted: false,
             interest: HashMap::new(),
             scratch: Vec::new(),
+            batch: 0,
+            batches: 0,
             congested: None,
             persist: false,
             epoch: (now, 0),

@@ -2,6 +2,26 @@
 
 use super::*;
 
+/// How many messages in a row one member of a shared subscription takes within one routing
+/// batch (see [`Broker::begin_batch`]).
+const SHARED_RUN: u32 = 8;
+
+impl Broker {
+    /// Starts a routing batch: the messages handled until [`Broker::end_batch`] arrived
+    /// together (one wake-up of the engine). Within a batch a shared subscription gives a
+    /// member up to a few messages in a row, so that they reach it in one write; across batches
+    /// the members still take turns. Outside a batch every message goes to the next member.
+    pub fn begin_batch(&mut self) {
+        self.batches += 1;
+        self.batch = self.batches;
+    }
+
+    /// Ends the routing batch [`Broker::begin_batch`] started.
+    pub fn end_batch(&mut self) {
+        self.batch = 0;
+    }
+}
+
 impl Broker {
     pub(super) fn handle_publish(&mut self, conn_id: ConnId, mut p: Publish, now: Instant) {
         self.stats.messages_received += 1;
@@ -216,6 +236,7 @@ impl Broker {
         scratch.clear();
         let sessions = &self.sessions;
         let origin = message.origin;
+        let batch = self.batch;
         self.subs.for_each_match(&message.topic, |m| match m {
             Match::Plain(sid, data) => {
                 if data.options.no_local && Some(*sid) == origin {
@@ -233,6 +254,18 @@ impl Broker {
                 if n == 0 {
                     return;
                 }
+                // Within one routing batch, the member picked last takes the next few
+                // messages too (one write for them instead of one each).
+                if batch != 0 && group.run.0 == batch && group.run.1 < SHARED_RUN {
+                    let last = (group.next + n - 1) % n;
+                    let (sid, data) = &group.members[last];
+                    if sessions.get(sid).is_some_and(|s| s.conn.is_some()) {
+                        group.run.1 += 1;
+                        scratch.push((*sid, data.options.qos, false, data.id));
+                        return;
+                    }
+                }
+                group.run = (batch, 1);
                 // Round robin, preferring connected members.
                 let start = group.next % n;
                 let pick = (0..n)
