@@ -625,7 +625,7 @@ fn shared_subscriptions_take_runs_within_a_batch() {
     h.subscribe(a, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
     h.subscribe(b, vec![sub("$share/g/s/+", QoS::AtMostOnce)]);
     let p = h.connect("p", V5, true);
-    let mut batch = |h: &mut Harness, n: usize| {
+    let batch = |h: &mut Harness, n: usize| {
         h.broker.begin_batch();
         for i in 0..n {
             let m = publish("s/x", &i.to_string(), QoS::AtMostOnce, 0);
