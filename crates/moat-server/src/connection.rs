@@ -3,6 +3,7 @@
 //!
 //! Everything here runs inside the connection's own task, never in the accept loop.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -284,6 +285,16 @@ struct Connection {
     listener: Arc<ListenerConfig>,
     /// The connection's place under `max_connections`, and its listener's name and counters.
     slot: ConnectionSlot,
+}
+
+/// What woke a connected connection's task.
+enum Event {
+    /// The server's hard stop.
+    Stop,
+    /// Its outbox: packets to write, a close, or reading resumed.
+    Outbox,
+    /// Input: `None` when `rbuf` already held a packet, else what a read brought.
+    Input(std::io::Result<Option<(usize, usize)>>),
 }
 
 impl Connection {
@@ -601,13 +612,38 @@ impl Connection {
             // Nothing came after CONNECT: no read buffer until something does.
             self.rbuf = BytesMut::new();
         }
+        // The hard stop (connections still open after the shutdown grace) is registered for
+        // once; every wake-up then only checks its flag.
+        let stop = shared.hard_stop.cancelled();
+        tokio::pin!(stop);
+        let mut stop_armed = false;
         loop {
             // A client that does not read what it is sent is not read from either.
             let paused = outbox.len() >= shared.config.max_outbox_packets || outbox.reading_held();
-            tokio::select! {
-                biased;
-                () = shared.hard_stop.cancelled() => return End::Stopped,
-                () = outbox.ready.notified() => {
+            // One hand-written poll instead of a `select!`: nothing is made and dropped each
+            // time the task waits (this loop runs once per packet of a quiet device).
+            let event = std::future::poll_fn(|cx| {
+                if shared.hard_stop.is_cancelled() {
+                    return Poll::Ready(Event::Stop);
+                }
+                if !stop_armed {
+                    stop_armed = true;
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                }
+                if outbox.poll_signalled(cx).is_ready() {
+                    return Poll::Ready(Event::Outbox);
+                }
+                if paused {
+                    return Poll::Pending;
+                }
+                self.poll_input(cx, read_hint).map(Event::Input)
+            })
+            .await;
+            match event {
+                Event::Stop => return End::Stopped,
+                Event::Outbox => {
                     let (closed, small) = self.encode_outbox(outbox, version);
                     if outbox.take_room_wanted() {
                         // The router waits for room to send more retained messages.
@@ -623,7 +659,8 @@ impl Connection {
                         }
                     }
                     if !self.wbuf.is_empty() {
-                        let at_once = std::future::poll_fn(|cx| Poll::Ready(self.write_at_once(cx)));
+                        let at_once =
+                            std::future::poll_fn(|cx| Poll::Ready(self.write_at_once(cx)));
                         match at_once.await {
                             Ok(true) => {}
                             // Boxed: a write in progress (with its timeout) is the largest state
@@ -665,7 +702,7 @@ impl Connection {
                         return end;
                     }
                 }
-                read = std::future::poll_fn(|cx| self.poll_input(cx, read_hint)), if !paused => {
+                Event::Input(read) => {
                     match read {
                         // Already in `rbuf`.
                         Ok(None) => {}

@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use moat_codec::Packet;
-use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -48,8 +50,11 @@ pub(crate) enum CloseReason {
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     len: AtomicUsize,
-    /// Wakes the connection task when packets arrive or the outbox closes.
-    pub(crate) ready: Notify,
+    /// The connection task, woken when packets arrive, the outbox closes or reading resumes
+    /// (a waker slot and a flag: no future to make and drop each time the task waits).
+    waker: AtomicWaker,
+    /// Something happened that the connection task has not looked at yet.
+    signalled: AtomicBool,
     /// [`CloseReason`] as a number (0: none yet).
     reason: AtomicU8,
     /// The router wants to hear when this outbox has been drained (retained messages wait).
@@ -66,10 +71,33 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes the connection task, once until it looks ([`Outbox::poll_signalled`]): a burst
+    /// of pushes costs one wake-up.
+    fn signal(&self) {
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready once something happened since the last time it was ready (packets pushed, the
+    /// outbox closed, reading resumed); otherwise the task is woken when it does.
+    pub(crate) fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A signal between the check and the registration found no waker to wake.
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Stops (or resumes) reading from the connection; a resume wakes it.
     pub(crate) fn hold_reading(&self, hold: bool) {
         if self.reading_held.swap(hold, Ordering::SeqCst) && !hold {
-            self.ready.notify_one();
+            self.signal();
         }
     }
 
@@ -87,7 +115,7 @@ impl Outbox {
         inner.packets.push_back(packet);
         self.len.store(inner.packets.len(), Ordering::Relaxed);
         drop(inner);
-        self.ready.notify_one();
+        self.signal();
         true
     }
 
@@ -128,7 +156,7 @@ impl Outbox {
             .reason
             .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
         self.lock().closed = true;
-        self.ready.notify_one();
+        self.signal();
     }
 
     /// Why the outbox was closed.

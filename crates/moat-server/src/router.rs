@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use moat_codec::{Connect, Packet, QoS, ReasonCode};
 use moat_core::store::{Store, StoreOp};
@@ -234,14 +234,24 @@ impl Router {
     /// then stops too.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<crate::ServerError> {
         let mut batch = Vec::with_capacity(256);
+        // One timer for the core's deadlines, moved only when the next deadline changes (not
+        // made and dropped on every wake-up).
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        let stop = shutdown.cancelled();
+        tokio::pin!(timer, stop);
         loop {
             let deadline = self
                 .broker
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std);
+            if let Some(d) = deadline {
+                if timer.deadline() != d {
+                    timer.as_mut().reset(d);
+                }
+            }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = &mut stop => break,
                 n = self.rx.recv_many(&mut batch, self.batch_limit) => {
                     if n == 0 {
                         break;
@@ -255,12 +265,7 @@ impl Router {
                     }
                     self.broker.end_batch();
                 }
-                () = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                } => self.broker.handle_timeout(now()),
+                () = &mut timer, if deadline.is_some() => self.broker.handle_timeout(now()),
             }
             match self.flush().await {
                 Ok(true) => {
