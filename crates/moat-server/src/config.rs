@@ -163,6 +163,14 @@ pub fn default_max_concurrent_auth() -> usize {
         .clamp(2, 32)
 }
 
+/// The default number of worker threads: half the CPUs this process may use (its affinity
+/// counts), at least 1. One task routes every message (ADR 0005), so more workers mostly add
+/// hand-offs between threads; on 2 CPUs one worker costs less per message and carries more at
+/// saturation than two (docs/BENCHMARKS.md, "Worker threads").
+pub fn default_worker_threads() -> usize {
+    (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

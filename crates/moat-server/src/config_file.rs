@@ -26,6 +26,9 @@ pub use settings::{AdminSettings, Settings, DEFAULT_ADMIN_BIND};
 pub struct ConfigFile {
     /// The data directory (default "moat-data"), relative to the file's folder.
     pub data_dir: Option<PathBuf>,
+    /// Threads that run connections and the router (default: half the CPUs the process may
+    /// use, at least 1; see docs/BENCHMARKS.md, "Worker threads").
+    pub worker_threads: Option<usize>,
     /// `[[listeners]]`; none means one anonymous plain TCP listener on 127.0.0.1:1883.
     #[serde(default)]
     pub listeners: Vec<ListenerFile>,
@@ -515,6 +518,20 @@ mod tests {
         );
         assert!(e.to_string().contains("allow_anonymus"), "{e}");
         assert!(!e.to_string().ends_with('\n'));
+    }
+
+    #[test]
+    fn worker_threads_default_and_bounds() {
+        let s = ConfigFile::from_str("").unwrap().validate().unwrap();
+        assert_eq!(s.worker_threads, crate::default_worker_threads());
+        assert!(s.worker_threads >= 1);
+        assert_eq!(s.effective().worker_threads, Some(s.worker_threads));
+        let s = ConfigFile::from_str("worker_threads = 3").unwrap();
+        assert_eq!(s.validate().unwrap().worker_threads, 3);
+        for bad in ["worker_threads = 0", "worker_threads = 5000"] {
+            let e = ConfigFile::from_str(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains("worker_threads"), "{e}");
+        }
     }
 
     #[test]

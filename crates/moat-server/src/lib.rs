@@ -45,8 +45,8 @@ pub use certs::{
     PendingSet, RecentFailure, SetState, TestHandshake,
 };
 pub use config::{
-    default_max_concurrent_auth, ListenerConfig, ListenerKind, ServerConfig, StoreConfig,
-    TlsAlarmsConfig,
+    default_max_concurrent_auth, default_worker_threads, ListenerConfig, ListenerKind,
+    ServerConfig, StoreConfig, TlsAlarmsConfig,
 };
 pub use forward::{ForwardConfig, ForwardRule, ForwardStatus, SinkState};
 pub use handle::{BrokerHandle, ListenerClientCas, ListenerStatus, Page, Stopped, TlsChangeError};

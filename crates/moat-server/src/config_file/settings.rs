@@ -35,6 +35,8 @@ pub struct Settings {
     /// `[forward]` as written (its secrets are read when the sinks are opened:
     /// [`Settings::forward_rules`]).
     pub forward: Option<moat_forward::ForwardFile>,
+    /// The async runtime's worker threads.
+    pub worker_threads: usize,
 }
 
 impl Settings {
@@ -249,6 +251,7 @@ impl Settings {
         let b = &s.broker;
         ConfigFile {
             data_dir: Some(base(&self.data_dir)),
+            worker_threads: Some(self.worker_threads),
             listeners,
             store: Some(match &s.store {
                 None => StoreFile {
@@ -434,12 +437,23 @@ impl ConfigFile {
         if let Some(alarms) = &self.tls_alarms {
             server.tls_alarms = alarms.validate()?;
         }
+        let worker_threads = match self.worker_threads {
+            None => crate::config::default_worker_threads(),
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                return Err(ConfigError::invalid(
+                    "worker_threads",
+                    format!("{n} is not 1 to 1024; remove the key for the default"),
+                ))
+            }
+        };
         let mut settings = Settings {
             server,
             data_dir,
             base_dir: base.to_owned(),
             admin,
             forward: self.forward.clone(),
+            worker_threads,
         };
         settings.server.forward.rules = settings
             .forward_rules()?
