@@ -94,10 +94,49 @@ impl Verifier {
     }
 }
 
-/// Parses a certificate and tells whether it is X.509 v1.
+/// Parses a certificate and tells whether it is X.509 v1. Asked twice per client certificate
+/// handshake: a certificate that declares version 2 or 3 in its first bytes (every certificate
+/// rustls-webpki accepts) is answered without a full parse.
 fn v1_leaf(der: &[u8]) -> Option<X509Certificate<'_>> {
+    if declares_v2_or_v3(der) {
+        return None;
+    }
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     (cert.version() == X509Version::V1).then_some(cert)
+}
+
+/// Whether a DER certificate's TBSCertificate starts with an explicit version field of value 1
+/// or 2 (X.509 v2 or v3; RFC 5280 section 4.1: `version [0] EXPLICIT Version DEFAULT v1`, so a
+/// v1 certificate has none). `false` for anything else, including what does not parse here:
+/// the full parse then decides.
+fn declares_v2_or_v3(der: &[u8]) -> bool {
+    let version = der_header(der, 0x30)
+        .and_then(|(cert, _)| der_header(cert, 0x30))
+        .and_then(|(tbs, _)| der_header(tbs, 0xA0))
+        .and_then(|(explicit, _)| der_header(explicit, 0x02));
+    matches!(version, Some(([1 | 2], _)))
+}
+
+/// Splits a DER element with tag `tag` off the front of `b`: its content and what follows.
+fn der_header(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = b.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7F => (usize::from(first), rest),
+        0x81..=0x83 => {
+            let n = usize::from(first & 0x7F);
+            let (bytes, rest) = rest.split_at_checked(n)?;
+            (
+                bytes.iter().fold(0, |acc, &x| (acc << 8) | usize::from(x)),
+                rest,
+            )
+        }
+        _ => return None,
+    };
+    rest.split_at_checked(len)
 }
 
 impl ClientCertVerifier for Verifier {
@@ -209,4 +248,29 @@ fn verify_raw(
     Err(rustls::Error::InvalidCertificate(
         CertificateError::BadSignature,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, X509Version};
+
+    use super::{declares_v2_or_v3, v1_leaf, X509Certificate};
+
+    #[test]
+    fn the_version_is_read_from_the_first_bytes() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let v3 = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = v3.der().as_ref();
+        assert!(declares_v2_or_v3(der));
+        assert!(v1_leaf(der).is_none());
+        let (_, parsed) = X509Certificate::from_der(der).unwrap();
+        assert_eq!(parsed.version(), X509Version::V3);
+        // Not a certificate, or cut short: the full parse decides (and finds nothing).
+        assert!(!declares_v2_or_v3(b"garbage"));
+        assert!(!declares_v2_or_v3(&der[..12]));
+        assert!(v1_leaf(b"garbage").is_none());
+    }
 }
