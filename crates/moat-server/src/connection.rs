@@ -51,7 +51,7 @@ impl Io for TcpStream {
 
 // rustls and the WebSocket layer may hold decoded bytes the socket no longer shows: they read
 // into a buffer at once.
-impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Io for crate::TlsTcp {}
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Io for moat_ws::WsStream<IO> {}
 
 /// A boxed [`Io`].

@@ -22,6 +22,7 @@ mod handle;
 mod metrics;
 mod outbox;
 mod router;
+mod ticket_hold;
 mod ws;
 
 use std::future::Future;
@@ -767,12 +768,15 @@ where
     }
 }
 
+/// A server TLS stream over TCP whose session tickets wait for the broker's first write.
+pub(crate) type TlsTcp = tokio_rustls::server::TlsStream<ticket_hold::TicketHold<TcpStream>>;
+
 async fn tls_accept(
     stream: TcpStream,
     peer: SocketAddr,
     live: &Arc<LiveTls>,
     timeout: Duration,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsConn)> {
+) -> Option<(TlsTcp, TlsConn)> {
     let Some(acceptor) = live.acceptor() else {
         live.failures.record(FailureRecord {
             at: std::time::SystemTime::now(),
@@ -798,10 +802,14 @@ async fn tls_accept(
         });
         return None;
     }
+    let stream = ticket_hold::TicketHold::new(stream);
+    let accept = acceptor.accept(stream).into_fallible();
     let (accepted, revoked_by) =
-        moat_tls::noting_revocation(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
+        moat_tls::noting_revocation(tokio::time::timeout(timeout, accept)).await;
     let failure = match accepted {
-        Ok(Ok(tls_stream)) => {
+        Ok(Ok(mut tls_stream)) => {
+            // The tickets rustls wrote at the end of the handshake leave with the CONNACK.
+            tls_stream.get_mut().0.established();
             let identity = tls_stream.get_ref().1.peer_certificates().and_then(|c| {
                 let presented: Vec<&[u8]> = c.iter().map(AsRef::as_ref).collect();
                 live.identify(&presented)
@@ -823,7 +831,12 @@ async fn tls_accept(
                 },
             ));
         }
-        Ok(Err(e)) => (HandshakeFailure::classify(&e), e.to_string()),
+        Ok(Err((e, mut io))) => {
+            // The alert that tells the client why, if rustls wrote one (held as it would hold
+            // tickets: an encrypted record).
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.release()).await;
+            (HandshakeFailure::classify(&e), e.to_string())
+        }
         Err(_) => (
             HandshakeFailure::Timeout,
             "no handshake within the timeout".to_owned(),

@@ -52,13 +52,18 @@ impl ClientCa {
 
 /// SHA-256 of `der`, upper-case hex bytes joined by colons.
 pub(crate) fn fingerprint(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    // One allocation (it runs for every client certificate handshake).
+    let mut out = String::with_capacity(digest.as_ref().len() * 3);
+    for (i, b) in digest.as_ref().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
+    }
+    out
 }
 
 fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
@@ -206,6 +211,15 @@ mod tests {
         assert_eq!(
             anchor_of(&cas, &[leaf.cert.der(), inter.cert.der()]),
             Some(1)
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_upper_case_hex_pairs() {
+        let f = fingerprint(b"abc");
+        assert_eq!(
+            f,
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
         );
     }
 
