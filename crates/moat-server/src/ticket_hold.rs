@@ -158,7 +158,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TicketHold<IO> {
             return Poll::Ready(Ok(this.held.len() - before));
         }
         let n = ready!(this.poll_write_after_held(cx, bufs))?;
-        if let Some(records) = &mut this.handshake {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if n < total {
+            // The socket took part of a handshake write: the rest follows in later writes that
+            // may begin at a record boundary with encrypted handshake records, which must not
+            // wait. Nothing more is held on this connection.
+            this.handshake = None;
+        } else if let Some(records) = &mut this.handshake {
             records.advance_written(bufs, n);
         }
         Poll::Ready(Ok(n))
@@ -316,6 +322,30 @@ mod tests {
         s.flush().await.unwrap();
         assert_eq!(s.held(), 0);
         let (got, want) = reader.await.unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_flight_split_at_a_record_boundary_is_never_held() {
+        // The pipe takes exactly the handshake record, then the encrypted records follow in a
+        // write of their own that starts at a boundary: it must go out, not wait.
+        let (a, mut peer) = tokio::io::duplex(35);
+        let mut s = TicketHold::new(a);
+        let mut flight = record(22, 30);
+        flight.extend(record(23, 40));
+        let want = flight.clone();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; want.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            (got, want)
+        });
+        s.write_all(&flight).await.unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(s.held(), 0);
+        let (got, want) = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+            .await
+            .expect("the whole flight arrives")
+            .unwrap();
         assert_eq!(got, want);
     }
 
