@@ -433,14 +433,14 @@ mod tests {
         v.verify_client_cert(&b, &[], at(JAN_2020 + 2 * DAY))
             .unwrap();
         assert_eq!(asked(), 2, "another leaf");
-        v.verify_client_cert(&a, &[inter.clone()], at(JUN_2020 + DAY))
+        v.verify_client_cert(&a, std::slice::from_ref(&inter), at(JUN_2020 + DAY))
             .unwrap();
         assert_eq!(
             asked(),
             3,
             "the same leaf with an intermediate is another chain"
         );
-        v.verify_client_cert(&a, &[inter.clone()], at(JUN_2020 + 2 * DAY))
+        v.verify_client_cert(&a, std::slice::from_ref(&inter), at(JUN_2020 + 2 * DAY))
             .unwrap();
         assert_eq!(asked(), 3);
         // Before the intermediate's notBefore: asked again.
