@@ -302,6 +302,11 @@ async fn crl_refuses_and_disconnects_revoked_clients() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+    // The chain was accepted (and remembered) before the CRL changed: a new handshake with it is
+    // refused all the same.
+    let again = pki.client_config(Some((&good_c, &good_k)));
+    assert!(mqtt_over_tls(broker.addr, again, "good").await.is_none());
+    wait_failure(&broker.live, HandshakeFailure::Revoked).await;
 }
 
 #[tokio::test]
