@@ -77,6 +77,8 @@ impl<IO: AsyncWrite + Unpin> TicketHold<IO> {
             }
             self.held.drain(..n);
         }
+        // An idle connection keeps no buffer (the tickets' was about 500 bytes).
+        self.held = Vec::new();
         Poll::Ready(Ok(()))
     }
 
@@ -111,7 +113,7 @@ impl<IO: AsyncWrite + Unpin> TicketHold<IO> {
             ready!(self.poll_write_held(cx))?;
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
-        self.held.clear();
+        self.held = Vec::new();
         if n > held {
             return Poll::Ready(Ok(n - held));
         }
