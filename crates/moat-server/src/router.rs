@@ -12,7 +12,9 @@
 //! before what it acknowledges is kept (all ops of a batch share one fsync: group commit).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use moat_codec::{Connect, Packet, QoS, ReasonCode};
@@ -121,6 +123,14 @@ pub(crate) struct Router {
     /// fruitless gather set.
     gather_skip: u32,
     gather_backoff: u32,
+}
+
+/// What woke the router.
+enum Wake {
+    Stop,
+    /// How many messages came (0: every sender is gone).
+    Messages(usize),
+    Timer,
 }
 
 impl Router {
@@ -237,8 +247,10 @@ impl Router {
         // One timer for the core's deadlines, moved only when the next deadline changes (not
         // made and dropped on every wake-up).
         let timer = tokio::time::sleep(Duration::from_secs(3600));
+        // The shutdown is registered for once; every wake-up then only checks its flag.
         let stop = shutdown.cancelled();
         tokio::pin!(timer, stop);
+        let mut stop_armed = false;
         loop {
             let deadline = self
                 .broker
@@ -249,13 +261,31 @@ impl Router {
                     timer.as_mut().reset(d);
                 }
             }
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                n = self.rx.recv_many(&mut batch, self.batch_limit) => {
-                    if n == 0 {
-                        break;
+            // One hand-written poll, in the order a biased `select!` would take: the shutdown,
+            // then messages, then the core's timer.
+            let limit = self.batch_limit;
+            let wake = std::future::poll_fn(|cx| {
+                if shutdown.is_cancelled() {
+                    return Poll::Ready(Wake::Stop);
+                }
+                if !stop_armed {
+                    stop_armed = true;
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Stop);
                     }
+                }
+                if let Poll::Ready(n) = self.rx.poll_recv_many(cx, &mut batch, limit) {
+                    return Poll::Ready(Wake::Messages(n));
+                }
+                if deadline.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Stop | Wake::Messages(0) => break,
+                Wake::Messages(n) => {
                     if n < self.batch_limit {
                         self.gather(&mut batch).await;
                     }
@@ -265,7 +295,7 @@ impl Router {
                     }
                     self.broker.end_batch();
                 }
-                () = &mut timer, if deadline.is_some() => self.broker.handle_timeout(now()),
+                Wake::Timer => self.broker.handle_timeout(now()),
             }
             match self.flush().await {
                 Ok(true) => {
