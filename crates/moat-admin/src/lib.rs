@@ -58,9 +58,6 @@ pub struct ConfigTarget {
 pub struct AdminConfig {
     /// `[admin]`.
     pub settings: AdminSettings,
-    /// The TLS material to serve the API with (the certificate and key of
-    /// `[admin] tls_listener`), if any.
-    pub tls: Option<moat_tls::TlsSettings>,
     /// The password file (`moat user`'s).
     pub password_file: Option<PathBuf>,
     /// The ACL file.
@@ -97,9 +94,9 @@ pub enum AdminError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TLS material cannot be used.
+    /// The TLS listener named by `[admin] tls_listener` cannot lend its certificates.
     #[error("admin API TLS ([admin] tls_listener): {0}")]
-    Tls(#[source] moat_tls::TlsError),
+    Tls(String),
 }
 
 /// (when, messages received, sent, received per second, sent per second).
@@ -126,7 +123,8 @@ pub(crate) struct App {
 /// The bound admin API.
 pub struct Admin {
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The TLS listener whose certificates it serves, and those it serves now.
+    tls: Option<(String, moat_tls::Borrowed)>,
     app: Arc<App>,
     created_tokens: Vec<PathBuf>,
 }
@@ -166,8 +164,11 @@ impl Admin {
                 path: config.settings.audit_log.clone(),
                 source,
             })?;
-        let tls = match &config.tls {
-            Some(settings) => Some(tls::acceptor(settings).map_err(AdminError::Tls)?),
+        let tls = match &config.settings.tls_listener {
+            Some(name) => Some((
+                name.clone(),
+                tls::borrow(&broker, name).map_err(AdminError::Tls)?,
+            )),
             None => None,
         };
         let addr = config.settings.bind;
@@ -218,6 +219,7 @@ impl Admin {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let broker = self.app.broker.clone();
         let router = api::router()
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&self.app),
@@ -231,10 +233,11 @@ impl Admin {
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-            Some(acceptor) => {
+            Some((name, current)) => {
                 use axum::serve::ListenerExt;
                 // tap_io makes the peer address available as ConnectInfo<SocketAddr>.
-                let listener = tls::TlsListener::new(self.listener, acceptor).tap_io(|_| {});
+                let listener =
+                    tls::TlsListener::new(self.listener, broker, name, current).tap_io(|_| {});
                 axum::serve(listener, service)
                     .with_graceful_shutdown(shutdown)
                     .await

@@ -1,43 +1,106 @@
 //! HTTPS for the admin API with the certificate and key of one of the broker's TLS listeners
 //! (`[admin] tls_listener`), without asking for client certificates.
 
+use moat_server::BrokerHandle;
+use moat_tls::Borrowed;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// The acceptor for the listener's certificate and key (loaded and linted as the broker
-/// loads them).
-pub(crate) fn acceptor(
-    settings: &moat_tls::TlsSettings,
-) -> Result<TlsAcceptor, moat_tls::TlsError> {
-    let mut s = settings.clone();
-    s.client_auth = moat_tls::ClientAuth::None;
-    s.client_ca = None;
-    s.crl = Vec::new();
-    s.alpn = vec![b"http/1.1".to_vec()];
-    let live = moat_tls::LiveTls::load("admin", s, std::time::SystemTime::now())?;
-    live.acceptor().ok_or_else(|| moat_tls::TlsError::Read {
-        path: settings.cert.clone(),
-        source: std::io::Error::other("no certificate"),
-    })
+/// What the admin API's HTTPS offers by ALPN.
+fn alpn() -> Vec<Vec<u8>> {
+    vec![b"http/1.1".to_vec()]
 }
 
-/// A TCP listener whose connections are TLS-accepted before HTTP sees them. A failed handshake
-/// is dropped (and logged at debug); the accept loop goes on.
+/// The certificates of the broker's TLS listener `listener`, as served now (no client
+/// certificate asked for).
+pub(crate) fn borrow(broker: &BrokerHandle, listener: &str) -> Result<Borrowed, String> {
+    match broker.borrow_tls(listener, None, &alpn()) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(format!("the listener {listener:?} serves no certificate")),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A TCP listener whose connections are TLS-accepted before HTTP sees them, with the
+/// certificates the broker's listener serves at the time of each connection: a reload, an
+/// upload or a rotation in the console reaches the admin API's HTTPS too. While the
+/// listener's certificate is removed, the last one goes on being served here, so the console
+/// stays reachable to install a new one. A failed handshake is dropped (and logged at debug);
+/// the accept loop goes on.
 pub(crate) struct TlsListener {
     inner: TcpListener,
-    acceptor: TlsAcceptor,
+    broker: BrokerHandle,
+    listener: String,
+    current: Borrowed,
+    /// Whether the removal of the listener's certificate has been logged.
+    removal_noted: bool,
     pending: tokio::task::JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
 }
 
 impl TlsListener {
-    pub(crate) fn new(inner: TcpListener, acceptor: TlsAcceptor) -> Self {
+    pub(crate) fn new(
+        inner: TcpListener,
+        broker: BrokerHandle,
+        listener: String,
+        current: Borrowed,
+    ) -> Self {
         Self {
             inner,
-            acceptor,
+            broker,
+            listener,
+            current,
+            removal_noted: false,
             pending: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// The acceptor for the certificates the listener serves now (a read lock and a
+    /// comparison, unless they changed).
+    fn acceptor(&mut self) -> TlsAcceptor {
+        match self
+            .broker
+            .borrow_tls(&self.listener, Some(&self.current), &alpn())
+        {
+            Ok(Some(b)) => {
+                if b.leaf() != self.current.leaf() {
+                    tracing::info!(
+                        listener = %self.listener,
+                        "admin API: HTTPS serves the listener's new certificate"
+                    );
+                }
+                self.current = b;
+                self.removal_noted = false;
+            }
+            Ok(None) => {
+                if !self.removal_noted {
+                    tracing::warn!(
+                        listener = %self.listener,
+                        "admin API: the listener's certificate is removed; HTTPS goes on with \
+                         the last one until a new one is installed"
+                    );
+                    self.removal_noted = true;
+                }
+            }
+            Err(e) => tracing::warn!(
+                listener = %self.listener,
+                error = %error_chain(&e),
+                "admin API: HTTPS cannot use the listener's certificates; it goes on with the last ones"
+            ),
+        }
+        self.current.acceptor().clone()
     }
 }
 
@@ -55,7 +118,7 @@ impl axum::serve::Listener for TlsListener {
                     let Ok((tcp, addr)) = accepted else {
                         continue;
                     };
-                    let acceptor = self.acceptor.clone();
+                    let acceptor = self.acceptor();
                     self.pending.spawn(async move {
                         let hs = tokio::time::timeout(
                             std::time::Duration::from_secs(10),

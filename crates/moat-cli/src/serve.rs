@@ -90,14 +90,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             admin_settings.audit_log.clone(),
         );
         let admin_config = moat_admin::AdminConfig {
-            tls: admin_settings.tls_listener.as_ref().and_then(|name| {
-                settings
-                    .server
-                    .listeners
-                    .iter()
-                    .find(|l| &l.name == name)
-                    .and_then(|l| l.tls.clone())
-            }),
             password_file: settings.server.auth.password_file.clone(),
             acl_file: settings.server.auth.acl_file.clone(),
             settings: admin_settings,

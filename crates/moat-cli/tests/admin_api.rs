@@ -1114,6 +1114,45 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
         .send()
         .await
         .is_err());
+
+    // A new certificate for the listener, uploaded and activated through the API (as the
+    // console does): the admin API's next handshake serves it too, without a restart.
+    let admin_addr: SocketAddr = moat
+        .base
+        .trim_start_matches("https://")
+        .parse()
+        .expect("admin address");
+    let before = served_fingerprint(&pki, admin_addr)
+        .await
+        .expect("admin handshake");
+    assert_eq!(
+        served_fingerprint(&pki, moat.mqtt("mqtts")).await,
+        Some(before.clone())
+    );
+    let (new_cert, new_key) = pki.server("rotated", &["localhost", "127.0.0.1"]);
+    let (status, body) = send(
+        https
+            .put(format!("{base}/api/v1/certificates/mqtts/pending"))
+            .bearer_auth(moat.admin_token())
+            .json(&json!({
+                "cert": std::fs::read_to_string(&new_cert).unwrap(),
+                "key": std::fs::read_to_string(&new_key).unwrap(),
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        https
+            .post(format!("{base}/api/v1/certificates/mqtts/activate"))
+            .bearer_auth(moat.admin_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rotated = served_fingerprint(&pki, moat.mqtt("mqtts"))
+        .await
+        .expect("mqtts handshake");
+    assert_ne!(rotated, before);
+    assert_eq!(served_fingerprint(&pki, admin_addr).await, Some(rotated));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -344,6 +344,24 @@ impl BrokerHandle {
             .ok_or_else(|| TlsChangeError::NoListener(listener.to_owned()))
     }
 
+    /// An acceptor on a TLS listener's certificates for another port (the admin API's
+    /// HTTPS): see [`moat_tls::LiveTls::borrow_certificates`]. `Ok(None)` while the
+    /// listener's certificate is removed.
+    ///
+    /// # Errors
+    /// [`TlsChangeError::NoListener`], or [`TlsChangeError::Refused`] if rustls refuses the
+    /// configuration.
+    pub fn borrow_tls(
+        &self,
+        listener: &str,
+        previous: Option<&moat_tls::Borrowed>,
+        alpn: &[Vec<u8>],
+    ) -> Result<Option<moat_tls::Borrowed>, TlsChangeError> {
+        self.live_tls(listener)?
+            .borrow_certificates(previous, alpn)
+            .map_err(TlsChangeError::Refused)
+    }
+
     /// Installs TLS material given as bytes on a listener: checked with the same lint as files
     /// at start-up (refused with its findings, the old material still served), written
     /// atomically to the listener's files (so a restart serves the same), then used for new

@@ -39,8 +39,8 @@ pub use anchor::ClientCa;
 pub use failure::{FailureCounters, FailureRecord, HandshakeFailure, RECENT_FAILURES};
 pub use identity::PeerIdentity;
 pub use live::{
-    ClientCaUse, CloseCause, ConnectionGuard, CrlStatus, LiveTls, OcspStatus, ReloadOutcome,
-    TlsSnapshot,
+    Borrowed, ClientCaUse, CloseCause, ConnectionGuard, CrlStatus, LiveTls, OcspStatus,
+    ReloadOutcome, TlsSnapshot,
 };
 pub use material::{
     CertificateExpiry, CertificateRole, CrlInfo, FileError, Material, Pem, Served, ServedSni,

@@ -143,6 +143,35 @@ pub enum ReloadOutcome {
     Failed(TlsError),
 }
 
+/// An acceptor on a listener's certificates for another service on another port (the admin
+/// API's HTTPS), from [`LiveTls::borrow_certificates`]. It keeps the material it was built
+/// from, to tell when the listener has changed its certificates.
+#[derive(Clone)]
+pub struct Borrowed {
+    material: Arc<Material>,
+    acceptor: TlsAcceptor,
+}
+
+impl Borrowed {
+    /// The acceptor for a handshake.
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The certificate it serves (DER).
+    pub fn leaf(&self) -> &[u8] {
+        &self.material.served.leaf
+    }
+}
+
+impl std::fmt::Debug for Borrowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Borrowed")
+            .field("certificate", &self.material.summary)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The TLS material of one listener, shared by its accept loop and its connections.
 pub struct LiveTls {
     name: String,
@@ -233,6 +262,30 @@ impl LiveTls {
     /// The acceptor for a new handshake; `None` while the certificate is removed.
     pub fn acceptor(&self) -> Option<TlsAcceptor> {
         self.read_state().acceptor.clone()
+    }
+
+    /// For another service on another port that serves this listener's certificates (the
+    /// admin API's HTTPS): an acceptor with the certificates (and SNI sets) served now, asking
+    /// for no client certificate and offering `alpn`. While the listener still serves the
+    /// material `previous` was built from, `previous` comes back as it is, so a caller can ask
+    /// on every connection and follows every reload, upload and rotation. `None` while the
+    /// certificate is removed.
+    ///
+    /// # Errors
+    /// [`TlsError::Config`] if rustls refuses the configuration.
+    pub fn borrow_certificates(
+        &self,
+        previous: Option<&Borrowed>,
+        alpn: &[Vec<u8>],
+    ) -> Result<Option<Borrowed>, TlsError> {
+        let Some(material) = self.read_state().material.clone() else {
+            return Ok(None);
+        };
+        if let Some(p) = previous.filter(|p| Arc::ptr_eq(&p.material, &material)) {
+            return Ok(Some(p.clone()));
+        }
+        let acceptor = TlsAcceptor::from(Arc::new(material.one_way_config(alpn)?));
+        Ok(Some(Borrowed { material, acceptor }))
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {

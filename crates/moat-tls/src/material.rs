@@ -944,6 +944,24 @@ impl Material {
     }
 }
 
+impl Material {
+    /// A configuration with the same certificates (and SNI sets) that asks for no client
+    /// certificate and offers `alpn`, with session tickets of its own: another service on
+    /// another port serving the listener's certificates (the admin API's HTTPS).
+    pub(crate) fn one_way_config(&self, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::clone(self.config.crypto_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| config_error("TLS versions", e))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::clone(&self.resolver) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.to_vec();
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| config_error("session ticketer", e))?;
+        Ok(config)
+    }
+}
+
 /// A listener's CRLs, read.
 struct Crls {
     revoked: Vec<Revoked>,
