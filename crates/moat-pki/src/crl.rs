@@ -21,6 +21,9 @@ use crate::store;
 
 /// `revoked.toml`: the record of revocations in a CA directory.
 pub const REVOKED: &str = "revoked.toml";
+/// `revoked.lock`: locked (exclusively, by the operating system) while `revoked.toml` is read,
+/// changed and written, so two revocations at once never lose one another's entry.
+pub const REVOKED_LOCK: &str = "revoked.lock";
 /// `ca.crl`: the CRL signed from it.
 pub const CRL: &str = "ca.crl";
 /// How long a CRL is valid when no `--days` is given.
@@ -306,6 +309,7 @@ pub fn revoke(
     days: u32,
 ) -> Result<CrlWritten, Error> {
     let serial = trim_serial(serial).to_vec();
+    let _lock = lock_list(dir)?;
     let mut list = read_list(dir)?;
     let newly = !list.entries.iter().any(|e| e.serial == serial);
     if newly {
@@ -326,8 +330,25 @@ pub fn revoke(
 /// # Errors
 /// As [`revoke`].
 pub fn refresh(dir: &Path, ca: &Ca, now: SystemTime, days: u32) -> Result<CrlWritten, Error> {
+    let _lock = lock_list(dir)?;
     let list = read_list(dir)?;
     sign_and_write(dir, ca, list, now, days)
+}
+
+/// Takes the exclusive lock on `dir/revoked.lock` (made if absent), waiting for another
+/// process or thread that holds it; released when the file is dropped. Without it, two
+/// `moat cert revoke` at once could each read the list, add their serial and write it, and
+/// the second write would silently undo the first revocation.
+fn lock_list(dir: &Path) -> Result<std::fs::File, Error> {
+    let path = dir.join(REVOKED_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    file.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(file)
 }
 
 fn sign_and_write(
@@ -423,6 +444,26 @@ mod tests {
             key_type: generate::KeyType::P256,
             validity: generate::Validity::days_from(SystemTime::now(), 30),
         }
+    }
+
+    #[test]
+    fn revocations_at_once_keep_every_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ca();
+        let now = SystemTime::now();
+        std::thread::scope(|scope| {
+            for i in 1..=16u8 {
+                let (dir, ca) = (dir.path(), &ca);
+                scope.spawn(move || {
+                    revoke(dir, ca, &[i], RevocationReason::KeyCompromise, now, 7).expect("revoke");
+                });
+            }
+        });
+        let list = read_list(dir.path()).expect("list");
+        let mut serials: Vec<_> = list.entries.iter().map(|e| e.serial.clone()).collect();
+        serials.sort();
+        assert_eq!(serials, (1..=16u8).map(|i| vec![i]).collect::<Vec<_>>());
+        assert_eq!(list.crl_number, 16, "every CRL number used once");
     }
 
     #[test]
