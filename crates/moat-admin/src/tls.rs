@@ -19,19 +19,8 @@ pub(crate) fn borrow(broker: &BrokerHandle, listener: &str) -> Result<Borrowed, 
     match broker.borrow_tls(listener, None, &alpn()) {
         Ok(Some(b)) => Ok(b),
         Ok(None) => Err(format!("the listener {listener:?} serves no certificate")),
-        Err(e) => Err(error_chain(&e)),
+        Err(e) => Err(moat_server::Chain(&e).to_string()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A TCP listener whose connections are TLS-accepted before HTTP sees them, with the
@@ -96,7 +85,7 @@ impl TlsListener {
             }
             Err(e) => tracing::warn!(
                 listener = %self.listener,
-                error = %error_chain(&e),
+                error = %moat_server::Chain(&e),
                 "admin API: HTTPS cannot use the listener's certificates; it goes on with the last ones"
             ),
         }

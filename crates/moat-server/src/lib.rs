@@ -859,7 +859,7 @@ async fn tls_accept(
 
 /// An error and its causes, `a: b: c` (what `{:#}` prints for an anyhow error), for log
 /// fields: the errors' `Display` describes one level each.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
