@@ -76,6 +76,23 @@ impl ListenerConfig {
             on_client_cert_expiry: CertExpiryAction::Disconnect,
         }
     }
+
+    /// A TLS listener (MQTT over TLS) with the defaults of a `[[listeners]]` entry that says
+    /// only `kind = "tls"`: no anonymous clients; a password, or a client certificate as well
+    /// when `tls` asks for one.
+    pub fn tls(name: &str, bind: SocketAddr, tls: TlsSettings) -> Self {
+        let client_certs = tls.client_auth != moat_tls::ClientAuth::None;
+        Self {
+            kind: ListenerKind::Tls,
+            proof: if client_certs {
+                Proof::Either
+            } else {
+                Proof::Password
+            },
+            tls: Some(tls),
+            ..Self::tcp(name, bind, false)
+        }
+    }
 }
 
 /// Where and how sessions, queued and retained messages are kept durable.

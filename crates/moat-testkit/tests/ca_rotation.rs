@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use moat_codec::{ProtocolVersion, ReasonCode};
 use moat_server::{
-    BrokerHandle, ClientAuth, ListenerConfig, ListenerKind, Proof, Server, ServerConfig,
-    TlsSettings,
+    BrokerHandle, ClientAuth, ListenerConfig, Proof, Server, ServerConfig, TlsSettings,
 };
 use moat_testkit::pki::{client_config, tls_connect, TestPki};
 use moat_testkit::{connect_packet, RawClient, TestBroker};
@@ -71,15 +70,8 @@ async fn start(tls: TlsSettings) -> Broker {
     // Reloads are the tests' (what the file watcher and SIGHUP do).
     config.tls_poll_interval = Duration::from_secs(3600);
     config.listeners = vec![ListenerConfig {
-        name: "mqtts".into(),
-        kind: ListenerKind::Tls,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        allow_anonymous: false,
         proof: Proof::Certificate,
-        tls: Some(tls),
-        path: "/mqtt".into(),
-        client_id: Default::default(),
-        on_client_cert_expiry: Default::default(),
+        ..ListenerConfig::tls("mqtts", SocketAddr::from(([127, 0, 0, 1], 0)), tls)
     }];
     let server = Server::bind(config).await.expect("bind");
     let tls = server.tls("mqtts").expect("tls state");

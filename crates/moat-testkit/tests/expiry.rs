@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use moat_codec::{Packet, ProtocolVersion, ReasonCode};
 use moat_core::{CertExpiryAction, ClientIdSource};
 use moat_pki::Validity;
-use moat_server::{ClientAuth, ListenerConfig, ListenerKind, Proof, TlsSettings};
+use moat_server::{ClientAuth, ListenerConfig, Proof, TlsSettings};
 use moat_testkit::pki::{tls_connect, TestPki};
 use moat_testkit::{connect_packet, RawClient, TestBroker, TIMEOUT};
 
@@ -27,15 +27,10 @@ async fn start(
     tls.client_ca = Some(pki.ca_pem.clone());
     let mut config = TestBroker::config();
     config.listeners = vec![ListenerConfig {
-        name: "mqtts".into(),
-        kind: ListenerKind::Tls,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        allow_anonymous: false,
         proof: Proof::Certificate,
-        tls: Some(tls),
-        path: "/mqtt".into(),
         client_id,
         on_client_cert_expiry,
+        ..ListenerConfig::tls("mqtts", SocketAddr::from(([127, 0, 0, 1], 0)), tls)
     }];
     TestBroker::start_with(config).await
 }

@@ -12,8 +12,7 @@ use moat_codec::{Packet, PacketId, Properties, ProtocolVersion, Subscribe, Subsc
 use moat_core::{CertExpiryAction, ClientIdSource};
 use moat_pki::Validity;
 use moat_server::{
-    BrokerHandle, ClientAuth, ListenerConfig, ListenerKind, Proof, Server, TlsAlarmsConfig,
-    TlsSettings,
+    BrokerHandle, ClientAuth, ListenerConfig, Proof, Server, TlsAlarmsConfig, TlsSettings,
 };
 use moat_testkit::pki::{tls_connect, TestPki};
 use moat_testkit::{connect_packet, RawClient, TestBroker, TIMEOUT};
@@ -56,15 +55,10 @@ async fn start(
     config.listeners = vec![
         ListenerConfig::tcp("open", any, true),
         ListenerConfig {
-            name: "mqtts".into(),
-            kind: ListenerKind::Tls,
-            bind: any,
-            allow_anonymous: false,
             proof: Proof::Certificate,
-            tls: Some(tls),
-            path: "/mqtt".into(),
             client_id: ClientIdSource::Client,
             on_client_cert_expiry: CertExpiryAction::Warn,
+            ..ListenerConfig::tls("mqtts", any, tls)
         },
     ];
     let server = Server::bind(config).await.expect("bind");

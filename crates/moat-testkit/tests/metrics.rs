@@ -12,7 +12,7 @@ use moat_codec::{
     Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
 };
 use moat_server::{
-    BrokerHandle, Durability, ListenerConfig, ListenerKind, Proof, Server, StoreConfig, TlsSettings,
+    BrokerHandle, Durability, ListenerConfig, Proof, Server, StoreConfig, TlsSettings,
 };
 use moat_testkit::pki::{tls_connect, TestPki};
 use moat_testkit::{connect_packet, RawClient, TestBroker, TIMEOUT};
@@ -133,15 +133,9 @@ async fn metrics_count_connections_bytes_failures_and_show_on_sys() {
         ListenerConfig::tcp("open", any, true),
         ListenerConfig::tcp("closed", any, false),
         ListenerConfig {
-            name: "mqtts".into(),
-            kind: ListenerKind::Tls,
-            bind: any,
             allow_anonymous: true,
             proof: Proof::Either,
-            tls: Some(TlsSettings::new(cert, key)),
-            path: "/mqtt".into(),
-            client_id: Default::default(),
-            on_client_cert_expiry: Default::default(),
+            ..ListenerConfig::tls("mqtts", any, TlsSettings::new(cert, key))
         },
     ];
     let server = Server::bind(config).await.expect("bind");

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use moat_codec::{Packet, ProtocolVersion, ReasonCode};
-use moat_server::{ListenerConfig, ListenerKind, Proof, Server, ServerConfig, TlsSettings};
+use moat_server::{ListenerConfig, Proof, Server, ServerConfig, TlsSettings};
 use moat_testkit::pki::{tls_connect, TestPki};
-use moat_testkit::{connect_packet, RawClient, TIMEOUT};
+use moat_testkit::{connect_packet, RawClient, TestBroker, TIMEOUT};
 use moat_tls::{LiveTls, OcspCertStatus, ReloadOutcome, SniSet};
-use tokio::sync::oneshot;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -23,7 +22,8 @@ struct Broker {
     addr: SocketAddr,
     live: Arc<LiveTls>,
     handle: moat_server::BrokerHandle,
-    _stop: oneshot::Sender<()>,
+    /// Runs the server (stops it when dropped).
+    _running: TestBroker,
 }
 
 /// A broker with one mqtts listener on 127.0.0.1:0 serving `tls`, anonymous clients allowed.
@@ -33,29 +33,18 @@ async fn start(tls: TlsSettings) -> Broker {
     // Reloads are triggered by the tests (what the file watcher and SIGHUP do).
     config.tls_poll_interval = Duration::from_secs(3600);
     config.listeners = vec![ListenerConfig {
-        name: "mqtts".into(),
-        kind: ListenerKind::Tls,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         allow_anonymous: true,
         proof: Proof::Password,
-        tls: Some(tls),
-        path: "/mqtt".into(),
-        client_id: Default::default(),
-        on_client_cert_expiry: Default::default(),
+        ..ListenerConfig::tls("mqtts", SocketAddr::from(([127, 0, 0, 1], 0)), tls)
     }];
     let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addrs()[0].1;
     let live = server.tls("mqtts").expect("tls state");
-    let handle = server.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let running = TestBroker::start_server(server);
     Broker {
-        addr,
+        addr: running.addr(),
         live,
-        handle,
-        _stop: stop,
+        handle: running.handle().clone(),
+        _running: running,
     }
 }
 

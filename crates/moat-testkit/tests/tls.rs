@@ -6,13 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use moat_codec::{Packet, ProtocolVersion, ReasonCode};
-use moat_server::{
-    ClientAuth, ListenerConfig, ListenerKind, Proof, Server, ServerConfig, TlsSettings,
-};
+use moat_server::{ClientAuth, ListenerConfig, Proof, Server, ServerConfig, TlsSettings};
 use moat_testkit::pki::{tls_connect, TestPki};
-use moat_testkit::{connect_packet, RawClient, TIMEOUT};
+use moat_testkit::{connect_packet, RawClient, TestBroker, TIMEOUT};
 use moat_tls::{HandshakeFailure, LiveTls, ReloadOutcome};
-use tokio::sync::oneshot;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -21,15 +18,8 @@ struct TlsBroker {
     addr: SocketAddr,
     live: Arc<LiveTls>,
     handle: moat_server::BrokerHandle,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
+    /// Runs the server (stops it when dropped).
+    _running: TestBroker,
 }
 
 async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
@@ -38,29 +28,18 @@ async fn start(tls: TlsSettings, allow_anonymous: bool) -> TlsBroker {
     // Reloads are triggered by the tests themselves.
     config.tls_poll_interval = Duration::from_secs(3600);
     config.listeners = vec![ListenerConfig {
-        name: "mqtts".into(),
-        kind: ListenerKind::Tls,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         allow_anonymous,
         proof: Proof::Either,
-        tls: Some(tls),
-        path: "/mqtt".into(),
-        client_id: Default::default(),
-        on_client_cert_expiry: Default::default(),
+        ..ListenerConfig::tls("mqtts", SocketAddr::from(([127, 0, 0, 1], 0)), tls)
     }];
     let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addrs()[0].1;
     let live = server.tls("mqtts").expect("tls state");
-    let handle = server.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let running = TestBroker::start_server(server);
     TlsBroker {
-        addr,
+        addr: running.addr(),
         live,
-        handle,
-        stop: Some(stop),
+        handle: running.handle().clone(),
+        _running: running,
     }
 }
 
@@ -316,15 +295,13 @@ async fn bad_material_refuses_to_start_with_the_finding() {
     let (_, other_key) = pki.server("other", &["localhost"]);
     let config = ServerConfig {
         listeners: vec![ListenerConfig {
-            name: "mqtts".into(),
-            kind: ListenerKind::Tls,
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             allow_anonymous: true,
             proof: Proof::Either,
-            tls: Some(TlsSettings::new(cert, other_key)),
-            path: "/mqtt".into(),
-            client_id: Default::default(),
-            on_client_cert_expiry: Default::default(),
+            ..ListenerConfig::tls(
+                "mqtts",
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                TlsSettings::new(cert, other_key),
+            )
         }],
         ..ServerConfig::default()
     };
