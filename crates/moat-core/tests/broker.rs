@@ -770,6 +770,28 @@ fn maximum_packet_size_drops_oversize_deliveries() {
 }
 
 #[test]
+fn a_delivery_past_the_protocols_limit_is_dropped_and_counted() {
+    // A 3.1.1 PUBLISH of exactly the largest Remaining Length (256 MiB - 1): to a 5.0
+    // subscriber it gains a property length byte and can no longer be encoded at all.
+    let mut h = Harness::new();
+    let s = h.connect("v5-sub", V5, true);
+    h.subscribe(s, vec![sub("huge", QoS::AtLeastOnce)]);
+    let p = h.connect("v3-pub", V3, true);
+    let mut big = publish("huge", "", QoS::AtLeastOnce, 1);
+    big.payload = Bytes::from(vec![0u8; moat_codec::MAX_REMAINING_LENGTH - 2 - 2 - 4]);
+    h.send(p, Packet::Publish(big));
+    h.send(
+        p,
+        Packet::Publish(publish("huge", "small", QoS::AtLeastOnce, 2)),
+    );
+    let got = h.all_for(s);
+    let ps = publishes(&got);
+    assert_eq!(ps.len(), 1, "only the small one is sent");
+    assert_eq!(ps[0].payload, "small");
+    assert_eq!(h.broker.stats().dropped_too_large, 1);
+}
+
+#[test]
 fn message_expiry_counts_down_and_drops() {
     let mut h = Harness::new();
     let mut c = connect_packet("exp", V5, false);

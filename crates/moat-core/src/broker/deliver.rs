@@ -193,9 +193,16 @@ impl Broker {
                 }
             }
         }
-        if conn.max_packet_size < u32::MAX {
+        // Measured only where it could matter: a client's Maximum Packet Size, properties, or
+        // a message near the protocol's 256 MiB (re-encoded for v5 it gains a property length
+        // and may pass it: `publish_len` is then 0, "not encodable", and it is dropped here,
+        // counted, rather than by the encoder after taking a place in the inflight window).
+        let surely_fits = conn.max_packet_size == u32::MAX
+            && p.properties.is_empty()
+            && p.topic.len() + p.payload.len() <= moat_codec::MAX_REMAINING_LENGTH - 16;
+        if !surely_fits {
             let len = moat_codec::publish_len(&p, conn.protocol);
-            if len > conn.max_packet_size as usize {
+            if len == 0 || len > conn.max_packet_size as usize {
                 // An alias set by this packet would never reach the client.
                 if !p.topic.is_empty() {
                     if let (Some(alias), Some(aliases)) =
