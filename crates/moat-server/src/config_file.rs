@@ -6,8 +6,9 @@
 //!
 //! Errors ([`ConfigError`]) name the file, the key and the fix.
 //!
-//! What this module does not do: make certificates (the CLI's first run does), read the
-//! environment, or keep comments of a file it rewrites (it writes the model, not the text).
+//! What this module does not do: make certificates (the CLI's first run does) or read the
+//! environment. A file it rewrites keeps its comments and layout where its values did not
+//! change ([`merge_text`]).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -436,7 +437,8 @@ impl ConfigFile {
     /// The mode of an existing file is kept; a new file gets 0644 (less what the umask
     /// removes): a config file holds paths and limits, never a secret (keys, passphrases and
     /// password hashes live in the files it names). A symbolic link at `path` is followed:
-    /// its target is replaced. Comments in the old file are not kept.
+    /// its target is replaced. What did not change keeps the old file's text (comments,
+    /// order, quoting: [`merge_text`]).
     ///
     /// Validate first ([`validate_in`](Self::validate_in)): `save` writes what it is given.
     ///
@@ -456,7 +458,109 @@ impl ConfigFile {
             }
             _ => path.to_owned(),
         };
+        let text = match std::fs::read_to_string(&target) {
+            Ok(old) => merge_text(&old, &text).unwrap_or(text),
+            Err(_) => text,
+        };
         write_atomic(&target, text.as_bytes()).map_err(write_err)
+    }
+}
+
+/// `new` (a whole file) written over `old` so that what did not change keeps the old text:
+/// comments, blank lines, the order of keys and tables, quoting, inline tables. A changed
+/// value keeps the comments around it; a key only in `new` is added at the end of its table;
+/// a key only in `old` is removed. Arrays of tables (`[[listeners]]`) are matched by
+/// position. `None` if either text is not TOML (the caller writes `new` as it is).
+pub fn merge_text(old: &str, new: &str) -> Option<String> {
+    let mut doc: toml_edit::DocumentMut = old.parse().ok()?;
+    let new: toml_edit::DocumentMut = new.parse().ok()?;
+    merge_table(doc.as_table_mut(), new.as_table());
+    Some(doc.to_string())
+}
+
+/// Returns whether a key was added.
+fn merge_table(old: &mut dyn toml_edit::TableLike, new: &dyn toml_edit::TableLike) -> bool {
+    let gone: Vec<String> = old
+        .iter()
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| !new.contains_key(k))
+        .collect();
+    for k in gone {
+        old.remove(&k);
+    }
+    let mut added = false;
+    for (k, n) in new.iter() {
+        match old.get_mut(k) {
+            Some(o) => merge_item(o, n),
+            None => {
+                old.insert(k, n.clone());
+                added = true;
+            }
+        }
+    }
+    added
+}
+
+fn merge_item(old: &mut toml_edit::Item, new: &toml_edit::Item) {
+    use toml_edit::{Item, Value};
+    match (old, new) {
+        (Item::Table(o), Item::Table(n)) => {
+            merge_table(o, n);
+        }
+        // The user wrote `tls = { ... }` where the serializer writes `[listeners.tls]`: an
+        // inline table that gained a key is spaced again (its own comments stay).
+        (Item::Value(Value::InlineTable(o)), Item::Table(n)) => {
+            if merge_table(o, n) {
+                o.fmt();
+            }
+        }
+        (Item::Value(Value::InlineTable(o)), Item::Value(Value::InlineTable(n))) => {
+            if merge_table(o, n) {
+                o.fmt();
+            }
+        }
+        (Item::ArrayOfTables(o), Item::ArrayOfTables(n)) => {
+            for (i, nt) in n.iter().enumerate() {
+                match o.get_mut(i) {
+                    Some(ot) => {
+                        merge_table(ot, nt);
+                    }
+                    None => o.push(nt.clone()),
+                }
+            }
+            while o.len() > n.len() {
+                o.remove(o.len() - 1);
+            }
+        }
+        (Item::Value(o), Item::Value(n)) => {
+            if !same_value(o, n) {
+                let decor = o.decor().clone();
+                *o = n.clone();
+                *o.decor_mut() = decor;
+            }
+        }
+        (o, n) => *o = n.clone(),
+    }
+}
+
+/// Equal as TOML values, whatever their spelling (`'a'` and `"a"`, `1_000` and `1000`).
+fn same_value(a: &toml_edit::Value, b: &toml_edit::Value) -> bool {
+    use toml_edit::Value;
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x.value() == y.value(),
+        (Value::Integer(x), Value::Integer(y)) => x.value() == y.value(),
+        (Value::Float(x), Value::Float(y)) => x.value().to_bits() == y.value().to_bits(),
+        (Value::Boolean(x), Value::Boolean(y)) => x.value() == y.value(),
+        (Value::Datetime(x), Value::Datetime(y)) => x.value() == y.value(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| same_value(p, q))
+        }
+        (Value::InlineTable(x), Value::InlineTable(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => false,
     }
 }
 
@@ -587,6 +691,53 @@ mod tests {
             .filter(|n| n.to_string_lossy().contains(".tmp"))
             .collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn save_keeps_the_comments_and_layout_of_what_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("moat.toml");
+        let old = "# Moat on the gateway.\n\
+                   data_dir = 'state'   # kept across upgrades\n\
+                   \n\
+                   [[listeners]]\n\
+                   # the devices' port\n\
+                   name = \"mqtts\"\n\
+                   kind = \"tls\"\n\
+                   bind = \"127.0.0.1:8883\"\n\
+                   tls = { cert = \"pki/server.pem\", key = \"pki/server.key\" } # from the CA\n\
+                   \n\
+                   [limits]\n\
+                   max_inflight = 1_000 # measured\n\
+                   receive_maximum = 64\n";
+        std::fs::write(&path, old).unwrap();
+        let mut file = ConfigFile::load(&path).unwrap();
+        // What the console does: a new certificate path; a limit removed; a section added.
+        let listener = file.listeners.first_mut().unwrap();
+        listener.tls.as_mut().unwrap().cert = Some("pki/server-2.pem".into());
+        file.limits.as_mut().unwrap().receive_maximum = None;
+        file.worker_threads = Some(2);
+        file.save(&path).unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap(), file, "{text}");
+        for kept in [
+            "# Moat on the gateway.",
+            "data_dir = 'state'   # kept across upgrades",
+            "# the devices' port",
+            "max_inflight = 1_000 # measured",
+            "key = \"pki/server.key\"",
+            "# from the CA",
+        ] {
+            assert!(text.contains(kept), "{kept:?} lost:\n{text}");
+        }
+        assert!(text.contains("\"pki/server-2.pem\""), "{text}");
+        assert!(!text.contains("receive_maximum"), "{text}");
+        assert!(text.contains("worker_threads = 2"), "{text}");
+        // A file that is not TOML is replaced by the model.
+        std::fs::write(&path, "not [ toml").unwrap();
+        file.save(&path).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap(), file);
     }
 
     #[test]
