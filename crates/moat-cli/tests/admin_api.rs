@@ -1084,7 +1084,7 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
     let (cert, key) = pki.server("server", &["localhost", "127.0.0.1"]);
     let config = tls_config(&pki, &cert, &key).replace(
         "[admin]\nbind = \"127.0.0.1:0\"\n",
-        "[admin]\nbind = \"127.0.0.1:0\"\ntls_listener = \"mqtts\"\n",
+        "[admin]\n# the console's port\nbind = \"127.0.0.1:0\"\ntls_listener = \"mqtts\"\n",
     );
     let moat = Moat::start_with(&config);
     assert!(moat.base.starts_with("https://"), "{}", moat.base);
@@ -1153,6 +1153,37 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
         .expect("mqtts handshake");
     assert_ne!(rotated, before);
     assert_eq!(served_fingerprint(&pki, admin_addr).await, Some(rotated));
+
+    // A change of the set's settings (client certificates now required) is written into the
+    // config file: the tls tables of its listeners (mqtts and wss) change, the rest keeps its
+    // text and gains no defaults.
+    let (status, body) = send(
+        https
+            .put(format!("{base}/api/v1/certificates/mqtts/pending"))
+            .bearer_auth(moat.admin_token())
+            .json(&json!({
+                "cert": std::fs::read_to_string(&new_cert).unwrap(),
+                "key": std::fs::read_to_string(&new_key).unwrap(),
+                "client_auth": "required",
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        https
+            .post(format!("{base}/api/v1/certificates/mqtts/activate"))
+            .bearer_auth(moat.admin_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let written = std::fs::read_to_string(moat.dir.path().join("moat.toml")).expect("config");
+    assert!(written.contains("# the console's port"), "{written}");
+    assert!(written.contains("client_auth = \"required\""), "{written}");
+    assert!(!written.contains("client_auth = \"optional\""), "{written}");
+    assert!(
+        !written.contains("max_inflight"),
+        "no defaults added: {written}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

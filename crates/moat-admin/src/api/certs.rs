@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use moat_server::config_file::ConfigFile;
 use moat_server::{
     Activation, CertError, CertSet, CertUpload, DeleteReport, ExpiryItem, PendingSet,
 };
@@ -230,10 +231,12 @@ async fn discard(State(app): State<AppState>, PathParam(id): PathParam) -> ApiRe
 }
 
 /// Writes the listeners' TLS settings in force into the config file, so that a restart
-/// serves what the console showed.
+/// serves what the console showed. Only those listeners' `tls` tables change in the file as
+/// written (the rest keeps its text); a file that cannot be read, or that does not name the
+/// listener, is written whole from the settings in force.
 async fn persist(app: &AppState, activation: &Activation) -> ApiResult<()> {
     let mut target = app.config_target.lock().await;
-    let mut changed = false;
+    let mut changed = Vec::new();
     for (name, tls) in &activation.settings {
         if let Some(l) = target
             .settings
@@ -244,22 +247,45 @@ async fn persist(app: &AppState, activation: &Activation) -> ApiResult<()> {
         {
             if l.tls.as_ref() != Some(tls) {
                 l.tls = Some(tls.clone());
-                changed = true;
+                changed.push(name.clone());
             }
         }
     }
-    if !changed {
+    if changed.is_empty() {
         return Ok(());
     }
-    let file = target.settings.effective();
+    let effective = target.settings.effective();
     let path = target.path.clone();
-    super::blocking(move || file.save(&path))
+    super::blocking(move || as_written(&path, &changed, effective).save(&path))
         .await?
         .map_err(|e| {
             ApiError::internal(format!(
                 "the new material is active but the configuration could not be written: {e}"
             ))
         })
+}
+
+/// The file at `path` with the `tls` tables of the `changed` listeners taken from
+/// `effective`; `effective` itself when that cannot be done.
+fn as_written(path: &std::path::Path, changed: &[String], effective: ConfigFile) -> ConfigFile {
+    let Ok(mut raw) = ConfigFile::load(path) else {
+        return effective;
+    };
+    for name in changed {
+        let new = effective
+            .listeners
+            .iter()
+            .find(|l| l.name.as_ref() == Some(name));
+        let old = raw
+            .listeners
+            .iter_mut()
+            .find(|l| l.name.as_ref() == Some(name));
+        match (old, new) {
+            (Some(old), Some(new)) => old.tls.clone_from(&new.tls),
+            _ => return effective,
+        }
+    }
+    raw
 }
 
 async fn activate(
