@@ -1130,24 +1130,11 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
         Some(before.clone())
     );
     let (new_cert, new_key) = pki.server("rotated", &["localhost", "127.0.0.1"]);
-    let (status, body) = send(
-        https
-            .put(format!("{base}/api/v1/certificates/mqtts/pending"))
-            .bearer_auth(moat.admin_token())
-            .json(&json!({
-                "cert": std::fs::read_to_string(&new_cert).unwrap(),
-                "key": std::fs::read_to_string(&new_key).unwrap(),
-            })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = send(
-        https
-            .post(format!("{base}/api/v1/certificates/mqtts/activate"))
-            .bearer_auth(moat.admin_token()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let upload = json!({
+        "cert": std::fs::read_to_string(&new_cert).unwrap(),
+        "key": std::fs::read_to_string(&new_key).unwrap(),
+    });
+    upload_and_activate(&moat, &https, &base, "mqtts", upload.clone()).await;
     let rotated = served_fingerprint(&pki, moat.mqtt("mqtts"))
         .await
         .expect("mqtts handshake");
@@ -1157,25 +1144,9 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
     // A change of the set's settings (client certificates now required) is written into the
     // config file: the tls tables of its listeners (mqtts and wss) change, the rest keeps its
     // text and gains no defaults.
-    let (status, body) = send(
-        https
-            .put(format!("{base}/api/v1/certificates/mqtts/pending"))
-            .bearer_auth(moat.admin_token())
-            .json(&json!({
-                "cert": std::fs::read_to_string(&new_cert).unwrap(),
-                "key": std::fs::read_to_string(&new_key).unwrap(),
-                "client_auth": "required",
-            })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = send(
-        https
-            .post(format!("{base}/api/v1/certificates/mqtts/activate"))
-            .bearer_auth(moat.admin_token()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut upload = upload;
+    upload["client_auth"] = json!("required");
+    upload_and_activate(&moat, &https, &base, "mqtts", upload).await;
     let written = std::fs::read_to_string(moat.dir.path().join("moat.toml")).expect("config");
     assert!(written.contains("# the console's port"), "{written}");
     assert!(written.contains("client_auth = \"required\""), "{written}");
@@ -1184,6 +1155,32 @@ async fn the_admin_api_serves_https_with_a_listeners_certificate() {
         !written.contains("max_inflight"),
         "no defaults added: {written}"
     );
+}
+
+/// Uploads `upload` as certificate set `id`'s pending material and activates it, with the
+/// admin token, over `client` (HTTPS when the admin API serves it).
+async fn upload_and_activate(
+    moat: &Moat,
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    upload: Value,
+) {
+    let (status, body) = send(
+        client
+            .put(format!("{base}/api/v1/certificates/{id}/pending"))
+            .bearer_auth(moat.admin_token())
+            .json(&upload),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        client
+            .post(format!("{base}/api/v1/certificates/{id}/activate"))
+            .bearer_auth(moat.admin_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
