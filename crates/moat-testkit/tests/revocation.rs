@@ -40,15 +40,9 @@ async fn start(tls: &TlsSettings) -> Broker {
     // Reloads are triggered by the tests (what the file watcher and SIGHUP do).
     config.tls_poll_interval = Duration::from_secs(3600);
     let listener = |name: &str, kind, tls: TlsSettings| ListenerConfig {
-        name: name.into(),
         kind,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        allow_anonymous: false,
         proof: Proof::Either,
-        tls: Some(tls),
-        path: "/mqtt".into(),
-        client_id: Default::default(),
-        on_client_cert_expiry: Default::default(),
+        ..ListenerConfig::tls(name, SocketAddr::from(([127, 0, 0, 1], 0)), tls)
     };
     let mut wss_tls = tls.clone();
     wss_tls.alpn = vec![b"http/1.1".to_vec()];
