@@ -11,7 +11,6 @@
 //! [`Output::Persist`] is acted on only once that op is durable, so no PUBACK/PUBREC leaves
 //! before what it acknowledges is kept (all ops of a batch share one fsync: group commit).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
@@ -100,7 +99,8 @@ pub(crate) struct Router {
     /// CONNACK decisions the connection tasks wait for.
     connecting: FxHashMap<ConnId, oneshot::Sender<ConnectOutcome>>,
     /// Admin requests waiting for their reply.
-    requests: HashMap<RequestId, oneshot::Sender<AdminReply>>,
+    /// (Ids the router counts out itself: the Fx hash, as for connections.)
+    requests: FxHashMap<RequestId, oneshot::Sender<AdminReply>>,
     next_request: u64,
     /// Consumers of accepted messages (the core reports them while there are any).
     watchers: Vec<mpsc::Sender<Arc<AcceptedMessage>>>,
@@ -146,7 +146,7 @@ impl Router {
             max_outbox_packets,
             outputs: Vec::new(),
             connecting: FxHashMap::default(),
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
             next_request: 1,
             watchers: Vec::new(),
             store: None,
