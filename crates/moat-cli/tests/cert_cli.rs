@@ -9,27 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn moat(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run moat")
-}
-
-#[track_caller]
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = moat(dir, args);
-    assert!(
-        out.status.success(),
-        "moat {} failed ({:?}):\n{}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{moat, ok};
 
 #[track_caller]
 fn tool(dir: &Path, prog: &str, args: &[&str]) -> Output {
