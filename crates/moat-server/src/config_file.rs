@@ -507,15 +507,13 @@ fn merge_item(old: &mut toml_edit::Item, new: &toml_edit::Item) {
         (Item::Table(o), Item::Table(n)) => {
             merge_table(o, n);
         }
-        // The user wrote `tls = { ... }` where the serializer writes `[listeners.tls]`: an
+        // The user wrote `tls = { ... }` (where the serializer writes `[listeners.tls]`): an
         // inline table that gained a key is spaced again (its own comments stay).
-        (Item::Value(Value::InlineTable(o)), Item::Table(n)) => {
-            if merge_table(o, n) {
-                o.fmt();
-            }
-        }
-        (Item::Value(Value::InlineTable(o)), Item::Value(Value::InlineTable(n))) => {
-            if merge_table(o, n) {
+        (
+            Item::Value(Value::InlineTable(o)),
+            Item::Table(_) | Item::Value(Value::InlineTable(_)),
+        ) => {
+            if new.as_table_like().is_some_and(|n| merge_table(o, n)) {
                 o.fmt();
             }
         }

@@ -856,9 +856,7 @@ impl Material {
         });
 
         let (crls, crl_ders) = read_crls(s, files)?;
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| config_error("TLS versions", e))?;
+        let builder = server_builder(Arc::clone(&provider))?;
         let mut client_ca_ders = Vec::new();
         let mut client_cas = Vec::new();
         let builder = match (&s.client_auth, &files.client_ca, &s.client_ca) {
@@ -913,8 +911,7 @@ impl Material {
             builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols.clone_from(&s.alpn);
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-        config.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| config_error("session ticketer", e))?;
+        config.ticketer = ticketer()?;
 
         let mut summary = moat_pki::inspect::CertInfo::from_der(&main.leaf)
             .map(|i| format!("{} (expires {})", i.short_name(), i.not_after))
@@ -942,24 +939,32 @@ impl Material {
             certificates,
         })
     }
-}
 
-impl Material {
     /// A configuration with the same certificates (and SNI sets) that asks for no client
     /// certificate and offers `alpn`, with session tickets of its own: another service on
     /// another port serving the listener's certificates (the admin API's HTTPS).
     pub(crate) fn one_way_config(&self, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::clone(self.config.crypto_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| config_error("TLS versions", e))?
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::clone(&self.resolver) as Arc<dyn ResolvesServerCert>);
+        let mut config = server_builder(Arc::clone(self.config.crypto_provider()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&self.resolver) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = alpn.to_vec();
-        config.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| config_error("session ticketer", e))?;
+        config.ticketer = ticketer()?;
         Ok(config)
     }
+}
+
+/// A server configuration's start: `provider`, TLS 1.3 and 1.2.
+fn server_builder(
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, TlsError> {
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| config_error("TLS versions", e))
+}
+
+/// Session tickets with a key of their own.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    rustls::crypto::ring::Ticketer::new().map_err(|e| config_error("session ticketer", e))
 }
 
 /// A listener's CRLs, read.
